@@ -1,0 +1,75 @@
+"""Shared fixtures: data paths, a real Dask cluster (worker processes), tiny datasets on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+UHCS_DIR = Path(os.environ.get("XAIFLOW_UHCS_DIR", REPO.parent / "shared" / "data" / "uhcs")).resolve()
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def uhcs_dir() -> Path:
+    """The real UHCS data. Absent data skips with the reason, except in CI where it fails."""
+    if not (UHCS_DIR / "metadata.csv").is_file():
+        msg = f"UHCS data not found at {UHCS_DIR}; set XAIFLOW_UHCS_DIR to the folder holding metadata.csv"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return UHCS_DIR
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A real LocalCluster: 2 worker processes, 1 thread each (as on this 2-core machine)."""
+    from xaiflow.runtime import ClusterConfig, dask_client
+
+    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1, dashboard_address=None)) as c:
+        yield c
+
+
+def write_folder_dataset(root: Path, n_specimens: int = 4, per_specimen: int = 3, size=(48, 64),
+                         classes=("a", "b"), seed: int = 0) -> Path:
+    """A folder of PNG micrographs plus labels.csv (file,label,specimen,um_per_px,detector)."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = ["file,label,specimen,um_per_px,detector"]
+    for s in range(n_specimens):
+        label = classes[s % len(classes)]
+        for i in range(per_specimen):
+            name = f"img/s{s}_{i}.png"
+            arr = rng.integers(0, 256, size, dtype=np.uint8)
+            Image.fromarray(arr).save(root / name)
+            rows.append(f"{name},{label},spec{s},{0.1 * (1 + s % 2)},{'SE' if i % 2 else 'BSE'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return write_folder_dataset(tmp_path / "data")
+
+
+def folder_config(root: Path, name: str = "tiny", **overrides) -> dict:
+    """A dataset config mapping for :func:`write_folder_dataset` data."""
+    cfg = {
+        "name": name,
+        "source": {"kind": "folder", "root": str(root), "csv": "labels.csv",
+                   "columns": {"file": "file", "label": "label", "group": "specimen",
+                               "um_per_px": "um_per_px", "metadata": ["detector"]}},
+        "geometry": {"size": [32, 32]},
+        "chunk_size": 4,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+from conftest import folder_config, write_folder_dataset
+
+import yaml
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "xaiflow.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.startswith("xaiflow ")
+
+
+def test_ingest_info_and_clear_errors(tmp_path):
+    root = write_folder_dataset(tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [folder_config(root)]}))
+    ws = tmp_path / "ws.zarr"
+    res = run("ingest", str(config), "-w", str(ws), "--cluster", "threads")
+    assert res.returncode == 0, res.stderr
+    assert "tiny: written, 12 samples" in res.stdout and "images/tiny" in res.stdout
+    info = run("info", str(ws))
+    assert info.returncode == 0 and "12 samples, 2 classes, 4 specimens" in info.stdout
+    # bad config: exit code 2 and a message naming the field, no traceback
+    config.write_text(yaml.safe_dump({"datasets": [{**folder_config(root), "chunksize": 3}]}))
+    bad = run("ingest", str(config), "-w", str(ws), "--cluster", "threads")
+    assert bad.returncode == 2 and "datasets.0.chunksize" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run("info", str(tmp_path / "nope.zarr"))
+    assert missing.returncode == 2 and "not an xaiflow workspace" in missing.stderr

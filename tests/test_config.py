@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from xaiflow.config import ConfigError, load_config, parse_config
+from conftest import REPO, folder_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_validate():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.datasets, path
+
+
+def test_unknown_key_names_file_and_field(tmp_path):
+    path = write(tmp_path, "datasets:\n  - name: x\n    source: {kind: synthetic}\n    chunk_sise: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and "datasets.0.chunk_sise" in str(e.value) and "unknown key" in str(e.value)
+
+
+def test_wrong_type_names_field_and_value(tmp_path):
+    path = write(tmp_path, "datasets:\n  - name: x\n    source: {kind: synthetic}\n    chunk_size: many\n")
+    with pytest.raises(ConfigError, match=r"datasets\.0\.chunk_size.*'many'"):
+        load_config(path)
+
+
+def test_unknown_source_kind_lists_valid_ones(tmp_path):
+    path = write(tmp_path, "datasets:\n  - name: x\n    source: {kind: ftp}\n")
+    with pytest.raises(ConfigError, match="folder.*panorama.*synthetic"):
+        load_config(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "datasets: [unclosed\n"))
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_env_var_and_relative_root(tmp_path, monkeypatch):
+    text = "datasets:\n  - name: x\n    source: {kind: folder, root: '${XF_TEST_ROOT:-data}'}\n"
+    path = write(tmp_path, text)
+    monkeypatch.delenv("XF_TEST_ROOT", raising=False)
+    assert load_config(path).datasets[0].source.root == (tmp_path / "data").resolve()
+    monkeypatch.setenv("XF_TEST_ROOT", "/elsewhere")
+    assert str(load_config(path).datasets[0].source.root) == "/elsewhere"
+    assert load_config(path, data_dir=tmp_path).datasets[0].source.root == tmp_path.resolve()
+
+
+def test_geometry_rules(tmp_path):
+    with pytest.raises(ConfigError, match="target_um_per_px needs mode: resize"):
+        parse_config({"datasets": [folder_config(tmp_path, geometry={"mode": "crop", "target_um_per_px": 0.1})]})
+    with pytest.raises(ConfigError, match="sum to 1"):
+        parse_config({"datasets": [folder_config(tmp_path, split={"fractions": {"train": 0.5, "test": 0.1}})]})
+
+
+def test_duplicate_dataset_names(tmp_path):
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config({"datasets": [folder_config(tmp_path), folder_config(tmp_path)]})
+
+
+def test_config_hash_tracks_content(tmp_path):
+    a = parse_config({"datasets": [folder_config(tmp_path)]}).datasets[0]
+    b = parse_config({"datasets": [folder_config(tmp_path, chunk_size=8)]}).datasets[0]
+    assert a.config_hash() == parse_config({"datasets": [folder_config(tmp_path)]}).datasets[0].config_hash()
+    assert a.config_hash() != b.config_hash()

@@ -1,0 +1,31 @@
+"""Flows under Prefect's test harness (one harness per session: it takes ~13 s to start)."""
+
+import pytest
+import yaml
+
+import xaiflow
+from conftest import folder_config, write_folder_dataset
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_ingest_flow_runs_library_ingest(prefect_harness, tmp_path):
+    from flows.ingest import ingest_flow
+
+    root = write_folder_dataset(tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [folder_config(root)]}))
+    ws = tmp_path / "ws.zarr"
+    results = ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    assert [(r["dataset"], r["status"], r["n_samples"]) for r in results] == [("tiny", "written", 12)]
+    assert xaiflow.open_workspace(ws)["images/tiny"].ds.sizes["sample"] == 12
+    again = ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    assert again[0]["status"] == "up-to-date"

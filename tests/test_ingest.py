@@ -1,0 +1,190 @@
+"""Ingestion into a real Zarr workspace through a real Dask cluster (worker processes)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import xaiflow
+from xaiflow import schema, store
+from xaiflow.config import parse_config
+from xaiflow.ingest import IngestError, ingest_dataset
+from conftest import folder_config, write_folder_dataset
+
+
+def dataset(cfg: dict):
+    return parse_config({"datasets": [cfg]}).datasets[0]
+
+
+def test_folder_ingest_coords_splits_and_provenance(folder_dataset, tmp_path, client):
+    ws = tmp_path / "ws.zarr"
+    res = ingest_dataset(dataset(folder_config(folder_dataset)), ws, client=client)
+    assert (res.status, res.n_samples) == ("written", 12)
+    ds = xaiflow.open_workspace(ws)["images/tiny"].ds
+    schema.validate_images(ds, "images/tiny")
+    assert ds.image.shape == (12, 32, 32) and ds.image.dtype == np.uint8
+    assert ds.attrs["classes"] == ["a", "b"]
+    assert set(ds.detector.values) == {"SE", "BSE"}
+    # 48x64 source -> centred 48x48 window resampled to 32x32: pixel size grows by 1.5
+    np.testing.assert_allclose(ds.um_per_px.values, ds.source_um_per_px.values * 1.5)
+    assert set(ds.tile_x0.values) == {8} and set(ds.tile_h.values) == {48}
+    prov = ds.attrs["provenance"]
+    assert prov["xaiflow_version"] == xaiflow.__version__ and len(prov["config_hash"]) == 64
+    # every specimen sits in exactly one split
+    pairs = {(g, s) for g, s in zip(ds.group.values, ds.split.values)}
+    assert len(pairs) == len(set(ds.group.values)) == 4
+    # stored pixels equal the resampled source image
+    src = np.asarray(Image.open(folder_dataset / "img/s1_2.png"))[:, 8:56]
+    expected = np.asarray(Image.fromarray(src).resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(ds.image.sel(sample="s1_2").values, expected)
+
+
+def test_reingest_is_idempotent_and_other_config_refused(folder_dataset, tmp_path, client):
+    ws = tmp_path / "ws.zarr"
+    cfg = dataset(folder_config(folder_dataset))
+    ingest_dataset(cfg, ws, client=client)
+    chunk_files = sorted((ws / "images/tiny/image").rglob("*"))
+    mtimes = [p.stat().st_mtime_ns for p in chunk_files]
+    assert ingest_dataset(cfg, ws, client=client).status == "up-to-date"
+    assert [p.stat().st_mtime_ns for p in chunk_files] == mtimes
+    other = dataset(folder_config(folder_dataset, geometry={"size": [24, 24]}))
+    with pytest.raises(IngestError, match="different config.*--overwrite"):
+        ingest_dataset(other, ws, client=client)
+    assert store.open_group(ws, "images/tiny").image.shape[1:] == (32, 32)
+    assert ingest_dataset(other, ws, overwrite=True, client=client).status == "written"
+    assert store.open_group(ws, "images/tiny").image.shape[1:] == (24, 24)
+
+
+def test_killed_ingest_resumes_only_missing_chunks(folder_dataset, tmp_path, client):
+    ws = tmp_path / "ws.zarr"
+    cfg = dataset(folder_config(folder_dataset))
+    ingest_dataset(cfg, ws, client=client)
+    full = store.open_group(ws, "images/tiny").image.values
+    # simulate a run killed after chunk 0: chunks 1-2 unflagged and zeroed, status incomplete
+    group = "images/tiny"
+    store.write_region(ws, group, schema.CHUNK_DONE, 1, np.zeros(2, bool))
+    store.write_region(ws, group, schema.IMAGE, 4, np.zeros((8, 32, 32), np.uint8))
+    store.set_attrs(ws, group, status=schema.STATUS_INCOMPLETE)
+    with pytest.raises(store.WorkspaceError, match="incomplete"):
+        store.open_group(ws, group)
+    chunk0 = ws / group / "image" / "c" / "0" / "0" / "0"
+    before = chunk0.stat().st_mtime_ns
+    res = ingest_dataset(cfg, ws, client=client)
+    assert res.status == "resumed"
+    assert chunk0.stat().st_mtime_ns == before  # the finished chunk was not rewritten
+    np.testing.assert_array_equal(store.open_group(ws, group).image.values, full)
+
+
+def test_corrupt_image_raises_naming_file_and_writes_nothing(folder_dataset, tmp_path, client):
+    bad = folder_dataset / "img/s2_1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
+    ws = tmp_path / "ws.zarr"
+    with pytest.raises(IngestError) as e:
+        ingest_dataset(dataset(folder_config(folder_dataset)), ws, client=client)
+    assert "s2_1.png" in str(e.value) and "labels.csv row" in str(e.value)
+    assert not store.group_exists(ws, "images/tiny")
+
+
+def test_skip_records_bad_items_and_ingests_the_rest(folder_dataset, tmp_path, client):
+    (folder_dataset / "img/s0_0.png").write_bytes(b"not a png at all")
+    ws = tmp_path / "ws.zarr"
+    res = ingest_dataset(dataset(folder_config(folder_dataset, on_error="skip")), ws, client=client)
+    assert (res.n_samples, res.n_skipped) == (11, 1)
+    ds = store.open_group(ws, "images/tiny")
+    assert "s0_0" not in ds.sample.values
+    (rec,) = ds.attrs["skipped"]
+    assert rec["id"] == "s0_0" and rec["file"].endswith("s0_0.png") and "cannot decode" in rec["reason"]
+
+
+def test_failed_overwrite_keeps_existing_dataset(folder_dataset, tmp_path, client):
+    ws = tmp_path / "ws.zarr"
+    ingest_dataset(dataset(folder_config(folder_dataset)), ws, client=client)
+    before = store.open_group(ws, "images/tiny").image.values
+    (folder_dataset / "img/s3_2.png").write_bytes(b"broken")
+    with pytest.raises(IngestError, match="s3_2.png"):
+        ingest_dataset(dataset(folder_config(folder_dataset, chunk_size=8)), ws, overwrite=True, client=client)
+    np.testing.assert_array_equal(store.open_group(ws, "images/tiny").image.values, before)
+
+
+@pytest.mark.parametrize(
+    "edit, overrides, message",
+    [
+        (lambda root: (root / "img/s1_0.png").unlink(), {}, r"labels.csv row 5: image file .*s1_0.png does not exist"),
+        (None, {"source": {"columns": {"file": "file", "label": "lable"}}}, r"column 'lable' \(columns.label\) not found; available columns: file, label"),
+        (None, {"source": {"classes": ["a"]}}, r"labels.csv row 5: unknown label 'b'; expected one of \['a'\]"),
+        (None, {"geometry": {"size": [64, 64], "mode": "crop"}}, r"s0_0.png: image of 48x64 px is smaller than the requested crop 64x64"),
+        (lambda root: (root / "labels.csv").write_text("file,label\nimg/s0_0.png,a\n,b\n"), {"source": {"columns": {"file": "file", "label": "label"}}}, r"row 3: column 'file' is empty"),
+    ],
+    ids=["missing-file", "misnamed-column", "unknown-label", "smaller-than-crop", "empty-cell"],
+)
+def test_bad_input_errors(folder_dataset, tmp_path, client, edit, overrides, message):
+    if edit:
+        edit(folder_dataset)
+    cfg = folder_config(folder_dataset)
+    for key, value in overrides.items():
+        cfg[key] = {**cfg[key], **value}
+    with pytest.raises(IngestError, match=message):
+        ingest_dataset(dataset(cfg), tmp_path / "ws.zarr", client=client)
+    assert not store.group_exists(tmp_path / "ws.zarr", "images/tiny")
+
+
+def test_target_um_per_px_resamples_to_one_pixel_size(tmp_path, client):
+    root = write_folder_dataset(tmp_path / "d", size=(96, 96))
+    cfg = folder_config(root, geometry={"size": [32, 32], "target_um_per_px": 0.25})
+    ingest_dataset(dataset(cfg), tmp_path / "ws.zarr", client=client)
+    ds = store.open_group(tmp_path / "ws.zarr", "images/tiny")
+    np.testing.assert_allclose(ds.um_per_px.values, 0.25)
+    # 0.1 um/px sources need 80 px windows, 0.2 um/px sources need 40 px
+    assert set(zip(ds.source_um_per_px.values.round(3), ds.tile_h.values)) == {(0.1, 80), (0.2, 40)}
+    too_fine = folder_config(root, name="t2", geometry={"size": [32, 32], "target_um_per_px": 0.5})
+    with pytest.raises(IngestError, match="smaller than the field of view"):
+        ingest_dataset(dataset(too_fine), tmp_path / "ws.zarr", client=client)
+
+
+def test_panorama_tiles_stitch_back(tmp_path, client):
+    rng = np.random.default_rng(1)
+    pano = rng.integers(0, 65535, (100, 140), dtype=np.uint16)
+    (tmp_path / "p").mkdir()
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "p" / "site.tif", pano)
+    cfg = {"name": "pano", "source": {"kind": "panorama", "root": str(tmp_path / "p"), "tile": [40, 40], "overlap": 8},
+           "geometry": {"size": [40, 40]}, "dtype": "uint16", "chunk_size": 5}
+    ingest_dataset(dataset(cfg), tmp_path / "ws.zarr", client=client)
+    ds = store.open_group(tmp_path / "ws.zarr", "images/pano")
+    canvas = np.zeros_like(pano)
+    for img, y0, x0 in zip(ds.image.values, ds.tile_y0.values, ds.tile_x0.values):
+        canvas[y0:y0 + 40, x0:x0 + 40] = img
+    np.testing.assert_array_equal(canvas, pano)  # every pixel covered, at the right place
+    assert ds.sizes["sample"] == 3 * 5  # y: 0,32,60; x: 0,32,64,96,100
+
+
+def test_synthetic_ingest_writes_aligned_masks(tmp_path, client):
+    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 2, "images_per_specimen": 2,
+                                     "size": [64, 64], "shortcut": {"probability": 1.0}},
+           "geometry": {"size": [64, 64]}, "chunk_size": 4}
+    ingest_dataset(dataset(cfg), tmp_path / "ws.zarr", client=client)
+    images = store.open_group(tmp_path / "ws.zarr", "images/syn")
+    masks = store.open_group(tmp_path / "ws.zarr", "masks/syn")
+    schema.validate_masks(masks, images, "masks/syn")
+    assert masks.attrs["mask_classes"][0] == "matrix"
+    img, mask = images.image.values.astype(float), masks.mask.values
+    assert (mask == 1).any(axis=(1, 2)).all() and (mask == 2).any(axis=(1, 2)).all()
+    assert img[mask == 1].mean() > img[mask == 0].mean()
+    assert len(images.attrs["classes"]) >= 4
+
+
+def test_mask_folder_matched_by_file_name(folder_dataset, tmp_path, client):
+    (folder_dataset / "masks").mkdir()
+    for png in (folder_dataset / "img").glob("*.png"):
+        m = np.zeros((48, 64), np.uint8)
+        m[:, 32:] = 1
+        Image.fromarray(m).save(folder_dataset / "masks" / png.name)
+    cfg = folder_config(folder_dataset, source={"masks": {"dir": "masks", "classes": ["matrix", "carbide"]}})
+    ingest_dataset(dataset(cfg), tmp_path / "ws.zarr", client=client)
+    masks = store.open_group(tmp_path / "ws.zarr", "masks/tiny").mask.values
+    assert (masks[:, :, 16:] == 1).all() and (masks[:, :, :15] == 0).all()
+    (folder_dataset / "masks" / "s0_1.png").unlink()
+    with pytest.raises(IngestError, match="mask file .*s0_1.png does not exist"):
+        ingest_dataset(dataset({**cfg, "name": "tiny2"}), tmp_path / "ws.zarr", client=client)

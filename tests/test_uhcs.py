@@ -1,0 +1,50 @@
+"""The real UHCS micrographs: a specimen-stratified subset, and (slow) the full 598 via the CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xaiflow
+from xaiflow import schema
+from xaiflow.config import load_config
+from xaiflow.ingest import ingest_dataset
+from conftest import REPO
+
+pytestmark = pytest.mark.uhcs
+
+
+def test_uhcs_subset(uhcs_dir, tmp_path, client):
+    cfg = load_config(REPO / "configs/uhcs.yaml", data_dir=uhcs_dir).datasets[0]
+    cfg.source.max_per_group_label = 1
+    cfg = cfg.model_copy(update={"geometry": cfg.geometry.model_copy(update={"size": (64, 64)})})
+    res = ingest_dataset(cfg, tmp_path / "ws.zarr", client=client)
+    ds = xaiflow.open_workspace(tmp_path / "ws.zarr")["images/uhcs"].ds
+    schema.validate_images(ds, "images/uhcs")
+    assert res.n_samples == ds.sizes["sample"]
+    # one image per (specimen, class) pair: 37 specimens, all 6 classes
+    pairs = set(zip(ds.group.values.tolist(), ds.label.values.tolist()))
+    assert len(pairs) == ds.sizes["sample"] and len({g for g, _ in pairs}) == 37
+    assert set(ds.label.values.tolist()) == set(ds.attrs["classes"]) and len(ds.attrs["classes"]) == 6
+    assert set(ds.detector.values.tolist()) >= {"SE", "BSE"}
+    assert np.isfinite(ds.um_per_px.values).all() and (ds.um_per_px.values > ds.source_um_per_px.values).all()
+    assert ds.image.values.std() > 10  # real micrograph content, not an empty array
+
+
+@pytest.mark.slow
+def test_cli_ingests_all_598_images(uhcs_dir, tmp_path):
+    ws = tmp_path / "uhcs.zarr"
+    cmd = [sys.executable, "-m", "xaiflow.cli", "ingest", str(REPO / "configs/uhcs.yaml"), "-w", str(ws),
+           "--data-dir", str(uhcs_dir)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "598 samples, 6 classes, 37 specimens" in res.stdout
+    ds = xaiflow.open_workspace(ws)["images/uhcs"].ds
+    assert ds.sizes["sample"] == 598 and ds.image.shape[1:] == (192, 192)
+    schema.check_specimen_split(ds)
+    assert set(ds.split.values.tolist()) == {"train", "val", "test"}
+    info = subprocess.run([sys.executable, "-m", "xaiflow.cli", "info", str(ws)], capture_output=True, text=True)
+    assert info.returncode == 0 and "spheroidite" in info.stdout and "pearlite+widmanstatten" in info.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "up-to-date" in again.stdout

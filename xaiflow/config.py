@@ -1,0 +1,201 @@
+"""Run configurations: pydantic models for every config section, and YAML loading.
+
+A run config is one YAML file (see ``configs/``). Every model forbids unknown keys, so a
+typo is an error, not a silently ignored setting. :func:`load_config` reports problems
+with the file name and the dotted path of the field, e.g.
+``configs/uhcs.yaml: datasets.0.geometry.size: Input should be a valid tuple``.
+
+Strings may reference environment variables as ``${VAR}`` or ``${VAR:-default}`` (used
+for data paths such as ``${XAIFLOW_UHCS_DIR:-../../shared/data/uhcs}``); relative paths of
+sources are resolved against the directory of the config file, so a config works from
+any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xaiflow.schema import SPLITS
+from xaiflow.sources.folder import FolderConfig
+from xaiflow.sources.panorama import PanoramaConfig
+from xaiflow.sources.synthetic import SyntheticConfig
+
+
+class ConfigError(ValueError):
+    """A config file cannot be read or does not validate; names the file and the field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+SourceConfig = Annotated[Union[FolderConfig, PanoramaConfig, SyntheticConfig], Field(discriminator="kind")]
+
+
+class GeometryConfig(StrictModel):
+    """How a source image becomes a fixed-shape sample.
+
+    * ``resize``: take the largest centred window with the target aspect ratio (or, with
+      ``target_um_per_px``, the centred window covering ``size * target_um_per_px`` um)
+      and resample it to ``size``;
+    * ``crop``: take a centred window of exactly ``size`` source pixels (no resampling).
+
+    Tiling of large images is done by the ``panorama`` source, whose tiles then pass
+    through the same geometry step.
+    """
+
+    size: tuple[int, int] = Field((128, 128), description="(height, width) of every sample in pixels")
+    mode: Literal["resize", "crop"] = "resize"
+    target_um_per_px: float | None = Field(
+        None, gt=0,
+        description="resample every image to this physical pixel size (removes magnification as a cue)",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError(f"size {v} is too small (each side >= 8 px)")
+        return v
+
+    @model_validator(mode="after")
+    def _target_needs_resize(self) -> "GeometryConfig":
+        if self.target_um_per_px is not None and self.mode != "resize":
+            raise ValueError("target_um_per_px needs mode: resize")
+        return self
+
+
+class SplitConfig(StrictModel):
+    """Train/val/test assignment by specimen (group), stratified by label, seeded."""
+
+    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _valid(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - set(SPLITS))
+        if bad:
+            raise ValueError(f"unknown split names {bad}; valid: {list(SPLITS)}")
+        if any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {v}")
+        return {s: float(v.get(s, 0.0)) for s in SPLITS}
+
+
+class DatasetConfig(StrictModel):
+    """One dataset of the workspace: where it comes from and how it is stored."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="dataset name in the workspace")
+    source: SourceConfig
+    geometry: GeometryConfig = GeometryConfig()
+    split: SplitConfig = SplitConfig()
+    dtype: Literal["uint8", "uint16", "float32"] = "uint8"
+    chunk_size: int = Field(32, ge=1, le=4096, description="samples per Zarr chunk (= per Dask task)")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="raise: stop on the first bad item list; skip: record and ingest the rest"
+    )
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of this config: equal hashes mean the same ingest."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class RunConfig(StrictModel):
+    """A whole run config file. Later stages (training, attribution, ...) add sections."""
+
+    datasets: list[DatasetConfig] = Field(min_length=1)
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_names(cls, v: list[DatasetConfig]) -> list[DatasetConfig]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique, repeated: {dup}")
+        return v
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no dataset {name!r} in config; datasets: {[d.name for d in self.datasets]}")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ and os.environ[name] != "":
+                return os.environ[name]
+            if default is None:
+                raise ConfigError(f"{where}: environment variable {name} is not set and has no default")
+            return default
+        return _ENV.sub(sub, value)
+    return value
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not a setting of this section)" if e["type"] == "extra_forbidden" else e["msg"]
+        value = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str = "<config>", base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping; relative source paths are resolved against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _expand_env(data, origin)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, origin)) from None
+    base = (base_dir or Path.cwd()).resolve()
+    for d in cfg.datasets:
+        root = getattr(d.source, "root", None)
+        if root is not None and not Path(root).is_absolute():
+            d.source.root = (base / root).resolve()
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    ``data_dir`` overrides the ``root`` of every file-based source (the CLI's
+    ``--data-dir``), e.g. to point ``configs/uhcs.yaml`` at another copy of the data.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = parse_config(data, origin=str(path), base_dir=path.parent)
+    if data_dir is not None:
+        for d in cfg.datasets:
+            if hasattr(d.source, "root"):
+                d.source.root = Path(data_dir).resolve()
+    return cfg

@@ -1,0 +1,154 @@
+"""Names of the workspace's groups, dimensions, coordinates and attributes, and checks.
+
+Everything that reads or writes the workspace takes its names from here, so the store
+layout is defined in one place (see DESIGN.md, "The workspace"). The ``validate_*``
+functions check an opened group against this schema and raise :class:`SchemaError`
+naming the group, the variable and the problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+SCHEMA_VERSION = 1
+
+# groups: <group>/<dataset>[/<model or extractor>]
+IMAGES = "images"
+MASKS = "masks"
+FEATURES = "features"
+PREDICTIONS = "predictions"
+SALIENCY = "saliency"
+METRICS = "metrics"
+STUDIES = "studies"
+
+# dimensions
+SAMPLE = "sample"
+Y = "y"
+X = "x"
+CHUNK = "chunk"
+
+# variables
+IMAGE = "image"
+MASK = "mask"
+CHUNK_DONE = "chunk_done"
+
+# per-sample coordinates every image dataset carries
+LABEL = "label"
+LABEL_INDEX = "label_index"
+GROUP = "group"
+SOURCE = "source"
+SPLIT = "split"
+UM_PER_PX = "um_per_px"
+# geometry: the window (in source pixels) the sample was cut from, so maps can be put back
+TILE_Y0 = "tile_y0"
+TILE_X0 = "tile_x0"
+TILE_H = "tile_h"
+TILE_W = "tile_w"
+SAMPLE_COORDS = (LABEL, LABEL_INDEX, GROUP, SOURCE, SPLIT, UM_PER_PX, TILE_Y0, TILE_X0, TILE_H, TILE_W)
+
+SPLITS = ("train", "val", "test")
+
+# attributes
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_CLASSES = "classes"
+ATTR_MASK_CLASSES = "mask_classes"
+ATTR_PROVENANCE = "provenance"
+ATTR_STATUS = "status"
+ATTR_SKIPPED = "skipped"
+STATUS_COMPLETE = "complete"
+STATUS_INCOMPLETE = "incomplete"
+
+IMAGE_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+class SchemaError(ValueError):
+    """A workspace group does not match the schema; names the group, variable and problem."""
+
+    def __init__(self, group: str, variable: str | None, problem: str) -> None:
+        self.group, self.variable, self.problem = group, variable, problem
+        where = f"{group}" + (f" variable {variable!r}" if variable else "")
+        super().__init__(f"{where}: {problem}")
+
+
+def group_path(kind: str, dataset: str, *rest: str) -> str:
+    """Path of a group inside the workspace, e.g. ``group_path(IMAGES, "uhcs")``."""
+    for part in (dataset, *rest):
+        if not part or "/" in part or part.startswith("."):
+            raise ValueError(f"invalid name {part!r} for a workspace group (no '/', not empty)")
+    return "/".join((kind, dataset, *rest))
+
+
+def _require(ds: xr.Dataset, group: str, name: str, dims: tuple[str, ...]) -> xr.DataArray:
+    if name not in ds.variables:
+        raise SchemaError(group, name, "is missing")
+    var = ds[name]
+    if var.dims != dims:
+        raise SchemaError(group, name, f"has dims {var.dims}, expected {dims}")
+    return var
+
+
+def _check_status(ds: xr.Dataset, group: str) -> None:
+    status = ds.attrs.get(ATTR_STATUS)
+    if status != STATUS_COMPLETE:
+        raise SchemaError(
+            group, None,
+            f"is not complete (status={status!r}): a write failed or is still running; "
+            "re-run the command that writes it (with --overwrite if its config changed)",
+        )
+
+
+def validate_images(ds: xr.Dataset, group: str = IMAGES) -> None:
+    """Check an ``images/<dataset>`` group: image variable, per-sample coords, attrs."""
+    image = _require(ds, group, IMAGE, (SAMPLE, Y, X))
+    if not any(image.dtype == d for d in IMAGE_DTYPES):
+        raise SchemaError(group, IMAGE, f"has dtype {image.dtype}, expected one of uint8, uint16, float32")
+    for name in SAMPLE_COORDS:
+        _require(ds, group, name, (SAMPLE,))
+    ids = ds[SAMPLE].values
+    if len(np.unique(ids)) != len(ids):
+        raise SchemaError(group, SAMPLE, "sample ids are not unique")
+    classes = ds.attrs.get(ATTR_CLASSES)
+    if not classes:
+        raise SchemaError(group, None, f"attribute {ATTR_CLASSES!r} is missing or empty")
+    idx = ds[LABEL_INDEX].values
+    if idx.size and (idx.min() < 0 or idx.max() >= len(classes)):
+        raise SchemaError(group, LABEL_INDEX, f"values outside 0..{len(classes) - 1}")
+    bad = sorted(set(ds[SPLIT].values.tolist()) - set(SPLITS))
+    if bad:
+        raise SchemaError(group, SPLIT, f"unknown split names {bad}; expected {list(SPLITS)}")
+    if ds.attrs.get(ATTR_SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise SchemaError(group, None, f"schema_version {ds.attrs.get(ATTR_SCHEMA_VERSION)!r} != {SCHEMA_VERSION}")
+    if ATTR_PROVENANCE not in ds.attrs:
+        raise SchemaError(group, None, f"attribute {ATTR_PROVENANCE!r} is missing")
+    _check_status(ds, group)
+    check_specimen_split(ds, group)
+
+
+def check_specimen_split(ds: xr.Dataset, group: str = IMAGES) -> None:
+    """No specimen (group coord) may appear in two splits: that would leak near-duplicates."""
+    pairs = {(g, s) for g, s in zip(ds[GROUP].values.tolist(), ds[SPLIT].values.tolist())}
+    seen: dict[str, str] = {}
+    for g, s in sorted(pairs):
+        if g in seen and seen[g] != s:
+            raise SchemaError(group, SPLIT, f"specimen {g!r} is in two splits ({seen[g]!r} and {s!r})")
+        seen[g] = s
+
+
+def validate_masks(masks: xr.Dataset, images: xr.Dataset, group: str = MASKS) -> None:
+    """Check a ``masks/<dataset>`` group against its images: same samples and shape."""
+    mask = _require(masks, group, MASK, (SAMPLE, Y, X))
+    if mask.dtype != np.uint8:
+        raise SchemaError(group, MASK, f"has dtype {mask.dtype}, expected uint8")
+    if masks.sizes[Y] != images.sizes[Y] or masks.sizes[X] != images.sizes[X]:
+        raise SchemaError(
+            group, MASK,
+            f"shape {masks.sizes[Y]}x{masks.sizes[X]} differs from the images' {images.sizes[Y]}x{images.sizes[X]}",
+        )
+    mids, iids = masks[SAMPLE].values, images[SAMPLE].values
+    if len(mids) != len(iids) or not np.array_equal(mids, iids):
+        missing = sorted(set(iids.tolist()) - set(mids.tolist()))[:5]
+        raise SchemaError(group, SAMPLE, f"sample ids differ from the images' (e.g. missing {missing})")
+    if not masks.attrs.get(ATTR_MASK_CLASSES):
+        raise SchemaError(group, None, f"attribute {ATTR_MASK_CLASSES!r} is missing or empty")
+    _check_status(masks, group)

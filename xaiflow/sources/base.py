@@ -1,0 +1,85 @@
+"""Image sources: where micrographs come from before they enter the workspace.
+
+An :class:`ImageSource` lists the samples it can provide (:meth:`list_samples`) and reads
+one sample's pixels (:meth:`read`) and, where it has them, its ground-truth or expert mask
+(:meth:`read_mask`). Listing must be cheap (no pixel decoding beyond image headers);
+reading must be deterministic and safe to call from any Dask worker process, so a source
+is a small picklable object holding only its configuration.
+
+To add a source: subclass :class:`ImageSource`, set ``kind`` and ``Config`` (a pydantic
+model with ``kind: Literal[...]``), register with ``@SOURCES.register(kind)``, and add the
+config class to :data:`xaiflow.config.SourceConfig`. The contract tests in
+``tests/test_sources.py`` then cover it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xaiflow.registry import Registry
+
+
+class SourceError(ValueError):
+    """A sample cannot be listed or read; the message names the file, row or field."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle in source-image pixels: the part of the source a sample is cut from."""
+
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample a source can provide.
+
+    ``id`` is unique within the source; ``uri`` says where the pixels come from (a file
+    path, or ``synthetic://...``); ``window`` is set when the sample is a tile of a
+    larger image (panoramas), else ``None`` (the whole image).
+    """
+
+    id: str
+    uri: str
+    label: str
+    group: str
+    um_per_px: float = float("nan")
+    metadata: dict[str, Any] = field(default_factory=dict)
+    window: Window | None = None
+    #: where the sample was declared (e.g. "metadata.csv row 12"), for error messages
+    origin: str = ""
+
+
+class ImageSource(ABC):
+    """Base class of all image sources (see the module docstring for the contract)."""
+
+    kind: ClassVar[str]
+
+    #: names of the mask classes (index = pixel value), or None when the source has no masks
+    mask_classes: list[str] | None = None
+
+    @abstractmethod
+    def list_samples(self) -> list[SampleRef]:
+        """All samples, in a deterministic order. Raises :class:`SourceError` on bad listings."""
+
+    @abstractmethod
+    def read(self, ref: SampleRef) -> np.ndarray:
+        """Pixels of one sample as a 2-D (H, W) array; raises :class:`SourceError` if unreadable."""
+
+    def read_mask(self, ref: SampleRef) -> np.ndarray | None:
+        """The (H, W) uint8 mask of one sample (same geometry as :meth:`read`), or None."""
+        return None
+
+    def describe(self) -> str:
+        """A short human-readable description for provenance (e.g. the folder path)."""
+        return self.kind
+
+
+SOURCES: Registry[type[ImageSource]] = Registry("image source")

@@ -1,0 +1,190 @@
+"""``folder`` source: a folder of PNG/TIFF/JPEG micrographs plus a CSV of labels and metadata.
+
+The CSV column names are configurable (``columns``), so a lab's existing spreadsheet can be
+used as it is. Example for the UHCS data (``configs/uhcs.yaml``)::
+
+    source:
+      kind: folder
+      root: ${XAIFLOW_UHCS_DIR:-../../shared/data/uhcs}
+      csv: metadata.csv
+      columns: {file: file, label: primary_microconstituent, group: sample_key,
+                um_per_px: um_per_px, metadata: [detector, magnification]}
+
+Optional expert masks: a folder of label images matched to the micrographs by file name
+(``masks: {dir: masks, suffix: .png, classes: [matrix, carbide]}``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError
+from xaiflow.sources.imageio import read_image
+
+
+class ColumnMap(BaseModel):
+    """Which CSV column holds what. ``None`` means the CSV has no such column."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field("file", description="image path relative to the folder")
+    label: str | None = Field("label", description="class label; None for unlabelled data")
+    group: str | None = Field(None, description="specimen id, used to split without leakage")
+    um_per_px: str | None = Field(None, description="physical pixel size in micrometres")
+    id: str | None = Field(None, description="sample id; default: the file name without suffix")
+    metadata: list[str] = Field(default_factory=list, description="extra columns kept as coordinates")
+
+
+class MaskFolder(BaseModel):
+    """Expert/ground-truth label images, one per micrograph, matched by file stem."""
+
+    model_config = ConfigDict(extra="forbid")
+    dir: Path = Field(description="folder of mask images, relative to the source root")
+    suffix: str = ".png"
+    classes: list[str] = Field(min_length=2, description="mask class names; pixel value = index")
+
+
+class FolderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["folder"] = "folder"
+    root: Path = Field(description="folder holding the CSV and the images")
+    csv: str = Field("labels.csv", description="CSV file, relative to root")
+    columns: ColumnMap = ColumnMap()
+    classes: list[str] | None = Field(
+        None, description="the expected classes; a label outside them is an error (default: all labels found)"
+    )
+    um_per_px: float | None = Field(None, gt=0, description="pixel size when the CSV has no such column")
+    max_per_group_label: int | None = Field(
+        None, ge=1, description="keep at most this many images per (specimen, label): a stratified subset"
+    )
+    masks: MaskFolder | None = None
+
+
+def _clean(value: Any) -> Any:
+    """CSV cell -> plain Python value; float ids like 18.0 become '18'."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return int(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+@SOURCES.register("folder")
+class FolderSource(ImageSource):
+    kind: ClassVar[str] = "folder"
+    Config = FolderConfig
+
+    def __init__(self, config: FolderConfig) -> None:
+        self.config = config
+        self.mask_classes = list(config.masks.classes) if config.masks else None
+
+    @property
+    def csv_path(self) -> Path:
+        return Path(self.config.root) / self.config.csv
+
+    def describe(self) -> str:
+        return f"folder {self.csv_path}"
+
+    def read_table(self) -> pd.DataFrame:
+        """The CSV with all configured columns checked to exist."""
+        if not Path(self.config.root).is_dir():
+            raise SourceError(
+                f"data folder {self.config.root} does not exist (set the path in the config, "
+                "the env var it names, or --data-dir)"
+            )
+        try:
+            table = pd.read_csv(self.csv_path, dtype_backend="numpy_nullable")
+        except FileNotFoundError:
+            raise SourceError(f"{self.csv_path}: CSV file not found") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            raise SourceError(f"{self.csv_path}: cannot parse CSV ({e})") from None
+        cols = self.config.columns
+        wanted = {"file": cols.file, "label": cols.label, "group": cols.group,
+                  "um_per_px": cols.um_per_px, "id": cols.id}
+        wanted.update({f"metadata[{i}]": c for i, c in enumerate(cols.metadata)})
+        for role, col in wanted.items():
+            if col is not None and col not in table.columns:
+                raise SourceError(
+                    f"{self.csv_path}: column {col!r} (columns.{role}) not found; "
+                    f"available columns: {', '.join(map(str, table.columns))}"
+                )
+        return table
+
+    def list_samples(self) -> list[SampleRef]:
+        cfg, cols = self.config, self.config.columns
+        table = self.read_table()
+        refs: list[SampleRef] = []
+        for i, row in enumerate(table.to_dict("records")):
+            origin = f"{self.csv_path.name} row {i + 2}"  # +1 header, +1 one-based
+            rel = _clean(row[cols.file])
+            if not rel:
+                raise SourceError(f"{origin}: column {cols.file!r} is empty")
+            path = Path(cfg.root) / str(rel)
+            if not path.is_file():
+                raise SourceError(f"{origin}: image file {path} does not exist")
+            label = "unlabeled" if cols.label is None else _clean(row[cols.label])
+            if label is None:
+                raise SourceError(f"{origin}: label column {cols.label!r} is empty")
+            label = str(label)
+            if cfg.classes is not None and label not in cfg.classes:
+                raise SourceError(f"{origin}: unknown label {label!r}; expected one of {cfg.classes}")
+            sample_id = str(_clean(row[cols.id])) if cols.id else path.stem
+            group = _clean(row[cols.group]) if cols.group else None
+            um = _clean(row[cols.um_per_px]) if cols.um_per_px else None
+            if um is None:
+                um = cfg.um_per_px
+            if um is not None and (not isinstance(um, (int, float)) or um <= 0):
+                raise SourceError(f"{origin}: {cols.um_per_px!r} must be a positive number, got {um!r}")
+            refs.append(SampleRef(
+                id=sample_id, uri=str(path), label=label,
+                group=str(group) if group is not None else sample_id,
+                um_per_px=float(um) if um is not None else float("nan"),
+                metadata={c: _clean(row[c]) for c in cols.metadata},
+                origin=origin,
+            ))
+        if cfg.max_per_group_label:
+            refs = _stratified_subset(refs, cfg.max_per_group_label)
+        return refs
+
+    def read(self, ref: SampleRef) -> np.ndarray:
+        return read_image(Path(ref.uri))
+
+    def mask_path(self, ref: SampleRef) -> Path:
+        assert self.config.masks is not None
+        mask_dir = Path(self.config.masks.dir)
+        if not mask_dir.is_absolute():
+            mask_dir = Path(self.config.root) / mask_dir
+        return mask_dir / (Path(ref.uri).stem + self.config.masks.suffix)
+
+    def read_mask(self, ref: SampleRef) -> np.ndarray | None:
+        if self.config.masks is None:
+            return None
+        path = self.mask_path(ref)
+        if not path.is_file():
+            raise SourceError(f"{ref.origin or ref.id}: mask file {path} does not exist")
+        mask = read_image(path)
+        if mask.dtype != np.uint8 or mask.max() >= len(self.config.masks.classes):
+            raise SourceError(
+                f"{path}: mask values must be uint8 class indices < {len(self.config.masks.classes)} "
+                f"({self.config.masks.classes}), got dtype {mask.dtype}, max {mask.max()}"
+            )
+        return mask
+
+
+def _stratified_subset(refs: list[SampleRef], k: int) -> list[SampleRef]:
+    """First ``k`` samples (by id) of every (group, label) pair, in the original order."""
+    keep: set[str] = set()
+    buckets: dict[tuple[str, str], list[SampleRef]] = {}
+    for r in refs:
+        buckets.setdefault((r.group, r.label), []).append(r)
+    for bucket in buckets.values():
+        keep.update(r.id for r in sorted(bucket, key=lambda r: r.id)[:k])
+    return [r for r in refs if r.id in keep]

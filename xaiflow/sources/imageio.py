@@ -1,0 +1,71 @@
+"""Reading micrograph files (PNG, JPEG, TIFF) into 2-D arrays, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from xaiflow.sources.base import SourceError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_TIFF = (".tif", ".tiff")
+
+# decompression-bomb protection would reject large panoramas; they are our normal input
+Image.MAX_IMAGE_PIXELS = None
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+            return int(shape[0]), int(shape[1])
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise SourceError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, IndexError) as e:
+        raise SourceError(f"{path}: not a readable image ({e})") from None
+
+
+def to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Collapse channels to one: R=G=B images keep one channel, colour images use luminance."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return np.ascontiguousarray(rgb[..., 0])
+        gray = rgb.astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+        return gray.astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else gray
+    raise SourceError(f"{path}: unsupported image layout {arr.shape} (expected 2-D gray or RGB)")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to a 2-D uint8, uint16 or float32 array."""
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            arr = tifffile.imread(path, key=0)
+        else:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
+                    im = im.convert("RGB")
+                arr = np.asarray(im)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: file not found") from None
+    except Exception as e:  # decoders raise many types (OSError, SyntaxError, zlib.error, ...)
+        raise SourceError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    arr = to_gray(arr, path)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype not in (np.uint8, np.uint16):
+        arr = arr.astype(np.float32)
+    return arr

@@ -1,0 +1,143 @@
+"""The workspace: one Zarr (v3) store holding images, masks and everything derived from them.
+
+Reading goes through xarray (:func:`open_workspace` gives the whole store as a
+``DataTree``, :func:`open_group` one dataset). Writing follows one pattern everywhere:
+
+1. :func:`create_template` writes the metadata, the coordinates and empty data variables
+   of a group (``status: incomplete``);
+2. independent tasks fill chunk-aligned regions with :func:`write_region` and flag their
+   chunk in ``chunk_done`` (no two tasks touch one chunk, so retries and parallel writers
+   are safe, and a killed run resumes where it stopped);
+3. :func:`set_attrs` marks the group ``status: complete`` at the end.
+
+Readers refuse incomplete groups (see :mod:`xaiflow.schema`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+
+from xaiflow import schema
+
+
+class WorkspaceError(ValueError):
+    """The workspace or a group in it is missing or unusable; names the path and group."""
+
+
+def _path(workspace: str | os.PathLike[str]) -> Path:
+    return Path(workspace)
+
+
+def _root(workspace: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
+    path = _path(workspace)
+    if mode == "r" and not (path / "zarr.json").is_file():
+        raise WorkspaceError(f"{path} is not an xaiflow workspace (no Zarr v3 store there); create it with `xaiflow ingest`")
+    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+
+def open_workspace(workspace: str | os.PathLike[str]) -> xr.DataTree:
+    """The whole workspace as an ``xarray.DataTree`` (lazy, dask-backed)."""
+    _root(workspace)
+    tree = xr.open_datatree(str(_path(workspace)), engine="zarr", consolidated=False, chunks={})
+    return tree.map_over_datasets(_eager_coords)
+
+
+def _eager_coords(ds: xr.Dataset) -> xr.Dataset:
+    """Load the small 1-D coordinates (labels, splits, metadata) so selections need no compute."""
+    lazy = {k: v for k, v in ds.coords.items() if v.ndim == 1 and v.chunks is not None}
+    if not lazy:
+        return ds
+    # read in this process: small arrays, not worth a round trip to a cluster
+    values = dask.compute(*(v.data for v in lazy.values()), scheduler="synchronous")
+    return ds.assign_coords({k: (v.dims, val, v.attrs) for (k, v), val in zip(lazy.items(), values)})
+
+
+def list_groups(workspace: str | os.PathLike[str]) -> list[str]:
+    """Paths of all groups that hold arrays (the datasets), e.g. ``["images/uhcs", "masks/uhcs"]``."""
+    root = _root(workspace)
+    found: list[str] = []
+
+    def walk(group: zarr.Group, prefix: str) -> None:
+        if any(True for _ in group.array_keys()):
+            found.append(prefix)
+        for name, sub in sorted(group.groups()):
+            walk(sub, f"{prefix}/{name}" if prefix else name)
+
+    walk(root, "")
+    return [g for g in found if g]
+
+
+def group_exists(workspace: str | os.PathLike[str], group: str) -> bool:
+    if not (_path(workspace) / "zarr.json").is_file():
+        return False
+    try:
+        zarr.open_group(str(_path(workspace)), path=group, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return False
+    return True
+
+
+def open_group(workspace: str | os.PathLike[str], group: str, check_complete: bool = True) -> xr.Dataset:
+    """One dataset of the workspace, lazily (dask-backed)."""
+    if not group_exists(workspace, group):
+        existing = ", ".join(list_groups(workspace)) if (_path(workspace) / "zarr.json").is_file() else "none"
+        raise WorkspaceError(f"{workspace}: group {group!r} does not exist (groups: {existing})")
+    ds = _eager_coords(xr.open_zarr(str(_path(workspace)), group=group, consolidated=False, zarr_format=3))
+    if check_complete and ds.attrs.get(schema.ATTR_STATUS) != schema.STATUS_COMPLETE:
+        raise WorkspaceError(
+            f"{workspace}: group {group!r} is incomplete (status={ds.attrs.get(schema.ATTR_STATUS)!r}); "
+            "re-run the step that writes it"
+        )
+    return ds
+
+
+def group_attrs(workspace: str | os.PathLike[str], group: str) -> dict[str, Any]:
+    return dict(zarr.open_group(str(_path(workspace)), path=group, mode="r", zarr_format=3).attrs)
+
+
+def set_attrs(workspace: str | os.PathLike[str], group: str, **attrs: Any) -> None:
+    zarr.open_group(str(_path(workspace)), path=group, mode="r+", zarr_format=3).attrs.update(attrs)
+
+
+def delete_group(workspace: str | os.PathLike[str], group: str) -> None:
+    """Remove a group and everything in it (used by ``--overwrite``)."""
+    if group_exists(workspace, group):
+        shutil.rmtree(_path(workspace) / group)
+
+
+def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset, n_chunks: int) -> None:
+    """Write coordinates, attrs and empty (lazy) data variables of ``group``, marked incomplete.
+
+    ``ds``'s data variables should be dask arrays chunked as they are to be stored; only
+    their metadata is written here. A ``chunk_done`` flag per task chunk is added.
+    """
+    ds = ds.copy()
+    ds[schema.CHUNK_DONE] = xr.DataArray(np.zeros(n_chunks, bool), dims=(schema.CHUNK,))
+    ds.attrs[schema.ATTR_STATUS] = schema.STATUS_INCOMPLETE
+    encoding = {schema.CHUNK_DONE: {"chunks": (1,)}}
+    _root(workspace, mode="a")  # creates the workspace on first use
+    ds.to_zarr(str(_path(workspace)), group=group, mode="w", compute=False, consolidated=False,
+               zarr_format=3, encoding=encoding)
+
+
+def write_region(workspace: str | os.PathLike[str], group: str, variable: str, start: int, data: np.ndarray) -> None:
+    """Write ``data`` into ``variable[start:start+len(data)]`` (chunk-aligned by the caller)."""
+    arr = zarr.open_array(str(_path(workspace)), path=f"{group}/{variable}", mode="r+", zarr_format=3)
+    arr[start:start + len(data)] = data
+
+
+def mark_chunk_done(workspace: str | os.PathLike[str], group: str, index: int) -> None:
+    write_region(workspace, group, schema.CHUNK_DONE, index, np.ones(1, bool))
+
+
+def chunks_done(workspace: str | os.PathLike[str], group: str) -> np.ndarray:
+    arr = zarr.open_array(str(_path(workspace)), path=f"{group}/{schema.CHUNK_DONE}", mode="r", zarr_format=3)
+    return np.asarray(arr[:], bool)

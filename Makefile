@@ -1,0 +1,24 @@
+# Set-up, demo and test commands. `make demo` and `make test` create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+WORKSPACE ?= workspace/quickstart.zarr
+BIN = $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup  ## ingest the quick-start data into $(WORKSPACE) and print its summary
+	$(BIN)/xaiflow ingest configs/quickstart.yaml --workspace $(WORKSPACE)
+
+test: setup  ## the whole test suite, slow end-to-end tests included
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) workspace

@@ -36,7 +36,9 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("xaiflow").setLevel(logging.INFO if verbose else logging.WARNING)
-    # distributed configures its own loggers at INFO; keep the terminal for results
+    # distributed configures its own loggers at INFO when imported; keep the terminal for results
+    import distributed  # noqa: F401
+
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.WARNING)
 
 

@@ -1,0 +1,158 @@
+"""The attribution-method contract, the registry of methods, and helpers shared by adapters.
+
+An attribution method explains one classifier decision per image: given a batch ``x`` of
+shape ``(B, C, H, W)`` (float) and the class to explain for each image, ``target`` of
+shape ``(B,)`` (integer), :meth:`AttributionMethod.attribute` returns one map per image,
+``(B, H, W)`` float32 at image resolution, detached, contiguous, on ``x``'s device.
+Maps are raw (unnormalized, signed where the method is signed): normalization happens
+at query time, so that evaluations can use the values the method produced.
+
+Channel reduction: a method's input-space attribution ``(B, C, H, W)`` becomes the 2-D
+map by summing over the input channels, the usual convention for additive attributions
+(for grayscale micrographs, C = 1, this is only a squeeze).
+
+To add a method: subclass :class:`AttributionMethod`, set ``name`` and ``Params`` (a
+subclass of :class:`MethodParams` whose fields have defaults and ``Field(description=...)``),
+implement :meth:`AttributionMethod._attribute` (validated inputs in, an input-space
+attribution ``(B, C', H, W)`` out; the base class sums over ``C'``), and register the
+class with ``@METHODS.register(name)`` in a module imported by ``xaiflow.attribution``.
+The contract tests in ``tests/attribution/test_methods.py`` loop over :data:`METHODS`;
+they also require a reference entry (a direct call of the underlying library) for every
+registered name, so a new method is checked against its reference implementation.
+
+A method object holds the model and its validated parameters (:attr:`params`, a
+``Params`` instance recorded verbatim in :meth:`provenance`); it does not change the
+model's train/eval mode: :meth:`attribute` refuses a model in training mode, since
+dropout and batch statistics would make maps random and batch-dependent.
+
+Thread safety: hook-based methods (DeepLift, guided backprop, LRP) attach hooks to the
+model's modules while they run, so one model object must not be explained by two threads
+at once; the seeded methods serialize their use of the global RNGs (see :func:`seeded`).
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any, ClassVar, Literal, Union
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor
+
+from xaiflow.models.base import MicrographModel
+from xaiflow.registry import Registry
+
+#: A reference input: ``"zeros"`` (all-zero image), ``"mean"`` (each image's own per-channel
+#: mean, a flat image of the same brightness), or a constant pixel value.
+Baseline = Union[Literal["zeros", "mean"], float]
+
+
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class MethodParams(BaseModel):
+    """Base of every method's ``Params``: unknown names are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributionMethod(ABC):
+    """Base class of all attribution methods (see the module docstring for the contract)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    #: distributions whose versions change the maps; recorded in :meth:`provenance`
+    libraries: ClassVar[tuple[str, ...]] = ("captum",)
+
+    def __init__(self, model: MicrographModel, **params: Any) -> None:
+        self.model = model
+        self.params = self._validate(params)
+
+    @classmethod
+    def _validate(cls, params: dict[str, Any]) -> MethodParams:
+        valid = ", ".join(cls.Params.model_fields) or "(none)"
+        try:
+            return cls.Params(**params)
+        except ValidationError as exc:
+            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+            if unknown:
+                raise ValueError(
+                    f"attribution method {cls.name!r} got unknown parameter(s) "
+                    f"{', '.join(map(repr, unknown))}; valid parameters: {valid}"
+                ) from None
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
+            )
+            raise ValueError(f"attribution method {cls.name!r}: invalid parameters: {problems}") from None
+
+    def attribute(self, x: Tensor, target: Tensor) -> Tensor:
+        """Maps ``(B, H, W)`` float32 explaining class ``target[i]`` for image ``x[i]``."""
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"x must be a float tensor (B, C, H, W), got {tuple(x.shape)} {x.dtype}")
+        if target.shape != (x.shape[0],) or target.dtype not in _INTEGER_DTYPES:
+            raise ValueError(
+                f"target must be an integer tensor of shape ({x.shape[0]},), got {tuple(target.shape)} {target.dtype}"
+            )
+        if self.model.training:
+            raise ValueError(f"{self.name}: put the model in eval mode (model.eval()) before attributing")
+        # A leaf input that requires grad: gradient methods need it, and Captum warns otherwise.
+        inputs = x.detach().clone().requires_grad_(True)
+        raw = self._attribute(inputs, target.to(device=x.device, dtype=torch.long))
+        maps = raw.detach().sum(dim=1).to(torch.float32).contiguous()
+        if maps.shape != (x.shape[0], *x.shape[2:]):
+            raise RuntimeError(f"{self.name} produced maps of shape {tuple(maps.shape)} for input {tuple(x.shape)}")
+        return maps
+
+    @abstractmethod
+    def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
+        """Input-space attribution ``(B, C', H, W)`` for validated ``x`` and ``target`` (long)."""
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the maps: method name, parameters and library versions."""
+        record: dict[str, Any] = {"method": self.name, "params": self.params.model_dump(mode="json")}
+        for dist in self.libraries:
+            record[f"{dist.replace('-', '_')}_version"] = version(dist)
+        return record
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+
+METHODS: Registry[type[AttributionMethod]] = Registry("attribution method")
+
+
+def make_baseline(x: Tensor, baseline: Baseline) -> Tensor:
+    """The reference input for each image of ``x``, same shape as ``x`` (see :data:`Baseline`)."""
+    if baseline == "zeros":
+        return torch.zeros_like(x)
+    if baseline == "mean":
+        return x.detach().mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+    return torch.full_like(x, float(baseline))
+
+
+_RNG_LOCK = threading.Lock()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's and numpy's global RNGs seeded, then restore both.
+
+    Captum draws its noise and baselines from the global generators (``torch.normal``,
+    ``np.random``), so seeding them is the only way to make those methods reproducible
+    while still calling Captum itself. The caller's RNG state is left unchanged, and a lock
+    keeps two threads of one process from interleaving their draws.
+    """
+    with _RNG_LOCK, torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        np_state = np.random.get_state()
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)

@@ -1,0 +1,285 @@
+"""Contract tests for every registered architecture, plus build_model, backbone errors and devices.
+
+The contract tests loop over ``MODELS.names()``: a new architecture is covered by adding
+it to the registry (and, if its defaults are slow, a small configuration to ``SMALL``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from captum.attr import DeepLift, GuidedBackprop, LayerGradCam, LRP
+from torch import nn
+
+from xaiflow.device import available_cpus, resolve_device, set_torch_threads
+from xaiflow.models import MODELS, UnknownLayerError, build_model, model_params
+from xaiflow.models.backbone import BackboneError
+from xaiflow.registry import UnknownEntryError
+
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+# CPU-friendly configurations for the contract tests; architectures not listed use defaults
+SMALL: dict[str, dict] = {
+    "resnet18": {"width": 0.25},
+    "backbone": {"name": "resnet18", "pretrained": False},
+}
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tests run beside other work on 2 cores (oversubscription is slow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(arch: str, **overrides) -> nn.Module:
+    if arch == "backbone" and not HAS_TORCHVISION:
+        pytest.skip("torchvision is not installed: the backbone's error is tested in test_backbone_without_torchvision")
+    return build_model(arch, NUM_CLASSES, **{**SMALL.get(arch, {}), **overrides})
+
+
+def run_hooks(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Activations of every named layer, keyed in the order the forward pass reached them."""
+    acts: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_layer(name).register_forward_hook(lambda _m, _i, out, name=name: acts.__setitem__(name, out))
+        for name in model.layer_names()
+    ]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return acts
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_forward_shape_and_backward(arch):
+    model = make(arch)
+    x = torch.rand(2, 1, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == torch.float32
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_three_channel_input(arch):
+    assert make(arch, in_channels=3).eval()(torch.rand(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_named_layers_in_forward_order(arch):
+    model = make(arch).eval()
+    names = model.layer_names()
+    assert names and len(set(names)) == len(names)
+    assert model.cam_layer in names
+    assert all(isinstance(model.get_layer(n), nn.Module) for n in names)
+    assert list(run_hooks(model, torch.rand(1, 1, 32, 32))) == names
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_unknown_layer_lists_valid_layers(arch):
+    model = make(arch)
+    with pytest.raises(UnknownLayerError) as err:
+        model.get_layer("no_such_layer")
+    assert "no_such_layer" in str(err.value) and all(n in str(err.value) for n in model.layer_names())
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_hooks_give_batched_activations(arch):
+    """Every named layer but the head gives B x C x h x w (feature extraction pools these)."""
+    model = make(arch).eval()
+    acts = run_hooks(model, torch.rand(2, 1, 64, 64))
+    *conv_layers, head = model.layer_names()
+    for name in conv_layers:
+        assert acts[name].ndim == 4 and acts[name].shape[0] == 2, name
+    assert acts[head].shape == (2, NUM_CLASSES)
+    assert acts[model.cam_layer].shape[-1] >= 2  # Grad-CAM needs a spatial map at 64 px
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_seeded_init_is_deterministic(arch):
+    torch.manual_seed(7)
+    a = make(arch).state_dict()
+    torch.manual_seed(7)
+    b = make(arch).state_dict()
+    torch.manual_seed(8)
+    c = make(arch).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_hparams_rebuild_same_architecture(arch):
+    model = make(arch)
+    hparams = json.loads(json.dumps(model.hparams))  # as read back from a manifest
+    assert hparams == model.hparams
+    rebuilt = type(model).from_hparams(hparams)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_dropout_for_mc_sampling(arch):
+    """With dropout > 0, train-mode outputs vary (MC dropout) and eval mode is deterministic."""
+    model = make(arch, dropout=0.5)
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules())
+    x = torch.rand(2, 1, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:captum.*")
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_captum_module_hook_methods_run(arch):
+    """Separate ReLU modules and Addition_Module sums let DeepLift, LRP, guided backprop run."""
+    torch.manual_seed(0)
+    model = make(arch).eval()
+    x, target = torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
+    deeplift = DeepLift(model).attribute(x, target=target)
+    # completeness: attributions sum to f(x) - f(0) for the zero baseline
+    gap = (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None]).squeeze(1)
+    assert torch.allclose(deeplift.sum(dim=(1, 2, 3)), gap, atol=1e-4)
+    for method in (LRP(model), GuidedBackprop(model)):
+        attr = method.attribute(x, target=target)
+        assert attr.shape == x.shape and torch.isfinite(attr).all()
+    cam = LayerGradCam(model, model.get_layer(model.cam_layer)).attribute(x, target=target)
+    assert cam.shape[:2] == (2, 1)
+
+
+def test_small_cnn_defaults():
+    model = build_model("small_cnn", 4)
+    assert model.layer_names() == ["block1", "block2", "block3", "block4", "pool", "head"]
+    assert model.cam_layer == "block4"
+    assert model.hparams == {"num_classes": 4, "in_channels": 1, "widths": [16, 32, 64, 96], "dropout": 0.2}
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) == 4 and len({id(m) for m in relus}) == 4 and not any(m.inplace for m in relus)
+
+
+def test_resnet18_width_and_compact_stem():
+    full = build_model("resnet18", 2)
+    assert full.get_layer("layer4")[1].conv2.out_channels == 512 and full.cam_layer == "layer4"
+    quarter = build_model("resnet18", 2, width=0.25, stem="compact")
+    assert quarter.get_layer("layer4")[1].conv2.out_channels == 128
+    assert run_hooks(quarter.eval(), torch.rand(1, 1, 64, 64))["layer4"].shape[-2:] == (8, 8)
+
+
+def test_build_model_unknown_arch_lists_valid():
+    with pytest.raises(UnknownEntryError) as err:
+        build_model("vgg99", 2)
+    assert all(name in str(err.value) for name in MODELS.names())
+
+
+def test_build_model_unknown_param_names_valid_ones():
+    with pytest.raises(TypeError) as err:
+        build_model("small_cnn", 2, widht=(8, 16))
+    assert "'widht'" in str(err.value) and "widths" in str(err.value) and "dropout" in str(err.value)
+    assert model_params("small_cnn") == ["widths", "dropout"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "params"),
+    [
+        ("small_cnn", {"widths": []}),
+        ("small_cnn", {"dropout": 1.0}),
+        ("resnet18", {"width": 0}),
+        ("resnet18", {"widths": (8, 16)}),
+        ("resnet18", {"stem": "cifar"}),
+    ],
+)
+def test_invalid_hyperparameters(arch, params):
+    with pytest.raises(ValueError):
+        build_model(arch, 2, **params)
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.0])
+def test_invalid_num_classes(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("small_cnn", num_classes)
+
+
+# backbone: the error paths run everywhere; the weights path needs torchvision
+
+
+def test_backbone_unsupported_family():
+    with pytest.raises(BackboneError, match="supported families"):
+        build_model("backbone", 2, name="densenet121", weights_path="x.pt")
+
+
+def test_backbone_without_weights_explains_offline_download(tmp_path):
+    for path in (None, str(tmp_path / "missing.pt")):
+        with pytest.raises(BackboneError) as err:
+            build_model("backbone", 2, name="resnet18", weights_path=path)
+        msg = str(err.value)
+        assert "cannot be downloaded at run time" in msg and "torch.save" in msg and "weights_path" in msg
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is installed: the adapter itself is tested")
+def test_backbone_without_torchvision(tmp_path):
+    weights = tmp_path / "resnet18.pt"
+    torch.save({}, weights)
+    for params in ({"weights_path": str(weights)}, {"pretrained": False}):
+        with pytest.raises(ImportError) as err:
+            build_model("backbone", 2, name="resnet18", **params)
+        assert "needs torchvision" in str(err.value) and "pip install 'xaiflow[torchvision]'" in str(err.value)
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed (its error is tested above)")
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_backbone_grayscale_matches_rgb_copy(tmp_path, name):
+    """With the ImageNet weights, a gray image gives what torchvision gives for it copied to RGB."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(name, weights=None).eval()
+    path = tmp_path / f"{name}.pt"
+    torch.save(net.state_dict(), path)
+    model = build_model("backbone", 1000, name=name, weights_path=str(path)).eval()
+    original_head = net.fc if name.startswith("resnet") else net.classifier
+    model.head.load_state_dict(original_head.state_dict())
+    gray = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(model(gray), net(gray.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+# devices and threads
+
+
+def test_resolve_device_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1"])
+def test_resolve_device_cuda_unavailable(spec):
+    with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is False"):
+        resolve_device(spec)
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu"])
+def test_resolve_device_unknown(spec):
+    with pytest.raises(ValueError, match="valid: auto, cpu, cuda, cuda:N, mps"):
+        resolve_device(spec)
+
+
+def test_set_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_torch_threads(None) == available_cpus() == torch.get_num_threads()
+        with pytest.raises(ValueError):
+            set_torch_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -29,3 +29,23 @@ def test_ingest_flow_runs_library_ingest(prefect_harness, tmp_path):
     assert xaiflow.open_workspace(ws)["images/tiny"].ds.sizes["sample"] == 12
     again = ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     assert again[0]["status"] == "up-to-date"
+
+
+def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
+    from flows.train import train_flow
+    from xaiflow import store
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
+                                                 "images_per_specimen": 2, "size": [32, 32]},
+                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
+        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+    ws = tmp_path / "ws.zarr"
+    from flows.ingest import ingest_flow
+
+    ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    rows = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    (row,) = rows
+    preds = store.open_group(ws, f"predictions/syn/{row['model_id']}")
+    assert preds.sizes["sample"] == 24 and 0 <= row["test_balanced_accuracy"] <= 1

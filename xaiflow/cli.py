@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +19,8 @@ import xaiflow
 app = typer.Typer(help="xaiflow: what did the network learn from these micrographs?", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console(stderr=True)
-out = Console()
+# tables stay readable when piped or logged (rich would wrap at 80 columns)
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
 
 WORKSPACE_HELP = "workspace (a Zarr v3 store, created on first use); env XAIFLOW_WORKSPACE"
 
@@ -91,6 +94,123 @@ def ingest(
         extra = f", {r.n_skipped} skipped (see `xaiflow info`)" if r.n_skipped else ""
         out.print(f"[green]{r.dataset}[/]: {r.status}, {r.n_samples} samples{extra}")
     _print_info(workspace)
+
+
+def _rows_table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
+    table = Table(*columns, title=title, box=None)
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in columns])
+    return table
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="run config YAML with a `train:` section"),
+    workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
+    folds: Optional[int] = typer.Option(None, "--folds", help="train k models on specimen-grouped folds (Dask tasks)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: one model each (Dask tasks)"),
+    force: bool = typer.Option(False, "--force", help="retrain even if a checkpoint with this config exists"),
+    cluster: str = typer.Option("local", "--cluster", help="cluster profile for several runs"),
+) -> None:
+    """Train the model of CONFIG (or several: --folds / --seeds) and report test metrics."""
+    from xaiflow.config import ConfigError, load_config
+    from xaiflow.models.checkpoint import CheckpointError
+    from xaiflow.runtime import TaskError, dask_client
+    from xaiflow.training import TrainingError, expand_runs, train_many, train_model
+
+    try:
+        cfg = load_config(config)
+        if cfg.train is None:
+            raise ConfigError(f"{config}: no `train:` section")
+        runs = expand_runs(cfg.train, folds, [int(s) for s in seeds.split(",")] if seeds else None)
+        if len(runs) == 1:
+            with _progress() as bars:
+                task = bars.add_task(f"train {cfg.train.arch}", total=cfg.train.epochs)
+                rows = [train_model(workspace, runs[0], force=force, progress=lambda e, row: bars.update(
+                    task, completed=e, description=f"train {cfg.train.arch} val bal.acc {row['val_balanced_accuracy']:.2f}"))]
+        else:
+            with dask_client(cluster) as client, _progress() as bars:
+                rows = train_many(workspace, runs, force=force, client=client, progress=_RichProgress(bars, "models"))
+    except (ConfigError, TrainingError, CheckpointError, TaskError, ValueError) as e:
+        _fail(e)
+    out.print(_rows_table(rows, ["model_id", "fold", "seed", "reused", "best_epoch", "val_balanced_accuracy",
+                                 "test_balanced_accuracy", "test_majority_balanced_accuracy"],
+                          title="balanced accuracy on held-out specimens (majority-class baseline beside it)"))
+    if len(rows) == 1:
+        _print_class_report(Path(rows[0]["checkpoint"]))
+
+
+def _print_class_report(directory: Path) -> None:
+    from xaiflow.models.checkpoint import read_metrics
+
+    metrics = read_metrics(directory)
+    for split in ("test", "val"):
+        if split in metrics:
+            rep = metrics[split]
+            rows = [{"class": c, **v} for c, v in rep["per_class"].items()]
+            out.print(_rows_table(rows, ["class", "precision", "recall", "support"],
+                                  title=f"{split}: balanced accuracy {rep['balanced_accuracy']:.3f} "
+                                        f"(majority baseline {rep['majority_baseline']['balanced_accuracy']:.3f}), "
+                                        f"confusion (rows true): {rep['confusion']}"))
+            break
+
+
+@app.command()
+def models(workspace: Path = typer.Argument(..., help="workspace path")) -> None:
+    """Table of the workspace's trained models with their metrics."""
+    from xaiflow.models.checkpoint import CheckpointError, read_metrics, verify_checkpoint
+    from xaiflow.store import models_dir
+
+    rows = []
+    for d in sorted(p for p in models_dir(workspace).glob("*") if p.is_dir() and not p.name.startswith(".")) \
+            if models_dir(workspace).is_dir() else []:
+        try:
+            manifest = verify_checkpoint(d)
+        except CheckpointError as e:
+            rows.append({"model_id": d.name, "status": f"INVALID: {e}"})
+            continue
+        m = read_metrics(d)
+        rows.append({"model_id": d.name, "arch": manifest.arch, "status": "ok", "epochs": m.get("epochs_run"),
+                     "val_bal_acc": m.get("val", {}).get("balanced_accuracy"),
+                     "test_bal_acc": m.get("test", {}).get("balanced_accuracy"),
+                     "majority": m.get("test", {}).get("majority_baseline", {}).get("balanced_accuracy"),
+                     "img/s": m.get("train_images_per_second"), "sha256": manifest.weights_sha256[:12]})
+    if not rows:
+        _fail(ValueError(f"no trained models in {models_dir(workspace)}; run `xaiflow train`"))
+    out.print(_rows_table(rows, ["model_id", "arch", "status", "epochs", "val_bal_acc", "test_bal_acc", "majority",
+                                 "img/s", "sha256"]))
+
+
+@app.command()
+def predict(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    model: str = typer.Option(..., "--model", "-m", help="model id (see `xaiflow models`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name"),
+    device: str = typer.Option("cpu", "--device"),
+    cluster: str = typer.Option("local", "--cluster"),
+) -> None:
+    """Write predictions/<dataset>/<model> (logits, probabilities, predicted class)."""
+    from xaiflow.models.checkpoint import CheckpointError
+    from xaiflow.predict import PredictionError, predict_dataset
+    from xaiflow.runtime import TaskError, dask_client
+    from xaiflow.store import open_group
+
+    try:
+        with dask_client(cluster) as client, _progress() as bars:
+            group = predict_dataset(workspace, model, dataset, device=device, client=client,
+                                    progress=_RichProgress(bars, dataset))
+        ds = open_group(workspace, group)
+    except (PredictionError, CheckpointError, TaskError, ValueError) as e:
+        _fail(e)
+    correct = (ds.predicted.values == ds.label_index.values)
+    out.print(f"[green]{group}[/]: {ds.sizes['sample']} samples, accuracy {correct.mean():.3f} "
+              f"(test split {correct[ds.split.values == 'test'].mean():.3f})")
 
 
 @app.command()

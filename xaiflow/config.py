@@ -109,10 +109,37 @@ class DatasetConfig(StrictModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class AugmentConfig(StrictModel):
+    flips: bool = Field(True, description="random horizontal/vertical flips")
+    rot90: bool = Field(True, description="random 90-degree rotations")
+    crop: int | None = Field(None, ge=8, description="random square crop size for training (None: no crop)")
+
+
+class TrainConfig(StrictModel):
+    """One model to train. Every field is part of the model id."""
+
+    dataset: str = Field(description="images/<dataset> in the workspace")
+    arch: str = Field("small_cnn", description="architecture name (xaiflow.models.MODELS)")
+    model_params: dict[str, Any] = Field(default_factory=dict, description="architecture hyperparameters")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    balance: Literal["loss", "sampler", "none"] = "loss"
+    augment: AugmentConfig = AugmentConfig()
+    patience: int = Field(8, ge=1, description="epochs without val improvement before stopping")
+    seed: int = 0
+    folds: int | None = Field(None, ge=2, description="k specimen-grouped folds over train+val")
+    fold: int | None = Field(None, ge=0, description="which fold is the validation set")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: the worker's share)")
+
+
 class RunConfig(StrictModel):
     """A whole run config file. Later stages (training, attribution, ...) add sections."""
 
     datasets: list[DatasetConfig] = Field(min_length=1)
+    train: TrainConfig | None = Field(None, description="the model to train (xaiflow train)")
 
     @field_validator("datasets")
     @classmethod

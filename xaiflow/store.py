@@ -32,6 +32,16 @@ class WorkspaceError(ValueError):
     """The workspace or a group in it is missing or unusable; names the path and group."""
 
 
+def models_dir(workspace: str | os.PathLike[str]) -> Path:
+    """Where a workspace keeps its model checkpoints: ``ws.zarr`` -> ``ws.models/<model_id>/``.
+
+    A sibling folder, not a folder inside the store: zarr and xarray treat every folder of
+    a store as part of the hierarchy.
+    """
+    path = Path(workspace)
+    return path.with_name((path.stem if path.suffix == ".zarr" else path.name) + ".models")
+
+
 def _path(workspace: str | os.PathLike[str]) -> Path:
     return Path(workspace)
 
@@ -97,6 +107,11 @@ def open_group(workspace: str | os.PathLike[str], group: str, check_complete: bo
             "re-run the step that writes it"
         )
     return ds
+
+
+def strings(values: Any) -> np.ndarray:
+    """A string coordinate as a plain numpy unicode array (Zarr 3 gives numpy StringDType)."""
+    return np.array(np.asarray(values).tolist(), dtype=str)
 
 
 def group_attrs(workspace: str | os.PathLike[str], group: str) -> dict[str, Any]:

@@ -31,3 +31,24 @@ def test_ingest_info_and_clear_errors(tmp_path):
     assert bad.returncode == 2 and "datasets.0.chunksize" in bad.stderr and "Traceback" not in bad.stderr
     missing = run("info", str(tmp_path / "nope.zarr"))
     assert missing.returncode == 2 and "not an xaiflow workspace" in missing.stderr
+
+
+def test_train_models_predict_commands(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
+                                                 "images_per_specimen": 2, "size": [32, 32]},
+                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
+        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+    ws = tmp_path / "ws.zarr"
+    assert run("ingest", str(config), "-w", str(ws), "--cluster", "threads").returncode == 0
+    res = run("train", str(config), "-w", str(ws))
+    assert res.returncode == 0, res.stderr
+    assert "majority-class baseline" in res.stdout and "small_cnn-syn-" in res.stdout
+    model_id = next(w for w in res.stdout.split() if w.startswith("small_cnn-syn-"))
+    listing = run("models", str(ws))
+    assert listing.returncode == 0 and model_id in listing.stdout and " ok " in listing.stdout
+    pred = run("predict", str(ws), "--model", model_id, "--dataset", "syn", "--cluster", "threads")
+    assert pred.returncode == 0 and f"predictions/syn/{model_id}: 24 samples" in pred.stdout
+    bad = run("predict", str(ws), "--model", "nope", "--dataset", "syn", "--cluster", "threads")
+    assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr

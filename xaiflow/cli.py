@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,7 +19,7 @@ app = typer.Typer(help="xaiflow: what did the network learn from these micrograp
                   pretty_exceptions_enable=False)
 console = Console(stderr=True)
 # tables stay readable when piped or logged (rich would wrap at 80 columns)
-out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 WORKSPACE_HELP = "workspace (a Zarr v3 store, created on first use); env XAIFLOW_WORKSPACE"
 

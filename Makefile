@@ -14,8 +14,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-demo: setup  ## ingest the quick-start data into $(WORKSPACE) and print its summary
+demo: setup  ## ingest the quick-start data, train its model, predict; print the summaries
 	$(BIN)/xaiflow ingest configs/quickstart.yaml --workspace $(WORKSPACE)
+	$(BIN)/xaiflow train configs/quickstart.yaml --workspace $(WORKSPACE)
 
 test: setup  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest -q -p no:cacheprovider

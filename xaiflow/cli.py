@@ -116,8 +116,9 @@ def train(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: one model each (Dask tasks)"),
     force: bool = typer.Option(False, "--force", help="retrain even if a checkpoint with this config exists"),
     cluster: str = typer.Option("local", "--cluster", help="cluster profile for several runs"),
+    predict: bool = typer.Option(True, "--predict/--no-predict", help="write predictions/<dataset>/<model>"),
 ) -> None:
-    """Train the model of CONFIG (or several: --folds / --seeds) and report test metrics."""
+    """Train the model of CONFIG (or several: --folds / --seeds), report test metrics, predict."""
     from xaiflow.config import ConfigError, load_config
     from xaiflow.models.checkpoint import CheckpointError
     from xaiflow.runtime import TaskError, dask_client
@@ -136,6 +137,12 @@ def train(
         else:
             with dask_client(cluster) as client, _progress() as bars:
                 rows = train_many(workspace, runs, force=force, client=client, progress=_RichProgress(bars, "models"))
+        if predict:
+            from xaiflow.predict import predict_dataset
+
+            with dask_client("threads" if len(runs) == 1 else cluster) as client:
+                for row in rows:
+                    predict_dataset(workspace, row["model_id"], row["dataset"], client=client)
     except (ConfigError, TrainingError, CheckpointError, TaskError, ValueError) as e:
         _fail(e)
     out.print(_rows_table(rows, ["model_id", "fold", "seed", "reused", "best_epoch", "val_balanced_accuracy",
@@ -152,11 +159,13 @@ def _print_class_report(directory: Path) -> None:
     for split in ("test", "val"):
         if split in metrics:
             rep = metrics[split]
-            rows = [{"class": c, **v} for c, v in rep["per_class"].items()]
-            out.print(_rows_table(rows, ["class", "precision", "recall", "support"],
-                                  title=f"{split}: balanced accuracy {rep['balanced_accuracy']:.3f} "
-                                        f"(majority baseline {rep['majority_baseline']['balanced_accuracy']:.3f}), "
-                                        f"confusion (rows true): {rep['confusion']}"))
+            classes = list(rep["per_class"])
+            rows = [{"class": c, **v, **{f"pred:{p}": n for p, n in zip(classes, cm_row)}}
+                    for (c, v), cm_row in zip(rep["per_class"].items(), rep["confusion"])]
+            out.print(f"{split}: balanced accuracy {rep['balanced_accuracy']:.3f} "
+                      f"(majority baseline {rep['majority_baseline']['balanced_accuracy']:.3f}); "
+                      "per class, with the confusion matrix (rows: true class)")
+            out.print(_rows_table(rows, ["class", "precision", "recall", "support", *[f"pred:{c}" for c in classes]]))
             break
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +74,14 @@ def folder_config(root: Path, name: str = "tiny", **overrides) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+def write_tiny_run_config(tmp_path: Path) -> Path:
+    """A run config with a 24-image synthetic dataset (32 px) and a 2-epoch training section."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
+                                                 "images_per_specimen": 2, "size": [32, 32]},
+                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
+        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+    return config

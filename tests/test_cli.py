@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from conftest import folder_config, write_folder_dataset
+from conftest import folder_config, write_folder_dataset, write_tiny_run_config
 
 import yaml
 
@@ -34,12 +34,7 @@ def test_ingest_info_and_clear_errors(tmp_path):
 
 
 def test_train_models_predict_commands(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
-                                                 "images_per_specimen": 2, "size": [32, 32]},
-                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
-        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+    config = write_tiny_run_config(tmp_path)
     ws = tmp_path / "ws.zarr"
     assert run("ingest", str(config), "-w", str(ws), "--cluster", "threads").returncode == 0
     res = run("train", str(config), "-w", str(ws))

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 import xaiflow
-from conftest import folder_config, write_folder_dataset
+from conftest import folder_config, write_folder_dataset, write_tiny_run_config
 
 pytestmark = pytest.mark.prefect
 
@@ -35,12 +35,7 @@ def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
     from flows.train import train_flow
     from xaiflow import store
 
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
-                                                 "images_per_specimen": 2, "size": [32, 32]},
-                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
-        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+    config = write_tiny_run_config(tmp_path)
     ws = tmp_path / "ws.zarr"
     from flows.ingest import ingest_flow
 

@@ -88,13 +88,15 @@ def test_corrupt_image_raises_naming_file_and_writes_nothing(folder_dataset, tmp
 
 def test_skip_records_bad_items_and_ingests_the_rest(folder_dataset, tmp_path, client):
     (folder_dataset / "img/s0_0.png").write_bytes(b"not a png at all")
+    (folder_dataset / "img/s3_1.png").unlink()
     ws = tmp_path / "ws.zarr"
     res = ingest_dataset(dataset(folder_config(folder_dataset, on_error="skip")), ws, client=client)
-    assert (res.n_samples, res.n_skipped) == (11, 1)
+    assert (res.n_samples, res.n_skipped) == (10, 2)
     ds = store.open_group(ws, "images/tiny")
-    assert "s0_0" not in ds.sample.values
-    (rec,) = ds.attrs["skipped"]
-    assert rec["id"] == "s0_0" and rec["file"].endswith("s0_0.png") and "cannot decode" in rec["reason"]
+    assert "s0_0" not in ds.sample.values and "s3_1" not in ds.sample.values
+    decode, missing = ds.attrs["skipped"]
+    assert decode["id"] == "s0_0" and decode["file"].endswith("s0_0.png") and "cannot decode" in decode["reason"]
+    assert missing["id"] == "s3_1" and "row 12: image file" in missing["reason"] and "does not exist" in missing["reason"]
 
 
 def test_failed_overwrite_keeps_existing_dataset(folder_dataset, tmp_path, client):

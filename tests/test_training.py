@@ -1,6 +1,7 @@
 """Training, checkpoints and predictions on a small synthetic workspace (real torch, real Dask)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def trained(workspace):
 
 def test_training_learns_and_reports(trained):
     assert not trained["reused"]
-    metrics = json.loads((store.Path(trained["checkpoint"]) / "metrics.json").read_text())
+    metrics = json.loads((Path(trained["checkpoint"]) / "metrics.json").read_text())
     test = metrics["test"]
     assert set(test["per_class"]) == {"particles", "lamellae", "network"}
     assert np.array(test["confusion"]).sum() == test["n"]
@@ -47,7 +48,7 @@ def test_training_learns_and_reports(trained):
 
 
 def test_rerun_reuses_checkpoint_and_force_retrains(workspace, trained):
-    weights = store.Path(trained["checkpoint"]) / "weights.pt"
+    weights = Path(trained["checkpoint"]) / "weights.pt"
     mtime = weights.stat().st_mtime_ns
     before = load_checkpoint(trained["checkpoint"])[0].state_dict()
     again = train_model(workspace, small())

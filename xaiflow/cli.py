@@ -17,7 +17,7 @@ import xaiflow
 
 app = typer.Typer(help="xaiflow: what did the network learn from these micrographs?", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 # tables stay readable when piped or logged (rich would wrap at 80 columns)
 out = Console(width=None if sys.stdout.isatty() else 200)
 

@@ -65,6 +65,9 @@ def scan_batch(refs: list[SampleRef], source: ImageSource, cfg: DatasetConfig) -
     """Per sample: the window to cut (relative to ``source.read``), or the error message."""
     out: list[Window | str] = []
     for ref in refs:
+        if ref.problem:
+            out.append(f"{ref.origin}: {ref.problem}")
+            continue
         try:
             img = source.read(ref)
             win = plan_window(img.shape[0], img.shape[1], ref.um_per_px, cfg.geometry, _name(ref))

@@ -22,6 +22,3 @@ def cached_model(directory: str | Path, device: torch.device | str = "cpu") -> t
         _CACHE[key] = load_checkpoint(directory, map_location=device)
     return _CACHE[key]
 
-
-def cache_size() -> int:
-    return len(_CACHE)

@@ -55,6 +55,9 @@ class SampleRef:
     window: Window | None = None
     #: where the sample was declared (e.g. "metadata.csv row 12"), for error messages
     origin: str = ""
+    #: a problem found while listing (missing file, unknown label): the sample is reported
+    #: as bad at ingest (an error, or a skip record with ``on_error: skip``) and never read
+    problem: str = ""
 
 
 class ImageSource(ABC):

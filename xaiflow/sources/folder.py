@@ -125,30 +125,30 @@ class FolderSource(ImageSource):
         for i, row in enumerate(table.to_dict("records")):
             origin = f"{self.csv_path.name} row {i + 2}"  # +1 header, +1 one-based
             rel = _clean(row[cols.file])
-            if not rel:
-                raise SourceError(f"{origin}: column {cols.file!r} is empty")
-            path = Path(cfg.root) / str(rel)
-            if not path.is_file():
-                raise SourceError(f"{origin}: image file {path} does not exist")
+            path = Path(cfg.root) / str(rel or "")
             label = "unlabeled" if cols.label is None else _clean(row[cols.label])
-            if label is None:
-                raise SourceError(f"{origin}: label column {cols.label!r} is empty")
-            label = str(label)
-            if cfg.classes is not None and label not in cfg.classes:
-                raise SourceError(f"{origin}: unknown label {label!r}; expected one of {cfg.classes}")
-            sample_id = str(_clean(row[cols.id])) if cols.id else path.stem
-            group = _clean(row[cols.group]) if cols.group else None
             um = _clean(row[cols.um_per_px]) if cols.um_per_px else None
             if um is None:
                 um = cfg.um_per_px
-            if um is not None and (not isinstance(um, (int, float)) or um <= 0):
-                raise SourceError(f"{origin}: {cols.um_per_px!r} must be a positive number, got {um!r}")
+            problem = ""
+            if not rel:
+                problem = f"column {cols.file!r} is empty"
+            elif not path.is_file():
+                problem = f"image file {path} does not exist"
+            elif label is None:
+                problem = f"label column {cols.label!r} is empty"
+            elif cfg.classes is not None and str(label) not in cfg.classes:
+                problem = f"unknown label {label!r}; expected one of {cfg.classes}"
+            elif um is not None and (not isinstance(um, (int, float)) or um <= 0):
+                problem = f"{cols.um_per_px!r} must be a positive number, got {um!r}"
+            sample_id = str(_clean(row[cols.id])) if cols.id else (path.stem or f"row{i + 2}")
+            group = _clean(row[cols.group]) if cols.group else None
             refs.append(SampleRef(
-                id=sample_id, uri=str(path), label=label,
+                id=sample_id, uri=str(path), label=str(label),
                 group=str(group) if group is not None else sample_id,
-                um_per_px=float(um) if um is not None else float("nan"),
+                um_per_px=float(um) if isinstance(um, (int, float)) and um > 0 else float("nan"),
                 metadata={c: _clean(row[c]) for c in cols.metadata},
-                origin=origin,
+                origin=origin, problem=problem,
             ))
         if cfg.max_per_group_label:
             refs = _stratified_subset(refs, cfg.max_per_group_label)

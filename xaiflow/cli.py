@@ -222,6 +222,76 @@ def predict(
 
 
 @app.command()
+def attribute(
+    config: Path = typer.Argument(..., help="run config YAML with an `attribution:` section"),
+    workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method names (default: config)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (default: config)"),
+    cluster: str = typer.Option("local", "--cluster", help="cluster profile: threads, local, tcp://host:port or YAML"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="recompute maps stored with other parameters/model"),
+) -> None:
+    """Compute attribution maps chunk by chunk on Dask and store them beside the images."""
+    from xaiflow.attribution.engine import AttributionError, run_attribution
+    from xaiflow.config import ConfigError, MethodSpec, load_config
+    from xaiflow.models.checkpoint import CheckpointError
+    from xaiflow.runtime import TaskError, dask_client
+
+    try:
+        cfg = load_config(config)
+        if cfg.attribution is None:
+            raise ConfigError(f"{config}: no `attribution:` section")
+        acfg = cfg.attribution
+        if methods:
+            acfg = acfg.model_copy(update={"methods": [MethodSpec(name=m.strip()) for m in methods.split(",")]})
+        if model:
+            acfg = acfg.model_copy(update={"model": model})
+        with dask_client(cluster) as client, _progress() as bars:
+            console.print(f"dask dashboard: {client.dashboard_link}")
+            res = run_attribution(workspace, acfg, run=cfg, overwrite=overwrite, client=client,
+                                  progress=_RichProgress(bars, f"{acfg.dataset} chunks"))
+    except (ConfigError, AttributionError, CheckpointError, TaskError, ValueError) as e:
+        _fail(e)
+    out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} already complete")
+    rows = [{"method": k, "maps": n, "non-finite": res.nonfinite.get(k, 0),
+             "s/map (worker)": res.seconds[k] / max(n, 1)} for k, n in res.maps_computed.items()]
+    if rows:
+        out.print(_rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"]))
+
+
+@app.command()
+def show(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    model: str = typer.Option(..., "--model", "-m"),
+    samples: Optional[str] = typer.Option(None, "--samples", help="comma-separated sample ids (default: 4 computed ones)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method keys (default: all stored)"),
+    output: Path = typer.Option(Path("saliency.png"), "--out", "-o", help="PNG to write"),
+) -> None:
+    """Figure grid: each sample's image and every method's map over it, with labels."""
+    import numpy as np
+
+    from xaiflow.figures import saliency_grid
+    from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency
+
+    try:
+        ds = open_saliency(workspace, dataset, model, methods.split(",") if methods else None)
+        if samples:
+            ids = [s.strip() for s in samples.split(",")]
+            unknown = sorted(set(ids) - set(ds.sample.values.tolist()))
+            if unknown:
+                raise SaliencyQueryError(f"unknown sample id(s) {unknown} in dataset {dataset!r}")
+        else:
+            done = ds.done.all(METHOD).values
+            ids = [str(s) for s in ds.sample.values[np.flatnonzero(done)[:4]]]
+            if not ids:
+                raise SaliencyQueryError("no sample has maps for every method yet")
+        path = saliency_grid(ds, ids, output)
+    except (SaliencyQueryError, ValueError, KeyError) as e:
+        _fail(e)
+    out.print(f"wrote {path}")
+
+
+@app.command()
 def info(workspace: Path = typer.Argument(..., help="workspace path")) -> None:
     """Tree of the workspace's groups with shapes, classes and counts per split."""
     try:
@@ -244,6 +314,11 @@ def _print_info(workspace: Path) -> None:
                 table.add_row(str(idx), *[str(v) for v in row])
             node.add(table)
     out.print(tree)
+
+
+from xaiflow.cli_studies import register as _register_studies  # noqa: E402
+
+_register_studies(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,9 +67,9 @@ def predict_dataset(workspace: str | os.PathLike[str], model_id: str, dataset: s
     chunk = images[schema.IMAGE].data.chunksize[0]
     k = len(classes)
     ds = xr.Dataset(
-        {"logits": ((schema.SAMPLE, CLASS), da.zeros((n, k), np.float32, chunks=(chunk, k))),
-         "probabilities": ((schema.SAMPLE, CLASS), da.zeros((n, k), np.float32, chunks=(chunk, k))),
-         "predicted": ((schema.SAMPLE,), da.zeros(n, np.int16, chunks=chunk))},
+        {"logits": ((schema.SAMPLE, CLASS), da.zeros((n, k), dtype=np.float32, chunks=(chunk, k))),
+         "probabilities": ((schema.SAMPLE, CLASS), da.zeros((n, k), dtype=np.float32, chunks=(chunk, k))),
+         "predicted": ((schema.SAMPLE,), da.zeros(n, dtype=np.int16, chunks=chunk))},
         coords={schema.SAMPLE: images[schema.SAMPLE].values.astype(object), CLASS: np.array(classes, object),
                 schema.LABEL_INDEX: images[schema.LABEL_INDEX], schema.SPLIT: images[schema.SPLIT].values.astype(object)},
         attrs={schema.ATTR_CLASSES: classes, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,

@@ -110,8 +110,11 @@ def client_or_default(client: Any = None) -> Iterator[Any]:
 
 
 def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = None,
-              progress: ProgressFn | None = None, stage: str = "tasks", **kwargs: Any) -> list[Any]:
+              progress: ProgressFn | None = None, stage: str = "tasks",
+              resources: dict[str, float] | None = None, **kwargs: Any) -> list[Any]:
     """Run ``fn(item, **kwargs)`` for every item as one Dask task each; results in item order.
+
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts the tasks to workers that declare them.
 
     All tasks run to the end even if some fail, so every finished chunk is kept; the first
     error is raised afterwards with the count of failed tasks.
@@ -121,7 +124,7 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
     if not items:
         return []
     with client_or_default(client) as c:
-        futures = c.map(fn, items, pure=False, **kwargs)
+        futures = c.map(fn, items, pure=False, resources=resources, **kwargs)
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, BaseException]] = []

@@ -128,6 +128,13 @@ def delete_group(workspace: str | os.PathLike[str], group: str) -> None:
         shutil.rmtree(_path(workspace) / group)
 
 
+def delete_array(workspace: str | os.PathLike[str], group: str, name: str) -> None:
+    """Remove one variable of a group (used when a method is recomputed with --overwrite)."""
+    path = _path(workspace) / group / name
+    if path.exists():
+        shutil.rmtree(path)
+
+
 def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset, n_chunks: int) -> None:
     """Write coordinates, attrs and empty (lazy) data variables of ``group``, marked incomplete.
 

@@ -92,6 +92,21 @@ def data_hash(arrays: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def resolve_model_id(workspace: str | Path, cfg: TrainConfig) -> str:
+    """The id :func:`train_model` gives (or gave) this config, without loading any pixels."""
+    group = schema.group_path(schema.IMAGES, cfg.dataset)
+    try:
+        ds = store.open_group(workspace, group)
+    except store.WorkspaceError as e:
+        raise TrainingError(str(e)) from None
+    split = store.strings(ds[schema.SPLIT].values)
+    if cfg.folds is not None:
+        split = fold_split(split, store.strings(ds[schema.GROUP].values), ds[schema.LABEL_INDEX].values.astype(np.int64),
+                           cfg.folds, cfg.fold or 0, cfg.seed)
+    arrays = {"attrs": ds.attrs, "sample": store.strings(ds[schema.SAMPLE].values), "split": split}
+    return model_id_for(cfg, data_hash(arrays))
+
+
 def model_id_for(cfg: TrainConfig, dhash: str) -> str:
     blob = json.dumps({"train": cfg.model_dump(mode="json", exclude={"device", "threads"}), "data": dhash},
                       sort_keys=True)

@@ -68,6 +68,9 @@ class AttributionMethod(ABC):
     Params: ClassVar[type[MethodParams]] = MethodParams
     #: distributions whose versions change the maps; recorded in :meth:`provenance`
     libraries: ClassVar[tuple[str, ...]] = ("captum",)
+    #: the parameter that bounds how many model evaluations run in one forward pass
+    #: (memory-aware batching sets it; it changes speed and memory, not the maps)
+    batch_param: ClassVar[str | None] = None
 
     def __init__(self, model: MicrographModel, **params: Any) -> None:
         self.model = model

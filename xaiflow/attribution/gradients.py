@@ -114,6 +114,7 @@ class IntegratedGradientsMethod(AttributionMethod):
     """Integrated gradients (Sundararajan et al. 2017)."""
 
     name = "integrated_gradients"
+    batch_param = "internal_batch_size"
     Params = IntegratedGradientsParams
     params: IntegratedGradientsParams
 
@@ -144,6 +145,7 @@ class SmoothGradMethod(AttributionMethod):
     """SmoothGrad over saliency (Smilkov et al. 2017), Captum's ``NoiseTunnel``."""
 
     name = "smoothgrad"
+    batch_param = "nt_samples_batch_size"
     Params = SmoothGradParams
     params: SmoothGradParams
 

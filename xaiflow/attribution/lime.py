@@ -72,6 +72,7 @@ class LimeMethod(AttributionMethod):
     """Superpixel LIME (Ribeiro et al. 2016), equal to lime's ``LimeImageExplainer`` weights."""
 
     name = "lime"
+    batch_param = "batch_size"
     Params = LimeParams
     params: LimeParams
     libraries = ("scikit-learn", "scikit-image")

@@ -34,6 +34,7 @@ class OcclusionMethod(AttributionMethod):
     """Occlusion (Zeiler & Fergus 2014), Captum's ``Occlusion``."""
 
     name = "occlusion"
+    batch_param = "perturbations_per_eval"
     Params = OcclusionParams
     params: OcclusionParams
 

@@ -1,0 +1,218 @@
+"""The attribution engine on a real workspace: Dask worker processes, Zarr regions, resume."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from xaiflow import store
+from xaiflow.attribution import METHODS, make_method
+from xaiflow.attribution.engine import AttributionError, run_attribution
+from xaiflow.config import AttributionConfig, MethodSpec, TrainConfig, parse_config
+from xaiflow.ingest import ingest_dataset
+from xaiflow.models.checkpoint import load_checkpoint, save_checkpoint
+from xaiflow.preprocess import to_input
+from xaiflow.runtime import TaskError
+from xaiflow.saliency import METHOD, open_saliency
+from xaiflow.training import train_model
+
+#: cheap parameters per method so every registered method runs in the engine tests
+FAST = {
+    "integrated_gradients": {"n_steps": 4}, "smoothgrad": {"nt_samples": 3}, "gradient_shap": {"n_samples": 3},
+    "occlusion": {"window": 8, "stride": 8}, "lime": {"num_samples": 40, "n_segments": 12},
+}
+DETERMINISTIC = ["saliency", "input_x_gradient", "integrated_gradients", "deeplift", "grad_cam", "occlusion"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, client):
+    ws = tmp_path_factory.mktemp("attr") / "ws.zarr"
+    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
+                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"]},
+           "geometry": {"size": [32, 32]}, "chunk_size": 6}
+    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
+    row = train_model(ws, TrainConfig(dataset="syn", epochs=3, model_params={"widths": [8, 16]}, device="cpu",
+                                      threads=1, augment={"crop": None}))
+    return ws, row["model_id"]
+
+
+def config(model_id, methods, **kw):
+    return AttributionConfig(dataset="syn", model=model_id, device="cpu",
+                             methods=[MethodSpec(name=m, params=FAST.get(m, {})) for m in methods], **kw)
+
+
+def test_every_registered_method_through_the_engine(ws, client):
+    ws, model_id = ws
+    res = run_attribution(ws, config(model_id, METHODS.names(), splits=["test"]), client=client)
+    ds = open_saliency(ws, "syn", model_id)
+    test = ds.split.values == "test"
+    assert set(res.maps_computed) == set(METHODS.names())
+    assert all(n == test.sum() for n in res.maps_computed.values())
+    assert ds.saliency.dims == ("sample", METHOD, "y", "x") and ds.saliency.dtype == np.float32
+    sal = ds.saliency.values
+    assert np.isfinite(sal[test]).all() and np.isnan(sal[~test]).all()  # only the requested split
+    assert ds.done.values[test].all() and not ds.done.values[~test].any()
+    # targets are the predicted classes, and stored maps equal a direct call of the method
+    model, _ = load_checkpoint(store.models_dir(ws) / model_id)
+    idx = np.flatnonzero(test)[:3]
+    x = to_input(ds.image.values[idx])
+    with torch.no_grad():
+        predicted = model(x).argmax(1).numpy()
+    for name in DETERMINISTIC:
+        target = ds.target.sel({METHOD: name}).values[idx]
+        np.testing.assert_array_equal(target, predicted)
+        direct = make_method(name, model, **FAST.get(name, {})).attribute(x, torch.from_numpy(predicted)).numpy()
+        stored = ds.saliency.sel({METHOD: name}).values[idx]
+        np.testing.assert_allclose(stored, direct, atol=1e-5 * np.abs(direct).max())
+    prov = ds.attrs["provenance"]
+    assert prov["checkpoint_sha256"] == ds.attrs["checkpoint_sha256"] and "captum_version" in prov
+    assert ds.attrs["methods"]["integrated_gradients"]["params"] == {"n_steps": 4}
+
+
+def test_rerun_computes_only_missing_chunks(ws, client):
+    ws, model_id = ws
+    cfg = config(model_id, ["saliency", "integrated_gradients"], splits=["test"])
+    run_attribution(ws, cfg, client=client)
+    group = f"saliency/syn/{model_id}"
+    keys = ["saliency", "integrated_gradients"]
+    before = open_saliency(ws, "syn", model_id, keys).saliency.values
+    again = run_attribution(ws, cfg, client=client)
+    assert again.chunks_run == 0 and again.chunks_skipped > 0
+    # a run killed after some chunks: flags of two chunks cleared, their maps lost
+    root = zarr.open_group(str(ws), path=group, mode="r+")
+    for key in ("saliency", "integrated_gradients"):
+        root[key + "__done"][0:12] = False
+        root[key][0:12] = np.nan
+    resumed = run_attribution(ws, cfg, client=client)
+    test_chunks = {i // 6 for i in np.flatnonzero(open_saliency(ws, "syn", model_id).split.values == "test")}
+    assert resumed.chunks_run == len(test_chunks & {0, 1})
+    after = open_saliency(ws, "syn", model_id, keys).saliency.values
+    for j, key in enumerate(keys):
+        np.testing.assert_array_equal(after[:, j], before[:, j], err_msg=key)
+
+
+def test_changed_parameters_are_refused_or_stored_under_a_new_key(ws, client):
+    ws, model_id = ws
+    run_attribution(ws, config(model_id, ["integrated_gradients"], splits=["test"]), client=client)
+    other = AttributionConfig(dataset="syn", model=model_id, device="cpu", splits=["test"],
+                              methods=[MethodSpec(name="integrated_gradients", params={"n_steps": 8})])
+    with pytest.raises(AttributionError, match="integrated_gradients.*stored with.*n_steps.*4.*Use another key"):
+        run_attribution(ws, other, client=client)
+    keyed = other.model_copy(update={"methods": [MethodSpec(name="integrated_gradients", key="ig8",
+                                                            params={"n_steps": 8})]})
+    run_attribution(ws, keyed, client=client)
+    ds = open_saliency(ws, "syn", model_id, ["integrated_gradients", "ig8"])
+    test = ds.split.values == "test"
+    a, b = ds.saliency.values[test, 0], ds.saliency.values[test, 1]
+    assert np.isfinite(b).all() and not np.allclose(a, b)
+
+
+def test_target_all_and_label(ws, client, tmp_path):
+    ws, model_id = ws
+    import shutil
+
+    copy = tmp_path / "ws.zarr"
+    shutil.copytree(ws, copy)
+    shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+    run_attribution(copy, config(model_id, ["grad_cam"], splits=["test"], target="all"), client=client,
+                    overwrite=True)  # the copy holds maps of the predicted class
+    raw = store.open_group(copy, f"saliency/syn/{model_id}", check_complete=False)
+    assert raw.grad_cam.dims == ("sample", "class", "y", "x") and raw.grad_cam.shape[1] == 3
+    with pytest.raises(AttributionError, match="target='all'.*target='label'"):
+        run_attribution(copy, config(model_id, ["grad_cam"], target="label"), client=client)
+    run_attribution(copy, config(model_id, ["grad_cam"], splits=["test"], target="label"), client=client,
+                    overwrite=True)
+    ds = open_saliency(copy, "syn", model_id)
+    test = ds.split.values == "test"
+    np.testing.assert_array_equal(ds.target.values[test, 0], ds.label_index.values[test])
+
+
+def test_unknown_method_lists_valid_ones(ws, client):
+    ws, model_id = ws
+    with pytest.raises(AttributionError, match="unknown attribution method 'shapley'; valid: deeplift, grad_cam"):
+        run_attribution(ws, config(model_id, ["shapley"]), client=client)
+
+
+def test_bad_parameter_and_layer(ws, client):
+    ws, model_id = ws
+    bad_param = AttributionConfig(dataset="syn", model=model_id, methods=[MethodSpec(name="occlusion", params={"windw": 3})])
+    with pytest.raises(AttributionError, match="unknown parameter.*'windw'.*valid parameters: window"):
+        run_attribution(ws, bad_param, client=client)
+    bad_layer = AttributionConfig(dataset="syn", model=model_id, methods=[MethodSpec(name="grad_cam", params={"layer": "conv9"})])
+    with pytest.raises(AttributionError, match="no layer 'conv9'; valid layers: block1, block2"):
+        run_attribution(ws, bad_layer, client=client)
+
+
+def test_class_count_mismatch_and_unknown_model(ws, client, tmp_path):
+    ws, model_id = ws
+    four = {"name": "four", "source": {"kind": "synthetic", "specimens_per_class": 1, "images_per_specimen": 2,
+                                       "size": [32, 32]}, "geometry": {"size": [32, 32]}}
+    ingest_dataset(parse_config({"datasets": [four]}).datasets[0], ws, client=client)
+    with pytest.raises(AttributionError, match="3 outputs but dataset 'four' has 4 classes"):
+        run_attribution(ws, AttributionConfig(dataset="four", model=model_id), client=client)
+    with pytest.raises(AttributionError, match="no trained model 'nope'"):
+        run_attribution(ws, AttributionConfig(dataset="syn", model="nope"), client=client)
+
+
+def test_nonfinite_maps_are_flagged_and_reported(ws, client):
+    ws, model_id = ws
+    model, manifest = load_checkpoint(store.models_dir(ws) / model_id)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")  # a weight that every gradient passes through
+    save_checkpoint(store.models_dir(ws) / "broken", model, manifest.config)
+    res = run_attribution(ws, config("broken", ["saliency"], splits=["test"]), client=client)
+    ds = open_saliency(ws, "syn", "broken")
+    flagged = ds.nonfinite.sel({METHOD: "saliency"}).values
+    test = ds.split.values == "test"
+    assert res.nonfinite["saliency"] == test.sum() and flagged[test].all()
+
+
+def test_failing_chunk_fails_only_its_task(ws, client, tmp_path):
+    import shutil
+
+    ws, model_id = ws
+    copy = tmp_path / "ws.zarr"
+    shutil.copytree(ws, copy)
+    shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+    chunk = copy / "images/syn/image/c/1/0/0"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"corrupt")
+    cfg = AttributionConfig(dataset="syn", model=model_id, device="cpu", methods=[MethodSpec(name="saliency", key="fresh")])
+    with pytest.raises(TaskError, match="1 of .* attribute tasks failed"):
+        run_attribution(copy, cfg, client=client)
+    done = open_saliency(copy, "syn", model_id, ["fresh"]).done.values[:, 0]
+    assert done[:6].all() and not done[6:12].any() and done[12:].all()
+    chunk.write_bytes(good)
+    res = run_attribution(copy, cfg, client=client)
+    assert res.chunks_run == 1 and open_saliency(copy, "syn", model_id, ["fresh"]).done.values.all()
+
+
+def test_gpu_resource_tasks_only_run_on_workers_that_declare_it(ws, tmp_path):
+    """A real scheduler, one plain worker and one worker started with --resources GPU=1."""
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client, LocalCluster
+
+    ws, model_id = ws
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
+        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                 "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            c.wait_for_workers(2, timeout=60)
+            gpu_worker = next(a for a, w in c.scheduler_info()["workers"].items() if w["resources"].get("GPU"))
+            import shutil
+
+            copy = tmp_path / "ws.zarr"
+            shutil.copytree(ws, copy)
+            shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+            from xaiflow.attribution import engine
+
+            plan, tasks, _ = engine.prepare(copy, config(model_id, ["saliency"], gpu=True))
+            futures = c.map(engine.run_chunk, tasks, plan=plan, resources={"GPU": 1}, pure=False)
+            assert {f.result()["worker"] for f in futures} == {gpu_worker}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -1,0 +1,356 @@
+"""Attribution over a whole dataset: one Dask task per image chunk, maps written beside the images.
+
+:func:`prepare` (on the client) resolves the model and methods, validates everything that
+can be validated before any work (method names, parameters, layers, class counts, a model
+that changed since maps were stored), creates or extends ``saliency/<dataset>/<model_id>``
+(see :mod:`xaiflow.saliency`) and returns the chunk tasks that still have work.
+:func:`run_chunk` (on a worker) reads one image chunk, explains every requested method for
+the samples not yet done, and writes that chunk's region and flags: no two tasks touch a
+chunk, so retries and parallel workers are safe and a killed run resumes where it stopped.
+:func:`run_attribution` ties both together on a Dask client.
+
+Devices and memory: the device comes from the config (``auto`` picks CUDA on a worker that
+has it); torch threads follow the worker's thread count; the number of model evaluations per
+forward pass (Integrated Gradients' ``internal_batch_size``, SmoothGrad's
+``nt_samples_batch_size``, occlusion's ``perturbations_per_eval``, LIME's ``batch_size``) is
+chosen from the activation memory of one evaluation and the per-worker memory budget, capped
+per device type (on this CPU, small passes are faster). Batching changes speed and memory,
+not the maps, so it is recorded but is not part of a method's identity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+import xaiflow
+from xaiflow import schema, store
+from xaiflow.attribution import METHODS, make_method
+from xaiflow.config import AttributionConfig, RunConfig
+from xaiflow.device import resolve_device, set_torch_threads
+from xaiflow.models.cache import cached_model
+from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
+from xaiflow.preprocess import to_input
+from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX,
+                              group_template, method_template, saliency_group, stored_methods, write_template)
+
+log = logging.getLogger("xaiflow")
+
+
+class AttributionError(ValueError):
+    """Attribution cannot run as configured; the message names the method, parameter or value."""
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    key: str
+    name: str
+    params: dict[str, Any]  # as configured: the method's identity (batching excluded)
+
+
+@dataclass(frozen=True)
+class AttributionPlan:
+    workspace: str
+    dataset: str
+    model_id: str
+    checkpoint: str
+    sha256: str
+    n_classes: int
+    target: str
+    methods: tuple[MethodRun, ...]
+    device: str
+    batch_size: int | None
+    memory_budget_mb: int
+    max_evals_per_pass: dict[str, int]
+
+    @property
+    def group(self) -> str:
+        return saliency_group(self.dataset, self.model_id)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    index: int
+    start: int
+    stop: int
+    selected: tuple[int, ...]  # sample indices (absolute) this run explains in the chunk
+
+
+@dataclass
+class AttributionResult:
+    group: str
+    chunks_total: int
+    chunks_skipped: int
+    chunks_run: int
+    maps_computed: dict[str, int] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ planning (client)
+
+def _model_id(workspace: str, cfg: AttributionConfig, run: RunConfig | None) -> str:
+    if cfg.model:
+        return cfg.model
+    if run is None or run.train is None:
+        raise AttributionError("attribution.model is not set and the config has no `train:` section to derive it from")
+    from xaiflow.training import resolve_model_id
+
+    return resolve_model_id(workspace, run.train)
+
+
+def _identity(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    batch_param = METHODS.get(name).batch_param
+    return {k: v for k, v in params.items() if k != batch_param}
+
+
+def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
+    for spec in cfg.methods:
+        try:
+            make_method(spec.name, model, **spec.params)
+        except (KeyError, ValueError) as e:
+            raise AttributionError(f"methods[{spec.variable}]: {e}") from None
+
+
+def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
+            overwrite: bool = False) -> tuple[AttributionPlan, list[ChunkTask], int]:
+    """Validate, create/extend the saliency group; return the plan, the pending tasks and the chunk count."""
+    workspace = str(workspace)
+    model_id = _model_id(workspace, cfg, run)
+    checkpoint = store.models_dir(workspace) / model_id
+    if not (checkpoint / "manifest.json").is_file():
+        raise AttributionError(f"no trained model {model_id!r} in {store.models_dir(workspace)}; run `xaiflow train`")
+    manifest = verify_checkpoint(checkpoint)
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, cfg.dataset))
+    classes = list(images.attrs[schema.ATTR_CLASSES])
+    if manifest.hparams["num_classes"] != len(classes):
+        raise AttributionError(f"model {model_id} has {manifest.hparams['num_classes']} outputs but dataset "
+                               f"{cfg.dataset!r} has {len(classes)} classes {classes}")
+    model, _ = load_checkpoint(checkpoint)
+    _check_methods(cfg, model)
+
+    group = saliency_group(cfg.dataset, model_id)
+    group_attrs = {"model_id": model_id, "checkpoint_sha256": manifest.weights_sha256, "target": cfg.target}
+    identity_keys = list(group_attrs)
+    group_attrs.update({schema.ATTR_CLASSES: classes, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION})
+    if store.group_exists(workspace, group):
+        old = store.group_attrs(workspace, group)
+        changed = {k: (old.get(k), group_attrs[k]) for k in identity_keys if old.get(k) != group_attrs[k]}
+        if changed and not overwrite:
+            raise AttributionError(f"{group} was computed with {', '.join(f'{k}={a!r}' for k, (a, _) in changed.items())}; "
+                                   f"this run has {', '.join(f'{k}={b!r}' for k, (_, b) in changed.items())}. "
+                                   "Pass --overwrite to recompute every map")
+        if changed:
+            store.delete_group(workspace, group)
+    if not store.group_exists(workspace, group):
+        write_template(workspace, group, group_template(images, classes, group_attrs), mode="w")
+
+    stored = stored_methods(workspace, group)
+    for spec in cfg.methods:
+        identity = {"method": spec.name, "params": _identity(spec.name, spec.params)}
+        if spec.variable in stored:
+            before = {"method": stored[spec.variable][ATTR_METHOD], "params": stored[spec.variable][ATTR_PARAMS]}
+            if before == json.loads(json.dumps(identity)):
+                continue
+            if not overwrite:
+                raise AttributionError(
+                    f"{group}: {spec.variable!r} is stored with {before}, this run asks for {identity}. "
+                    f"Use another key (methods: [{{name: {spec.name}, key: {spec.name}_v2, params: ...}}]) "
+                    "or --overwrite")
+            for suffix in ("", TARGET_SUFFIX, DONE_SUFFIX, NONFINITE_SUFFIX):
+                store.delete_array(workspace, group, spec.variable + suffix)
+        attrs = {ATTR_METHOD: spec.name, ATTR_PARAMS: identity["params"]}
+        write_template(workspace, group, method_template(images, spec.variable, classes, cfg.target == "all", attrs),
+                       mode="a")
+    # appending variables with xarray rewrites the group attrs: set them again
+    store.set_attrs(workspace, group, **group_attrs, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
+
+    n = images.sizes[schema.SAMPLE]
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
+    root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
+    done = np.logical_and.reduce([np.asarray(root[m.variable + DONE_SUFFIX][:], bool) for m in cfg.methods])
+    pending = selected & ~done
+    n_chunks = math.ceil(n / chunk)
+    tasks = []
+    for i in range(n_chunks):
+        start, stop = i * chunk, min(n, (i + 1) * chunk)
+        if pending[start:stop].any():
+            tasks.append(ChunkTask(i, start, stop, tuple(np.flatnonzero(selected[start:stop]) + start)))
+    plan = AttributionPlan(
+        workspace=workspace, dataset=cfg.dataset, model_id=model_id, checkpoint=str(checkpoint),
+        sha256=manifest.weights_sha256, n_classes=len(classes), target=cfg.target,
+        methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods),
+        device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
+        max_evals_per_pass=dict(cfg.max_evals_per_pass))
+    n_selected_chunks = sum(bool(selected[t * chunk:(t + 1) * chunk].any()) for t in range(n_chunks))
+    return plan, tasks, n_selected_chunks
+
+
+# ------------------------------------------------------------------ batching
+
+_ACTIVATION_BYTES: dict[tuple[str, tuple[int, ...], str], int] = {}
+
+
+def evaluation_bytes(model: torch.nn.Module, sha: str, shape: tuple[int, ...], device: torch.device) -> int:
+    """Memory of one model evaluation with gradients: activations, their gradients, headroom (x3)."""
+    key = (sha, shape, str(device))
+    if key not in _ACTIVATION_BYTES:
+        total = 0
+
+        def hook(_module: torch.nn.Module, _inp: Any, out: Any) -> None:
+            nonlocal total
+            if isinstance(out, torch.Tensor):
+                total += out.numel() * out.element_size()
+
+        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with torch.no_grad():
+                model(torch.zeros((1, *shape), device=device))
+        finally:
+            for h in handles:
+                h.remove()
+        _ACTIVATION_BYTES[key] = 3 * max(total, 1)
+    return _ACTIVATION_BYTES[key]
+
+
+def choose_batching(name: str, batch: int, evals_per_pass: int) -> dict[str, int]:
+    """The method's batching parameter for ``evals_per_pass`` evaluations per forward pass."""
+    param = METHODS.get(name).batch_param
+    if param is None:
+        return {}
+    if param in ("nt_samples_batch_size", "perturbations_per_eval"):  # counted per image of the batch
+        return {param: max(1, evals_per_pass // batch)}
+    if param == "internal_batch_size":  # Captum needs at least one step for every image
+        return {param: max(batch, evals_per_pass)}
+    return {param: evals_per_pass}  # LIME: perturbed copies of one image per pass
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 32 if device.type == "cuda" else 4
+
+
+# ------------------------------------------------------------------ one chunk (worker)
+
+def _current_worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return None
+
+
+def _targets(plan: AttributionPlan, model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    if plan.target == "label":
+        return labels.astype(np.int64)
+    with torch.no_grad():
+        return model(x).argmax(1).cpu().numpy()
+
+
+def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
+    """Explain one chunk for every method of the plan and write its region and flags."""
+    worker = _current_worker()
+    if worker is not None:
+        set_torch_threads(worker.state.nthreads)
+    device = resolve_device(plan.device)
+    model, _ = cached_model(plan.checkpoint, device)
+    root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)
+    images = root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"]
+    labels_arr = root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.LABEL_INDEX}"]
+    group = root[plan.group]
+    s0, s1 = task.start, task.stop
+    local = np.array(task.selected) - s0
+    pixels = np.asarray(images[s0:s1])
+    labels = np.asarray(labels_arr[s0:s1])
+    batch = plan.batch_size or default_batch_size(device)
+    per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
+    cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
+    evals = int(max(1, min(cap, plan.memory_budget_mb * 2**20 // per_eval)))
+    result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
+                              "worker": worker.address if worker is not None else None}
+
+    for m in plan.methods:
+        done = np.asarray(group[m.key + DONE_SUFFIX][s0:s1], bool)
+        todo = local[~done[local]]
+        if not len(todo):
+            continue
+        tick = time.perf_counter()
+        batching = {} if METHODS.get(m.name).batch_param in m.params else choose_batching(m.name, batch, evals)
+        method = make_method(m.name, model, **m.params, **batching)
+        maps = np.asarray(group[m.key][s0:s1])  # keeps maps of samples done earlier
+        targets = np.asarray(group[m.key + TARGET_SUFFIX][s0:s1])
+        nonfinite = np.asarray(group[m.key + NONFINITE_SUFFIX][s0:s1], bool)
+        for b in range(0, len(todo), batch):
+            idx = todo[b:b + batch]
+            x = to_input(pixels[idx]).to(device)
+            if plan.target == "all":
+                for k in range(plan.n_classes):
+                    maps[idx, k] = method.attribute(x, torch.full((len(idx),), k, device=device)).cpu().numpy()
+                bad = ~np.isfinite(maps[idx]).all(axis=(1, 2, 3))
+            else:
+                t = _targets(plan, model, x, labels[idx])
+                maps[idx] = method.attribute(x, torch.from_numpy(t).to(device)).cpu().numpy()
+                targets[idx] = t
+                bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
+            nonfinite[idx] = bad
+        group[m.key][s0:s1] = maps
+        group[m.key + TARGET_SUFFIX][s0:s1] = targets
+        group[m.key + NONFINITE_SUFFIX][s0:s1] = nonfinite
+        done[todo] = True
+        group[m.key + DONE_SUFFIX][s0:s1] = done  # last: a map is done only once it is stored
+        result["computed"][m.key] = int(len(todo))
+        result["nonfinite"][m.key] = int(nonfinite[todo].sum())
+        result["seconds"][m.key] = time.perf_counter() - tick
+        result["batching"][m.key] = {**batching, "batch_size": batch, "device": str(device)}
+    return result
+
+
+# ------------------------------------------------------------------ whole run (client)
+
+def finalize(plan: AttributionPlan, results: list[dict[str, Any]], chunks_total: int, skipped: int) -> AttributionResult:
+    """Record provenance, mark the group complete, and sum up (non-finite maps are reported)."""
+    out = AttributionResult(plan.group, chunks_total, skipped, len(results))
+    batching: dict[str, Any] = {}
+    for r in results:
+        for k, v in r["computed"].items():
+            out.maps_computed[k] = out.maps_computed.get(k, 0) + v
+            out.nonfinite[k] = out.nonfinite.get(k, 0) + r["nonfinite"][k]
+            out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
+            batching[k] = r["batching"][k]
+    for k, n in out.nonfinite.items():
+        if n:
+            log.warning("%s: %d map(s) of %s contain NaN/inf; flagged in %s%s", plan.group, n, k, k, NONFINITE_SUFFIX)
+    provenance = {
+        "xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__, "captum_version": version("captum"),
+        "checkpoint_sha256": plan.sha256, "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "batching": batching,
+    }
+    store.set_attrs(plan.workspace, plan.group, **{schema.ATTR_PROVENANCE: provenance,
+                                                   schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+    return out
+
+
+def run_attribution(workspace: str | os.PathLike[str], cfg: AttributionConfig, *, run: RunConfig | None = None,
+                    overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None) -> AttributionResult:
+    """Compute every requested map that is not stored yet (one Dask task per image chunk)."""
+    plan, tasks, n_chunks = prepare(workspace, cfg, run, overwrite)
+    skipped = n_chunks - len(tasks)
+    log.info("%s: %d chunk(s) to compute, %d already complete", plan.group, len(tasks), skipped)
+    resources = {"GPU": 1} if cfg.gpu else None
+    results = map_tasks(run_chunk, tasks, client=client, progress=progress, stage="attribute",
+                        resources=resources, plan=plan)
+    return finalize(plan, results, n_chunks, skipped)

@@ -1,0 +1,122 @@
+"""The ``saliency/<dataset>/<model_id>`` group: layout, templates, and the query entry point.
+
+One variable per method key, chunk-aligned with the images (``chunk_size`` samples):
+
+* ``<key>``          (sample, y, x) float32 raw maps; NaN where not computed yet.
+                     With ``target: all``: (sample, class, y, x), chunks (S, 1, y, x).
+* ``<key>__target``  (sample) int16, the class each map explains (-1 = not computed).
+* ``<key>__done``    (sample) bool, per-sample completion flags: a re-run computes only
+                     what is missing, and a killed run resumes.
+* ``<key>__nonfinite`` (sample) bool, maps that contained NaN/inf (stored, but flagged).
+
+Variable attrs hold the method name, its parameters (the identity: a re-run with other
+parameters is refused), the batching chosen for the device, and library versions; group
+attrs hold the model id, the checkpoint sha256 and the target mode.
+
+:func:`open_saliency` assembles the stored variables into one lazily loaded
+``saliency(sample, xai_method, y, x)`` DataArray beside the images and their coordinates.
+Raw maps are stored; normalize at query time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from xaiflow import schema, store
+
+#: the method dimension; not "method", which would collide with ``.sel(method=...)``
+#: (xarray's nearest-neighbour argument) and silently select nothing
+METHOD = "xai_method"
+CLASS = "class"
+TARGET_SUFFIX = "__target"
+DONE_SUFFIX = "__done"
+NONFINITE_SUFFIX = "__nonfinite"
+ATTR_PARAMS = "params"
+ATTR_METHOD = "method"
+
+
+def saliency_group(dataset: str, model_id: str) -> str:
+    return schema.group_path(schema.SALIENCY, dataset, model_id)
+
+
+def method_template(images: xr.Dataset, key: str, classes: list[str], all_targets: bool, attrs: dict[str, Any]) -> xr.Dataset:
+    """Empty (lazy) variables of one method key, to be appended to the saliency group."""
+    n, h, w = images[schema.IMAGE].shape
+    s = images[schema.IMAGE].data.chunksize[0]
+    if all_targets:
+        data = da.full((n, len(classes), h, w), np.nan, dtype=np.float32, chunks=(s, 1, h, w))
+        dims: tuple[str, ...] = (schema.SAMPLE, CLASS, schema.Y, schema.X)
+    else:
+        data = da.full((n, h, w), np.nan, dtype=np.float32, chunks=(s, h, w))
+        dims = (schema.SAMPLE, schema.Y, schema.X)
+    ds = xr.Dataset({
+        key: (dims, data, attrs),
+        key + TARGET_SUFFIX: ((schema.SAMPLE,), da.full(n, -1, dtype=np.int16, chunks=s)),
+        key + DONE_SUFFIX: ((schema.SAMPLE,), da.zeros(n, dtype=bool, chunks=s)),
+        key + NONFINITE_SUFFIX: ((schema.SAMPLE,), da.zeros(n, dtype=bool, chunks=s)),
+    })
+    return ds
+
+
+def group_template(images: xr.Dataset, classes: list[str], attrs: dict[str, Any]) -> xr.Dataset:
+    """The saliency group's coordinates (copied from the images) and ``attrs``, without methods."""
+    keep = [c for c in (schema.SAMPLE, schema.LABEL, schema.LABEL_INDEX, schema.GROUP, schema.SPLIT, schema.UM_PER_PX)
+            if c in images.coords]
+    coords = {k: (images[k].dims, np.asarray(images[k].values.tolist(), dtype=object)
+                  if images[k].dtype.kind in "OTU" else images[k].values) for k in keep}
+    coords[CLASS] = np.array(classes, dtype=object)
+    return xr.Dataset(coords=coords, attrs=attrs)
+
+
+def write_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset, mode: str) -> None:
+    encoding = {v: {"chunks": ds[v].data.chunksize} for v in ds.data_vars}
+    ds.to_zarr(str(workspace), group=group, mode=mode, compute=False, consolidated=False, zarr_format=3,
+               encoding=encoding)
+
+
+def stored_methods(workspace: str | os.PathLike[str], group: str) -> dict[str, dict[str, Any]]:
+    """Method key -> variable attrs of every method stored in a saliency group."""
+    if not store.group_exists(workspace, group):
+        return {}
+    ds = xr.open_zarr(str(workspace), group=group, consolidated=False, zarr_format=3)
+    return {k: dict(ds[k].attrs) for k in ds.data_vars if ATTR_METHOD in ds[k].attrs}
+
+
+class SaliencyQueryError(ValueError):
+    """The saliency group or a requested method/sample is missing."""
+
+
+def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
+                  methods: list[str] | None = None, with_images: bool = True) -> xr.Dataset:
+    """Stored maps as ``saliency(sample, xai_method, y, x)`` (lazy), with ``target(sample, xai_method)``,
+    ``done(sample, xai_method)``, the images and their coordinates (label, split, group, ...)."""
+    group = saliency_group(dataset, model)
+    if not store.group_exists(workspace, group):
+        raise SaliencyQueryError(f"{workspace}: no saliency for dataset {dataset!r} and model {model!r} "
+                                 f"(groups: {', '.join(store.list_groups(workspace))}); run `xaiflow attribute`")
+    raw = store.open_group(workspace, group, check_complete=False)
+    stored = sorted(k for k in raw.data_vars if ATTR_METHOD in raw[k].attrs)  # listing order varies
+    keys = methods or stored
+    missing = sorted(set(keys) - set(stored))
+    if missing:
+        raise SaliencyQueryError(f"{group}: method(s) {missing} not computed; stored: {stored}")
+    index = pd.Index(keys, name=METHOD)
+
+    def stack(suffix: str) -> xr.DataArray:
+        arrays = [raw[k + suffix].drop_attrs().rename(None) for k in keys]
+        return xr.concat(arrays, dim=index, coords="minimal", compat="override").transpose(schema.SAMPLE, METHOD, ...)
+
+    out = xr.Dataset({"saliency": stack(""), "target": stack(TARGET_SUFFIX), "done": stack(DONE_SUFFIX),
+                      "nonfinite": stack(NONFINITE_SUFFIX)},
+                     attrs={**raw.attrs, "methods": {k: raw[k].attrs for k in keys}})
+    if with_images:
+        images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+        out["image"] = images[schema.IMAGE]
+        out = out.assign_coords({k: images[k] for k in images.coords if k not in out.coords and k != schema.SAMPLE})
+    return out

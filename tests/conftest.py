@@ -76,12 +76,13 @@ def folder_config(root: Path, name: str = "tiny", **overrides) -> dict:
     return cfg
 
 
-def write_tiny_run_config(tmp_path: Path) -> Path:
-    """A run config with a 24-image synthetic dataset (32 px) and a 2-epoch training section."""
+def write_tiny_run_config(tmp_path: Path, **sections) -> Path:
+    """A run config with a 24-image synthetic dataset (32 px), a 2-epoch training section, and ``sections``."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
                                                  "images_per_specimen": 2, "size": [32, 32]},
                       "geometry": {"size": [32, 32]}, "chunk_size": 8}],
-        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"}}))
+        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"},
+        **sections}))
     return config

@@ -47,3 +47,23 @@ def test_train_models_predict_commands(tmp_path):
     assert pred.returncode == 0 and f"predictions/syn/{model_id}: 24 samples" in pred.stdout
     bad = run("predict", str(ws), "--model", "nope", "--dataset", "syn", "--cluster", "threads")
     assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr
+
+
+def test_attribute_and_show_commands(tmp_path):
+    config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
+                                                          "device": "cpu", "splits": ["test"]})
+    ws = tmp_path / "ws.zarr"
+    assert run("ingest", str(config), "-w", str(ws), "--cluster", "threads").returncode == 0
+    assert run("train", str(config), "-w", str(ws), "--no-predict").returncode == 0
+    res = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
+    assert res.returncode == 0, res.stderr
+    assert "chunk(s) computed, 0 already complete" in res.stdout and "grad_cam" in res.stdout
+    model_id = res.stdout.split("saliency/syn/")[1].split(":")[0]
+    again = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
+    assert again.returncode == 0 and "0 chunk(s) computed" in again.stdout
+    png = tmp_path / "grid.png"
+    shown = run("show", str(ws), "-d", "syn", "-m", model_id, "-o", str(png))
+    assert shown.returncode == 0, shown.stderr
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    bad = run("attribute", str(config), "-w", str(ws), "--methods", "shap", "--cluster", "threads")
+    assert bad.returncode == 2 and "unknown attribution method 'shap'" in bad.stderr

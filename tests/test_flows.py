@@ -44,3 +44,22 @@ def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
     (row,) = rows
     preds = store.open_group(ws, f"predictions/syn/{row['model_id']}")
     assert preds.sizes["sample"] == 24 and 0 <= row["test_balanced_accuracy"] <= 1
+
+
+def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
+    from flows.attribute import attribute_flow_on
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+    from xaiflow.saliency import open_saliency
+
+    config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
+                                                          "device": "cpu"})
+    ws = tmp_path / "ws.zarr"
+    ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    (row,) = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    res = attribute_flow_on("threads")(config_path=str(config), workspace=str(ws))
+    assert res["chunks_run"] == 3 and res["maps_computed"] == {"saliency": 24, "grad_cam": 24}
+    ds = open_saliency(ws, "syn", row["model_id"])
+    assert bool(ds.done.all()) and ds.attrs["status"] == "complete"
+    again = attribute_flow_on("threads")(config_path=str(config), workspace=str(ws))
+    assert again["chunks_run"] == 0 and again["chunks_skipped"] == 3

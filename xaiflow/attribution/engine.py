@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -112,8 +113,10 @@ def _model_id(workspace: str, cfg: AttributionConfig, run: RunConfig | None) -> 
 
 
 def _identity(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    batch_param = METHODS.get(name).batch_param
-    return {k: v for k, v in params.items() if k != batch_param}
+    """Every parameter that changes the maps, defaults filled in (so {} == {n_steps: 32})."""
+    cls = METHODS.get(name)
+    full = cls.Params(**params).model_dump(mode="json")
+    return {k: v for k, v in full.items() if k != cls.batch_param}
 
 
 def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
@@ -263,6 +266,13 @@ def _targets(plan: AttributionPlan, model: torch.nn.Module, x: torch.Tensor, lab
 
 def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
     """Explain one chunk for every method of the plan and write its region and flags."""
+    with warnings.catch_warnings():
+        # Captum announces the hooks it sets for every call; they are removed afterwards
+        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks", category=UserWarning)
+        return _run_chunk(task, plan)
+
+
+def _run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
     worker = _current_worker()
     if worker is not None:
         set_torch_threads(worker.state.nthreads)

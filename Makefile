@@ -14,9 +14,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-demo: setup  ## ingest the quick-start data, train its model, predict; print the summaries
+demo: setup  ## ingest the quick-start data, train, predict, attribute, draw the maps
 	$(BIN)/xaiflow ingest configs/quickstart.yaml --workspace $(WORKSPACE)
 	$(BIN)/xaiflow train configs/quickstart.yaml --workspace $(WORKSPACE)
+	$(BIN)/xaiflow attribute configs/quickstart.yaml --workspace $(WORKSPACE)
+	$(BIN)/xaiflow show $(WORKSPACE) --dataset synthetic --out workspace/quickstart-saliency.png
 
 test: setup  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest -q -p no:cacheprovider

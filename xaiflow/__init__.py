@@ -6,6 +6,7 @@ CNNs, compute and evaluate attributions on Dask. Prefect flows live in ``flows/`
 
 __version__ = "0.1.0"
 
+from xaiflow.saliency import open_saliency  # noqa: E402
 from xaiflow.store import open_group, open_workspace  # noqa: E402
 
-__all__ = ["__version__", "open_workspace", "open_group"]
+__all__ = ["__version__", "open_workspace", "open_group", "open_saliency"]

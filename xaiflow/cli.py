@@ -262,7 +262,7 @@ def attribute(
 def show(
     workspace: Path = typer.Argument(..., help="workspace path"),
     dataset: str = typer.Option(..., "--dataset", "-d"),
-    model: str = typer.Option(..., "--model", "-m"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (default: the only one with maps)"),
     samples: Optional[str] = typer.Option(None, "--samples", help="comma-separated sample ids (default: 4 computed ones)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method keys (default: all stored)"),
     output: Path = typer.Option(Path("saliency.png"), "--out", "-o", help="PNG to write"),
@@ -274,6 +274,13 @@ def show(
     from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency
 
     try:
+        if model is None:
+            from xaiflow.store import list_groups
+
+            found = [g.split("/")[2] for g in list_groups(workspace) if g.startswith(f"saliency/{dataset}/")]
+            if len(found) != 1:
+                raise SaliencyQueryError(f"pass --model: maps of dataset {dataset!r} exist for {found or 'no model'}")
+            model = found[0]
         ds = open_saliency(workspace, dataset, model, methods.split(",") if methods else None)
         if samples:
             ids = [s.strip() for s in samples.split(",")]

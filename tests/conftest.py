@@ -32,7 +32,7 @@ def client():
     """A real LocalCluster: 2 worker processes, 1 thread each (as on this 2-core machine)."""
     from xaiflow.runtime import ClusterConfig, dask_client
 
-    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1, dashboard_address=None)) as c:
+    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")) as c:
         yield c
 
 

@@ -67,3 +67,12 @@ def test_attribute_and_show_commands(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     bad = run("attribute", str(config), "-w", str(ws), "--methods", "shap", "--cluster", "threads")
     assert bad.returncode == 2 and "unknown attribution method 'shap'" in bad.stderr
+    grouped = run("query", "group-maps", str(ws), "-d", "syn", "--by", "label", "-o", str(tmp_path / "g.png"))
+    assert grouped.returncode == 0, grouped.stderr
+    assert "particles" in grouped.stdout and (tmp_path / "g.png").stat().st_size > 10_000
+    agree = run("query", "agreement", str(ws), "-d", "syn", "-o", str(tmp_path / "a.png"))
+    assert agree.returncode == 0 and "Spearman" in agree.stdout and "1.000" in agree.stdout
+    mass = run("query", "mask-mass", str(ws), "-d", "syn")
+    assert mass.returncode == 0 and "structure" in mass.stdout and "shortcut" in mass.stdout
+    empty = run("query", "group-maps", str(ws), "-d", "syn", "--by", "um_per_px", "--bins", "50,60")
+    assert empty.returncode == 2 and "no non-empty group" in empty.stderr

@@ -298,6 +298,106 @@ def show(
     out.print(f"wrote {path}")
 
 
+query_app = typer.Typer(help="Aggregate queries over stored saliency (lazy, chunk by chunk).", no_args_is_help=True)
+app.add_typer(query_app, name="query")
+
+
+def _open_maps(workspace: Path, dataset: str, model: Optional[str], methods: Optional[str]):
+    from xaiflow.saliency import SaliencyQueryError, open_saliency
+    from xaiflow.store import list_groups
+
+    if model is None:
+        found = [g.split("/")[2] for g in list_groups(workspace) if g.startswith(f"saliency/{dataset}/")]
+        if len(found) != 1:
+            raise SaliencyQueryError(f"pass --model: maps of dataset {dataset!r} exist for {found or 'no model'}")
+        model = found[0]
+    return open_saliency(workspace, dataset, model, methods.split(",") if methods else None)
+
+
+@query_app.command("group-maps")
+def query_group_maps(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    by: str = typer.Option("label", "--by", help="label, predicted, or any coordinate (detector, group, ...)"),
+    bins: Optional[str] = typer.Option(None, "--bins", help="comma-separated edges for a numeric coordinate"),
+    stat: str = typer.Option("mean", "--stat", help="mean or median"),
+    split: Optional[str] = typer.Option(None, "--split", help="only samples of this split"),
+    methods: Optional[str] = typer.Option(None, "--methods"),
+    output: Path = typer.Option(Path("group-maps.png"), "--out", "-o"),
+) -> None:
+    """Mean/median normalized map per class, predicted class or metadata value/bin (figure + counts)."""
+    from xaiflow.aggregate import QueryError, group_maps
+    from xaiflow.figures import group_map_grid
+    from xaiflow.saliency import SaliencyQueryError
+
+    try:
+        ds = _open_maps(workspace, dataset, model, methods)
+        edges = [float(b) for b in bins.split(",")] if bins else None
+        maps = group_maps(ds, by=by, stat=stat, bins=edges, split=split).compute()
+        path = group_map_grid(maps, output, f"{ds.attrs.get('model_id')}: {stat} map by {by}")
+    except (QueryError, SaliencyQueryError, ValueError) as e:
+        _fail(e)
+    dim = maps.dims[0]
+    out.print(_rows_table([{dim: str(g), "samples": int(n)} for g, n in zip(maps[dim].values, maps.n_samples.values)],
+                          [dim, "samples"]))
+    out.print(f"wrote {path}")
+
+
+@query_app.command("agreement")
+def query_agreement(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    top: float = typer.Option(0.1, "--top", help="fraction of pixels for the top-k overlap"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    output: Path = typer.Option(Path("agreement.png"), "--out", "-o"),
+) -> None:
+    """Method x method agreement: Spearman rank correlation of |maps| and top-k pixel overlap."""
+    from xaiflow.aggregate import QueryError, method_agreement
+    from xaiflow.figures import matrix_figure
+    from xaiflow.saliency import SaliencyQueryError
+
+    try:
+        agree = method_agreement(_open_maps(workspace, dataset, model, None), top_fraction=top, split=split).compute()
+    except (QueryError, SaliencyQueryError, ValueError) as e:
+        _fail(e)
+    methods = [str(m) for m in agree["xai_method"].values]
+    rows = [{"method": m, **{o: float(v) for o, v in zip(methods, agree.spearman.values[i])}} for i, m in enumerate(methods)]
+    out.print(f"Spearman rank correlation of |maps|, mean over {agree.attrs['n_samples']} samples")
+    out.print(_rows_table(rows, ["method", *methods]))
+    path = matrix_figure(agree.spearman, output, f"method agreement (Spearman), n={agree.attrs['n_samples']}")
+    out.print(f"wrote {path}")
+
+
+@query_app.command("mask-mass")
+def query_mask_mass(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+) -> None:
+    """Share of relevance in each mask class (phase, structure, shortcut) against its area share."""
+    from xaiflow.aggregate import QueryError, mask_mass
+    from xaiflow.saliency import SaliencyQueryError
+    from xaiflow.store import WorkspaceError, open_group
+
+    try:
+        ds = _open_maps(workspace, dataset, model, None)
+        done = ds.done.all("xai_method").values
+        ds = ds.isel(sample=done.nonzero()[0])
+        masks = open_group(workspace, f"masks/{dataset}").isel(sample=done.nonzero()[0])
+        res = mask_mass(ds, masks).mean("sample").compute()
+    except (QueryError, SaliencyQueryError, WorkspaceError, ValueError) as e:
+        _fail(e)
+    rows = []
+    for m in res.xai_method.values:
+        for k in res.mask_class.values:
+            mass, area = float(res.mass.sel(xai_method=m, mask_class=k)), float(res.area.sel(mask_class=k))
+            rows.append({"method": str(m), "mask class": str(k), "relevance share": mass, "area share": area,
+                         "ratio": mass / area if area else float("nan")})
+    out.print(_rows_table(rows, ["method", "mask class", "relevance share", "area share", "ratio"]))
+
+
 @app.command()
 def info(workspace: Path = typer.Argument(..., help="workspace path")) -> None:
     """Tree of the workspace's groups with shapes, classes and counts per split."""

@@ -68,3 +68,49 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str) -> Path:
+    """Grid of mean normalized maps: one row per group (class, bin...), one column per method."""
+    group_dim = maps.dims[0]
+    groups = [str(g) for g in maps[group_dim].values]
+    methods = [str(m) for m in maps[METHOD].values]
+    fig, axes = plt.subplots(len(groups), len(methods), figsize=(2.6 * len(methods), 2.5 * len(groups)), squeeze=False)
+    for r, g in enumerate(groups):
+        for c, m in enumerate(methods):
+            ax = axes[r, c]
+            im = ax.imshow(maps.sel({group_dim: g, METHOD: m}).values, cmap="inferno")
+            bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
+            n = int(maps["n_samples"].sel({group_dim: g})) if "n_samples" in maps.coords else None
+            ax.set_title(f"{g}" + (f" (n={n})" if n is not None else "") + f"\n{m}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title + "\n(mean share of relevance per pixel; each map sums to 1)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def matrix_figure(matrix: xr.DataArray, path: str | os.PathLike[str], title: str, vmin: float = -1,
+                  vmax: float = 1) -> Path:
+    """A labelled heatmap with the values written in the cells (method agreement, ...)."""
+    rows, cols = [str(v) for v in matrix[matrix.dims[0]].values], [str(v) for v in matrix[matrix.dims[1]].values]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cols), 0.8 + 0.6 * len(rows)))
+    im = ax.imshow(matrix.values, cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{float(matrix.values[i, j]):.2f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,410 @@
+"""Metrics: contract tests over the registry, hand-computed cases, sanity checks, Quantus cross-checks.
+
+``CASES`` is the one table: for each registered metric, cheap parameters for the shared
+contract tests. Every contract test loops over ``METRICS.names()``, so a new metric is
+covered by registering it (a test fails until it has a row here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from xaiflow.attribution import make_method
+from xaiflow.attribution.base import AttributionMethod
+from xaiflow.metrics import METRICS, make_metric
+from xaiflow.metrics.complexity import entropy, gini
+from xaiflow.metrics.faithfulness import baseline_input, random_orders, unit_ranks
+from xaiflow.metrics.localization import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from xaiflow.metrics.randomization import cascade_layers, spearman
+from xaiflow.models.base import MicrographModel
+from xaiflow.registry import UnknownEntryError
+
+torch.set_num_threads(1)
+
+#: cheap parameters per metric for the contract tests
+CASES: dict[str, dict] = {
+    "deletion": {"n_steps": 4},
+    "insertion": {"n_steps": 4, "blur_sigma": 2.0},
+    "model_randomization": {},
+    "pointing_game": {},
+    "relevance_mass_accuracy": {},
+    "relevance_rank_accuracy": {},
+    "sparseness": {},
+    "entropy": {},
+}
+
+
+class TinyCNN(MicrographModel):
+    """conv - relu - pool - conv - relu - global pool - linear: three layers with parameters."""
+
+    arch = "tiny_metrics_cnn"
+    cam_layer = "conv2"
+    _named = ("conv1", "conv2", "pool", "head")
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 1) -> None:
+        super().__init__(num_classes, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.down = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(self.relu1(self.conv1(x)))
+        return self.head(torch.flatten(self.pool(self.relu2(self.conv2(x))), 1))
+
+
+class RegionModel(MicrographModel):
+    """Logits ``(scale * mean of x over a region, 0)``: the probability of class 0 is known in closed form."""
+
+    arch = "region_toy"
+    cam_layer = "head"
+    _named = ("head",)
+
+    def __init__(self, region: np.ndarray, scale: float = 4.0) -> None:
+        super().__init__(2, 1)
+        self.register_buffer("region", torch.as_tensor(region, dtype=torch.float32))
+        self.scale = scale
+        self.head = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = self.scale * (x[:, 0] * self.region).sum(dim=(1, 2)) / self.region.sum()
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+class InputMethod(AttributionMethod):
+    """A 'method' that ignores the model (|x|, like an edge detector): randomization must not move it."""
+
+    name = "input_magnitude"
+    libraries = ()
+
+    def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
+        return x.abs()
+
+
+def sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-np.asarray(v, dtype=np.float64)))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Three 32x32 inputs, random maps, square masks, an untrained tiny CNN and its saliency method."""
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(3, 1, 32, 32)).astype(np.float32))
+    maps = rng.normal(size=(3, 32, 32)).astype(np.float32)
+    masks = np.zeros((3, 32, 32), bool)
+    masks[:, 4:14, 6:20] = True
+    return {"x": x, "maps": maps, "targets": np.array([0, 1, 0]), "masks": masks, "model": model,
+            "method": make_method("saliency", model), "index": np.array([5, 9, 11])}
+
+
+def run(name: str, b: dict, sel=slice(None)) -> dict[str, np.ndarray]:
+    metric = make_metric(name, **CASES[name])
+    return metric.compute(b["maps"][sel], b["x"][sel], b["targets"][sel], index=b["index"][sel], model=b["model"],
+                          masks=b["masks"][sel], method=b["method"])
+
+
+# ---------------------------------------------------------------- contract, for every registered metric
+
+def test_every_metric_has_a_case():
+    assert set(CASES) == set(METRICS.names())
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_outputs_are_declared_named_and_documented(name, batch):
+    metric = make_metric(name)  # every parameter has a default
+    assert all(f.description for f in metric.Params.model_fields.values()), "document every parameter"
+    assert metric.citation
+    outputs = metric.outputs(batch["model"])
+    assert all(n.startswith(name) for n in outputs)
+    first = next(iter(outputs.values()))
+    assert first.dim is None and first.higher_is_better is not None, "the first output is the headline scalar"
+    assert all(o.description for o in outputs.values())
+    assert all(len(o.coords) > 0 for o in outputs.values() if o.dim is not None)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_shapes_finite_and_deterministic(name, batch):
+    out = run(name, batch)
+    outputs = make_metric(name, **CASES[name]).outputs(batch["model"])
+    assert set(out) == set(outputs)
+    for key, spec in outputs.items():
+        shape = (3,) if spec.dim is None else (3, len(spec.coords))
+        assert out[key].shape == shape and out[key].dtype == np.float32, key
+        assert np.isfinite(out[key]).all(), key
+    again = run(name, batch)
+    for key in out:
+        np.testing.assert_array_equal(out[key], again[key], err_msg=key)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_each_value_depends_on_its_own_map_only(name, batch):
+    """Scoring a sub-batch gives the same values: chunking and resuming cannot change results."""
+    whole, part = run(name, batch), run(name, batch, slice(1, 3))
+    for key in whole:
+        np.testing.assert_allclose(part[key], whole[key][1:3], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_parameters_are_checked_and_identity_excludes_batching(name):
+    with pytest.raises(ValueError, match=f"metric '{name}' got unknown parameter.*'bogus'.*valid parameters"):
+        make_metric(name, bogus=1)
+    metric = make_metric(name)
+    identity = metric.identity()
+    assert identity["metric"] == name
+    assert metric.batch_param is None or metric.batch_param not in identity["params"]
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_missing_inputs_are_refused(name, batch):
+    metric = make_metric(name, **CASES[name])
+    if not (metric.needs_model or metric.needs_mask or metric.needs_method):
+        pytest.skip("needs nothing but the maps")
+    with pytest.raises(ValueError, match="needs"):
+        metric.compute(batch["maps"])
+
+
+def test_unknown_metric_lists_valid_ones():
+    with pytest.raises(UnknownEntryError, match="unknown metric 'auc'; valid: deletion, entropy"):
+        make_metric("auc")
+
+
+def test_bad_maps_and_training_mode_are_refused(batch):
+    with pytest.raises(ValueError, match=r"maps must be a float array \(B, H, W\)"):
+        make_metric("sparseness").compute(batch["maps"][0])
+    model = TinyCNN().train()
+    with pytest.raises(ValueError, match="eval mode"):
+        make_metric("deletion").compute(batch["maps"], batch["x"], batch["targets"], model=model)
+
+
+# ---------------------------------------------------------------- complexity, by hand
+
+def test_gini_and_entropy_hand_computed():
+    one = np.zeros((4, 4)); one[1, 2] = -3.0  # sign is ignored
+    two = np.zeros((4, 4)); two[0, 0] = two[3, 3] = 2.0
+    uniform = np.full((4, 4), 0.5)
+    maps = np.stack([one, two, uniform]).astype(np.float32)
+    # ascending |a|: zeros then the non-zeros; G = sum (2i - n - 1) a_i / (n sum a)
+    np.testing.assert_allclose(gini(maps), [15 / 16, (13 + 15) / (16 * 2), 0.0], atol=1e-12)
+    np.testing.assert_allclose(entropy(maps), [0.0, math.log(2), math.log(16)], atol=1e-12)
+    zero = np.zeros((1, 4, 4), np.float32)
+    assert np.isnan(gini(zero)).all() and np.isnan(entropy(zero)).all()
+
+
+# ---------------------------------------------------------------- localization, by hand
+
+MAP = np.array([[9, 1, 0, 0],
+                [2, 8, 0, 0],
+                [0, 0, -5, 0],
+                [0, 0, 0, 4]], np.float32)
+
+
+def mask_of(*pixels) -> np.ndarray:
+    m = np.zeros((4, 4), bool)
+    for p in pixels:
+        m[p] = True
+    return m
+
+
+def test_localization_hand_computed():
+    top_left = mask_of((0, 0), (0, 1), (1, 0), (1, 1))
+    corner = mask_of((3, 3))
+    maps, masks = np.stack([MAP, MAP]), np.stack([top_left, corner])
+    # maximum 9 at (0, 0); positive mass 9+1+2+8+4 = 24; top-4 values 9, 8, 4, 2
+    np.testing.assert_allclose(pointing_game(maps, masks), [1.0, 0.0])
+    np.testing.assert_allclose(relevance_mass_accuracy(maps, masks), [20 / 24, 4 / 24])
+    np.testing.assert_allclose(relevance_rank_accuracy(maps, masks), [3 / 4, 0.0])
+    # |map|: -5 counts as relevance
+    centre = mask_of((2, 2))
+    np.testing.assert_allclose(relevance_mass_accuracy(MAP[None], centre[None]), [0.0])
+    np.testing.assert_allclose(relevance_mass_accuracy(MAP[None], centre[None], absolute=True), [5 / 29])
+    two = mask_of((2, 2), (1, 1))
+    np.testing.assert_allclose(relevance_rank_accuracy(MAP[None], two[None], absolute=True), [1 / 2])  # top-2: 9, 8
+
+
+def test_localization_ties_empty_masks_and_zero_maps():
+    flat = np.ones((1, 4, 4), np.float32)
+    quarter = mask_of((0, 0), (0, 1), (1, 0), (1, 1))[None]
+    # a constant map scores chance level (the mask's area fraction), not a hit
+    np.testing.assert_allclose(pointing_game(flat, quarter), [0.25])
+    np.testing.assert_allclose(relevance_rank_accuracy(flat, quarter), [0.25])
+    np.testing.assert_allclose(relevance_mass_accuracy(flat, quarter), [0.25])
+    # ties at the K-th value only: top-2 of [5, 3, 3, 3, ...] with mask {5, one 3}: 1 + 1 * (1/3)
+    tie = np.zeros((1, 4, 4), np.float32); tie[0, 0, :] = [5, 3, 3, 3]
+    np.testing.assert_allclose(relevance_rank_accuracy(tie, mask_of((0, 0), (0, 1))[None]), [(1 + 1 / 3) / 2])
+    empty = np.zeros((1, 4, 4), bool)
+    for fn in (pointing_game, relevance_mass_accuracy, relevance_rank_accuracy):
+        assert np.isnan(fn(MAP[None], empty)).all(), fn.__name__
+    assert np.isnan(relevance_mass_accuracy(-flat, quarter)).all()  # no positive relevance
+
+
+# ---------------------------------------------------------------- faithfulness, by hand
+
+LEFT = np.zeros((4, 4)); LEFT[:, :2] = 1  # the toy model's region: 8 of 16 pixels
+
+
+def test_deletion_and_insertion_curves_hand_computed():
+    """RegionModel(scale 4) on an all-ones image: p(class 0) = sigmoid(4 * share of the region still present)."""
+    model = RegionModel(LEFT).eval()
+    x = torch.ones(2, 1, 4, 4)
+    oracle = (LEFT + np.arange(16).reshape(4, 4)[::-1] / 100).astype(np.float32)  # region first, no ties
+    maps = np.stack([oracle, -oracle])  # best and worst order
+    targets = np.array([0, 0])
+    fractions = [0, 0.25, 0.5, 0.75, 1.0]  # 0, 4, 8, 12, 16 pixels
+    deletion = make_metric("deletion", n_steps=4, random_reference=False).compute(maps, x, targets, model=model)
+    best, worst = sigmoid(4 * np.array([1, 0.5, 0, 0, 0])), sigmoid(4 * np.array([1, 1, 1, 0.5, 0]))
+    np.testing.assert_allclose(deletion["deletion_curve"], [best, worst], rtol=1e-6)
+    np.testing.assert_allclose(deletion["deletion"], [np.trapezoid(best, fractions), np.trapezoid(worst, fractions)],
+                               rtol=1e-6)
+    insertion = make_metric("insertion", n_steps=4, baseline="zeros", random_reference=False).compute(
+        maps, x, targets, model=model)
+    np.testing.assert_allclose(insertion["insertion_curve"][0], sigmoid(4 * np.array([0, 0.5, 1, 1, 1])), rtol=1e-6)
+    assert insertion["insertion"][0] > insertion["insertion"][1]
+
+
+def test_random_map_is_worse_than_the_oracle_and_chance_is_seeded():
+    region = np.zeros((32, 32)); region[8:20, 4:16] = 1
+    model = RegionModel(region).eval()
+    x = torch.ones(4, 1, 32, 32)
+    rng = np.random.default_rng(1)
+    oracle = region + 0.01 * rng.random((32, 32))
+    maps = np.stack([oracle, oracle, rng.normal(size=(32, 32)), rng.normal(size=(32, 32))]).astype(np.float32)
+    out = make_metric("deletion", n_steps=16).compute(maps, x, np.zeros(4, np.int64), index=np.arange(4), model=model)
+    assert out["deletion"][:2].max() < out["deletion"][2:].min()
+    assert (out["deletion"][:2] < out["deletion_random"][:2] - 0.1).all()  # the oracle beats chance
+    # the random reference depends on the sample index only, not on the map or the batch
+    orders = random_orders(np.array([16, 16]), np.array([3, 3]), seed=0)
+    np.testing.assert_array_equal(orders[0], orders[1])
+    assert not np.array_equal(random_orders(np.array([16]), np.array([4]), 0)[0], orders[0])
+
+
+def test_superpixel_units_are_ranked_by_mean_attribution():
+    labels = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 2, 0), 2, 1)[None]  # four 2x2 blocks
+    maps = np.zeros((1, 4, 4), np.float32)
+    maps[0, 2:, 2:] = 1.0  # block 3 first
+    maps[0, 0, 0] = 3.0  # block 0: mean 0.75, second
+    ranks, counts = unit_ranks(maps, labels)
+    assert counts.tolist() == [4]
+    np.testing.assert_array_equal(ranks[0], np.repeat(np.repeat([[1, 2], [3, 0]], 2, 0), 2, 1))
+
+
+def test_baselines():
+    x = torch.arange(32.0).reshape(2, 1, 4, 4)
+    assert torch.equal(baseline_input(x, "zeros", 1.0), torch.zeros_like(x))
+    assert torch.allclose(baseline_input(x, "mean", 1.0)[0], torch.full((1, 4, 4), 7.5))
+    blurred = baseline_input(x, "blur", 1.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    assert torch.allclose(blurred.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-4)
+
+
+# ---------------------------------------------------------------- randomization
+
+def trained_tiny_cnn() -> tuple[TinyCNN, Tensor, Tensor]:
+    """A TinyCNN trained (seeded, ~1 s) to tell a bright square on the left from one on the right."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = 0.3 * torch.randn(32, 1, 32, 32, generator=gen)
+    y = torch.arange(32) % 2
+    for i in range(32):
+        col = 4 if y[i] == 0 else 20
+        row = int(torch.randint(4, 20, (1,), generator=gen))
+        x[i, 0, row:row + 8, col:col + 8] += 2.0
+    model = TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(25):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.9
+    return model, x[:6], y[:6]
+
+
+def test_randomization_correlation_drops_for_a_trained_cnn_and_not_for_a_model_free_map():
+    model, x, y = trained_tiny_cnn()
+    assert cascade_layers(model) == ["head", "conv2", "conv1"]  # pool has no parameters
+    metric = make_metric("model_randomization")
+    for name in ("saliency", "grad_cam"):
+        method = make_method(name, model)
+        maps = method.attribute(x, y).numpy()
+        out = metric.compute(maps, x, y.numpy(), model=model, method=method)
+        rho = np.nanmean(out["model_randomization_spearman"], axis=0)
+        assert rho[-1] < 0.5, (name, rho)  # fully randomized: the map no longer resembles the trained one
+        assert np.nanmean(out["model_randomization"]) < 0.5
+    ignoring = InputMethod(model)
+    maps = ignoring.attribute(x, y).numpy()
+    out = metric.compute(maps, x, y.numpy(), model=model, method=ignoring)
+    np.testing.assert_allclose(out["model_randomization_spearman"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(out["model_randomization_ssim"], 1.0, atol=1e-6)
+    with torch.no_grad():  # the trained model itself is untouched
+        assert (model(x).argmax(1) == y).all()
+
+
+def test_spearman_hand_computed():
+    a = np.arange(16, dtype=np.float64).reshape(1, 4, 4)
+    np.testing.assert_allclose(spearman(a, a ** 3), [1.0])
+    np.testing.assert_allclose(spearman(a, -a), [-1.0])
+    assert np.isnan(spearman(a, np.ones_like(a))).all()
+
+
+# ---------------------------------------------------------------- cross-checks against Quantus
+
+@pytest.fixture(scope="module")
+def quantus():
+    return pytest.importorskip("quantus")
+
+
+def quantus_inputs(seed: int = 0, nonnegative: bool = False):
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(size=(6, 1, 16, 16)).astype(np.float32)
+    if nonnegative:
+        maps = np.abs(maps)
+    masks = np.zeros((6, 1, 16, 16), np.float32)
+    for i in range(6):
+        y0, x0 = rng.integers(0, 10, 2)
+        masks[i, 0, y0:y0 + 5, x0:x0 + 6] = 1
+    x = rng.normal(size=(6, 1, 16, 16)).astype(np.float32)
+    return x, np.zeros(6, np.int64), maps, masks
+
+
+def test_complexity_matches_quantus(quantus):
+    x, y, maps, _ = quantus_inputs()
+    kw = {"disable_warnings": True, "normalise": False}
+    q_sparse = quantus.Sparseness(**kw)(model=None, x_batch=x, y_batch=y, a_batch=maps.copy())
+    q_entropy = quantus.Complexity(**kw)(model=None, x_batch=x, y_batch=y, a_batch=np.abs(maps))
+    np.testing.assert_allclose(make_metric("sparseness").compute(maps[:, 0])["sparseness"], q_sparse, rtol=1e-4)
+    np.testing.assert_allclose(make_metric("entropy").compute(maps[:, 0])["entropy"], q_entropy, rtol=1e-4)
+
+
+def test_localization_matches_quantus(quantus):
+    x, y, maps, masks = quantus_inputs(1, nonnegative=True)  # Arras' mass counts positive relevance only
+    kw = {"disable_warnings": True}
+    for name, cls in (("pointing_game", quantus.PointingGame),
+                      ("relevance_mass_accuracy", quantus.RelevanceMassAccuracy),
+                      ("relevance_rank_accuracy", quantus.RelevanceRankAccuracy)):
+        expected = cls(**kw)(model=None, x_batch=x, y_batch=y, a_batch=maps.copy(), s_batch=masks.copy())
+        ours = make_metric(name).compute(maps[:, 0], masks=masks[:, 0].astype(bool))[name]
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, err_msg=name)
+
+
+def test_deletion_curve_matches_quantus_pixel_flipping(quantus):
+    """Quantus' PixelFlipping (constant baseline, equal steps) gives our deletion curve after the first point."""
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x, y, maps, _ = quantus_inputs(2)
+    n_steps = 8
+    flipping = quantus.PixelFlipping(features_in_step=16 * 16 // n_steps, perturb_baseline=0.0, disable_warnings=True)
+    expected = np.array(flipping(model=model, x_batch=x, y_batch=y, a_batch=maps.copy(), softmax=True, device="cpu"))
+    ours = make_metric("deletion", n_steps=n_steps, random_reference=False).compute(
+        maps[:, 0], torch.from_numpy(x), y, model=model)["deletion_curve"]
+    np.testing.assert_allclose(ours[:, 1:], expected, rtol=1e-4, atol=1e-6)

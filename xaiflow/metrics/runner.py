@@ -1,0 +1,489 @@
+"""Metrics over a whole dataset: one Dask task per image chunk, values written beside the maps.
+
+:func:`run_metrics` scores the stored maps of ``saliency/<dataset>/<model_id>`` (only
+samples whose map is done) with the requested metrics and writes
+``metrics/<dataset>/<model_id>``:
+
+* ``value(sample, xai_method, metric)`` float32: every scalar output of every metric key
+  (the ``metric`` coordinate, e.g. ``deletion``, ``deletion_random``, ``pointing_game``);
+  NaN where not computed, or undefined (an empty mask; see each metric);
+* ``done(sample, xai_method, metric)`` bool: per-sample completion flags;
+* one variable per curve output, ``<name>(sample, xai_method, <dim>)`` float32, e.g.
+  ``deletion_curve(..., deletion_fraction)``, ``model_randomization_spearman(..., layer)``;
+* coordinates: ``sample`` with the images' per-sample coordinates (label, split, group,
+  ...), ``xai_method`` (saliency keys), ``metric``, and the curve dimensions;
+* attrs: ``model_id``, ``checkpoint_sha256`` (of the maps' model), ``metrics`` (key ->
+  metric name, parameters with defaults, mask classes: the identity), ``outputs`` (stored
+  name -> key, description, ``higher_is_better``), ``methods`` (saliency key -> method and
+  parameters of the maps scored), ``status``, ``provenance``.
+
+Every variable is chunked ``(chunk_size, all methods, all outputs)``, aligned with the
+image chunks: a task reads its chunk, computes what is missing, and writes its chunk back
+(values first, ``done`` last), so no two tasks touch one chunk, retries are safe and a
+killed run resumes. A re-run computes only what is not done. A metric key stored with
+other parameters or mask classes, maps recomputed with other parameters, or maps of a
+retrained model are refused unless ``overwrite`` (which recomputes them). New methods or
+metric keys extend the group: it is small (no maps in it), so it is rewritten with the
+union of coordinates, keeping every stored value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+import xaiflow
+from xaiflow import schema, store
+from xaiflow.attribution import make_method
+from xaiflow.device import resolve_device, set_torch_threads
+from xaiflow.metrics import METRICS, Metric, MetricSpec, make_metric
+from xaiflow.metrics.base import Output, stored_name
+from xaiflow.models.base import MicrographModel
+from xaiflow.models.cache import cached_model
+from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
+from xaiflow.preprocess import to_input
+from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX, TARGET_SUFFIX,
+                              group_template, saliency_group, stored_methods)
+
+log = logging.getLogger("xaiflow")
+
+VALUE = "value"
+DONE = "done"
+METRIC = "metric"
+
+
+class MetricsError(ValueError):
+    """Metrics cannot run as asked; the message names the metric, method, mask or group."""
+
+
+def metrics_group(dataset: str, model_id: str) -> str:
+    return schema.group_path(schema.METRICS, dataset, model_id)
+
+
+@dataclass(frozen=True)
+class MetricRun:
+    """One metric key of a run: what to build on the worker and where its outputs go."""
+
+    key: str
+    name: str
+    params: dict[str, Any]
+    scalars: dict[str, str]  # output name -> stored name (a `metric` coordinate)
+    curves: dict[str, str]  # output name -> stored variable
+
+
+@dataclass(frozen=True)
+class MetricsPlan:
+    workspace: str
+    dataset: str
+    model_id: str
+    checkpoint: str | None  # only when a metric needs the model
+    methods: tuple[str, ...]  # saliency keys scored by this run
+    method_specs: dict[str, tuple[str, dict[str, Any]]]  # saliency key -> (method name, params)
+    metrics: tuple[MetricRun, ...]
+    stored_methods: tuple[str, ...]  # the group's xai_method coordinate
+    stored_outputs: tuple[str, ...]  # the group's metric coordinate
+    mask_values: tuple[int, ...] | None
+    device: str
+    batch_size: int
+
+    @property
+    def group(self) -> str:
+        return metrics_group(self.dataset, self.model_id)
+
+    @property
+    def saliency(self) -> str:
+        return saliency_group(self.dataset, self.model_id)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class MetricsResult:
+    group: str
+    chunks_total: int
+    chunks_skipped: int
+    chunks_run: int
+    computed: dict[str, int] = field(default_factory=dict)  # metric key -> maps scored
+    seconds: dict[str, float] = field(default_factory=dict)  # metric key -> compute time
+
+
+# ------------------------------------------------------------------ planning (client)
+
+def _as_spec(spec: MetricSpec | str | dict[str, Any]) -> MetricSpec:
+    if isinstance(spec, MetricSpec):
+        return spec
+    return MetricSpec(name=spec) if isinstance(spec, str) else MetricSpec.model_validate(spec)
+
+
+def _make_metrics(specs: list[MetricSpec]) -> dict[str, Metric]:
+    if not specs:
+        raise MetricsError(f"no metrics requested; valid: {', '.join(METRICS.names())}")
+    keys = [s.variable for s in specs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise MetricsError(f"metrics store under the same key {dup}; give each a distinct `key`")
+    built = {}
+    for spec in specs:
+        try:
+            built[spec.variable] = make_metric(spec.name, **spec.params)
+        except (KeyError, ValueError) as e:
+            raise MetricsError(f"metrics[{spec.variable}]: {e}") from None
+    return built
+
+
+def _mask_values(workspace: str, dataset: str, images: xr.Dataset, mask_class: str | list[str] | None,
+                 needing: list[str]) -> tuple[tuple[int, ...], list[str]]:
+    """Mask label values of the region (and their class names), after checking the masks group."""
+    group = schema.group_path(schema.MASKS, dataset)
+    if not store.group_exists(workspace, group):
+        raise MetricsError(f"metric(s) {needing} need masks, but dataset {dataset!r} has none ({group} does not "
+                           "exist); ingest it with masks (source.masks) or drop those metrics")
+    masks = store.open_group(workspace, group, check_complete=False)
+    try:
+        schema.validate_masks(masks, images, group)
+    except schema.SchemaError as e:
+        raise MetricsError(f"metric(s) {needing}: {e}") from None
+    classes = [str(c) for c in masks.attrs[schema.ATTR_MASK_CLASSES]]
+    if mask_class is None:
+        if len(classes) < 2:
+            raise MetricsError(f"{group} has only the class {classes}; name the mask class to evaluate against")
+        names = classes[1:]  # the first class (label 0) is the background
+    else:
+        names = [mask_class] if isinstance(mask_class, str) else list(mask_class)
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise MetricsError(f"unknown mask class(es) {unknown} for {group}; valid: {classes}")
+    return tuple(classes.index(n) for n in names), names
+
+
+def _model(workspace: str, model_id: str, sha256: str) -> tuple[str, MicrographModel]:
+    checkpoint = store.models_dir(workspace) / model_id
+    if not (checkpoint / "manifest.json").is_file():
+        raise MetricsError(f"no trained model {model_id!r} in {store.models_dir(workspace)}; the metrics that "
+                           "need the model cannot run")
+    manifest = verify_checkpoint(checkpoint)
+    if manifest.weights_sha256 != sha256:
+        raise MetricsError(f"model {model_id} changed since its maps were computed (checkpoint sha256 "
+                           f"{manifest.weights_sha256[:12]}, maps of {sha256[:12]}); recompute the maps first")
+    model, _ = load_checkpoint(checkpoint)
+    return str(checkpoint), model.eval()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _outputs(metrics: dict[str, Metric], model: MicrographModel | None) -> dict[str, dict[str, tuple[str, Output]]]:
+    """Metric key -> output name -> (stored name, output) with curve dims renamed like the names."""
+    result: dict[str, dict[str, tuple[str, Output]]] = {}
+    for key, metric in metrics.items():
+        result[key] = {}
+        for name, out in metric.outputs(model if metric.needs_model else None).items():
+            if out.dim is not None:
+                out = Output(out.description, out.higher_is_better, stored_name(out.dim, metric.name, key), out.coords)
+            result[key][name] = (stored_name(name, metric.name, key), out)
+    return result
+
+
+def _labels(names: Any) -> np.ndarray:
+    """Names as an object array of Python str (what xarray writes as Zarr strings)."""
+    return np.array([str(n) for n in names], dtype=object)
+
+
+def _layout(workspace: str, group: str, images: xr.Dataset, attrs: dict[str, Any], methods: list[str],
+            scalars: list[str], curves: dict[str, Output], old: xr.Dataset | None) -> None:
+    """(Re)write the group with these coordinates, carrying every value of ``old`` that is still wanted."""
+    n = images.sizes[schema.SAMPLE]
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    base = group_template(images, list(images.attrs[schema.ATTR_CLASSES]), attrs).drop_vars("class")
+    dims = (schema.SAMPLE, METHOD)
+    coords: dict[str, Any] = {METHOD: _labels(methods), METRIC: _labels(scalars)}
+    variables: dict[str, xr.DataArray] = {
+        VALUE: xr.DataArray(np.full((n, len(methods), len(scalars)), np.nan, np.float32), dims=(*dims, METRIC)),
+        DONE: xr.DataArray(np.zeros((n, len(methods), len(scalars)), bool), dims=(*dims, METRIC)),
+    }
+    for name, out in curves.items():
+        coords[out.dim] = _labels(out.coords) if isinstance(out.coords[0], str) else np.array(out.coords, np.float64)
+        variables[name] = xr.DataArray(np.full((n, len(methods), len(out.coords)), np.nan, np.float32),
+                                       dims=(*dims, out.dim))
+    ds = base.assign_coords(coords).assign(variables)
+    if old is not None:
+        old = old.assign_coords({k: store.strings(old[k].values) for k in (schema.SAMPLE, METHOD, METRIC)})
+        for name in variables:
+            if name in old.data_vars:
+                fill = False if name == DONE else np.nan
+                wanted = {d: ds[d].values for d in ds[name].dims}
+                carried = old[name].reindex(wanted, fill_value=fill)
+                ds[name] = ds[name].copy(data=carried.values.astype(ds[name].dtype))
+    encoding = {v: {"chunks": (chunk, *ds[v].shape[1:])} for v in ds.data_vars}
+    store.delete_group(workspace, group)
+    ds.to_zarr(workspace, group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+
+
+def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
+            metrics: list[MetricSpec | str | dict[str, Any]], methods: list[str] | None = None,
+            mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
+            overwrite: bool = False) -> tuple[MetricsPlan, list[ChunkTask], int]:
+    """Validate, create or extend the metrics group; return the plan, the pending tasks and the chunk count."""
+    workspace = str(workspace)
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+    sal = saliency_group(dataset, model_id)
+    if not store.group_exists(workspace, sal):
+        raise MetricsError(f"no saliency maps for dataset {dataset!r} and model {model_id!r} ({sal} does not exist); "
+                           "run `xaiflow attribute` first")
+    sal_attrs = store.group_attrs(workspace, sal)
+    if sal_attrs.get("target") == "all":
+        raise MetricsError(f"{sal} holds maps of every class (target='all'); metrics need one explained class per "
+                           "sample: compute maps with target 'predicted' or 'label'")
+    computed = stored_methods(workspace, sal)
+    keys = list(methods) if methods else sorted(computed)
+    missing = [m for m in keys if m not in computed]
+    if missing or not keys:
+        raise MetricsError(f"method(s) {missing} not computed for {dataset}/{model_id}; computed: {sorted(computed)}")
+    built = _make_metrics([_as_spec(s) for s in metrics])
+    needing_mask = [k for k, m in built.items() if m.needs_mask]
+    mask_values, mask_names = (_mask_values(workspace, dataset, images, mask_class, needing_mask)
+                               if needing_mask else (None, None))
+    sha = str(sal_attrs.get("checkpoint_sha256"))
+    checkpoint, model = (_model(workspace, model_id, sha) if any(m.needs_model for m in built.values())
+                         else (None, None))
+    outputs = _outputs(built, model)
+
+    identities = {k: _jsonable({**m.identity(), **({"mask_classes": mask_names} if m.needs_mask else {})})
+                  for k, m in built.items()}
+    method_ids = {k: _jsonable({"method": computed[k][ATTR_METHOD], "params": computed[k][ATTR_PARAMS]}) for k in keys}
+    group = metrics_group(dataset, model_id)
+    old, stored = _reconcile(workspace, group, sha, identities, method_ids, overwrite)
+    for key, outs in outputs.items():
+        for name, out in outs.values():
+            stored["outputs"][name] = {"key": key, "description": out.description,
+                                       "higher_is_better": out.higher_is_better, "dim": out.dim}
+    stored["metrics"].update(identities)
+    stored["methods"].update(method_ids)
+    old_methods = store.strings(old[METHOD].values).tolist() if old is not None else []
+    all_methods = list(dict.fromkeys([*old_methods, *keys]))
+    scalars = [n for n, o in stored["outputs"].items() if o["dim"] is None]
+    curves = _curve_layout(stored["outputs"], outputs, old)
+    attrs = {"model_id": model_id, "checkpoint_sha256": sha, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
+             **stored, schema.ATTR_STATUS: schema.STATUS_INCOMPLETE}
+    if (old is None or old_methods != all_methods or store.strings(old[METRIC].values).tolist() != scalars
+            or set(curves) != set(old.data_vars) - {VALUE, DONE}):
+        _layout(workspace, group, images, attrs, all_methods, scalars, curves, old)
+    store.set_attrs(workspace, group, **attrs)
+
+    runs = []
+    for key, metric in built.items():
+        outs = outputs[key]
+        runs.append(MetricRun(key, metric.name, metric.params.model_dump(mode="json"),
+                              scalars={n: s for n, (s, o) in outs.items() if o.dim is None},
+                              curves={n: s for n, (s, o) in outs.items() if o.dim is not None}))
+    plan = MetricsPlan(
+        workspace=workspace, dataset=dataset, model_id=model_id, checkpoint=checkpoint, methods=tuple(keys),
+        method_specs={k: (computed[k][ATTR_METHOD], dict(computed[k][ATTR_PARAMS])) for k in keys},
+        metrics=tuple(runs), stored_methods=tuple(all_methods), stored_outputs=tuple(scalars),
+        mask_values=mask_values, device=device, batch_size=batch_size)
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    return plan, _pending(plan, images), math.ceil(images.sizes[schema.SAMPLE] / chunk)
+
+
+def _reconcile(workspace: str, group: str, sha: str, identities: dict[str, Any], method_ids: dict[str, Any],
+               overwrite: bool) -> tuple[xr.Dataset | None, dict[str, dict[str, Any]]]:
+    """The stored group (without what must be recomputed) and its ``metrics``/``outputs``/``methods`` attrs.
+
+    Refuses, unless ``overwrite``, a group computed for another checkpoint, a metric key
+    stored with another identity, and metrics of maps recomputed with other parameters.
+    """
+    empty: dict[str, dict[str, Any]] = {"metrics": {}, "outputs": {}, "methods": {}}
+    if not store.group_exists(workspace, group):
+        return None, empty
+    attrs = store.group_attrs(workspace, group)
+    if attrs.get("checkpoint_sha256") != sha:
+        if not overwrite:
+            raise MetricsError(f"{group} was computed for maps of checkpoint "
+                               f"{str(attrs.get('checkpoint_sha256'))[:12]}; "
+                               f"the maps are now from {sha[:12]}. Pass overwrite to recompute every metric")
+        store.delete_group(workspace, group)
+        return None, empty
+    stored = {k: dict(attrs.get(k, {})) for k in empty}
+    drop_outputs: list[str] = []
+    for key, identity in identities.items():
+        if key in stored["metrics"] and stored["metrics"][key] != identity:
+            if not overwrite:
+                raise MetricsError(f"{group}: {key!r} is stored with {stored['metrics'][key]}, this run asks for "
+                                   f"{identity}. Use another key or overwrite")
+            drop_outputs += [name for name, o in stored["outputs"].items() if o["key"] == key]
+    drop_methods = []
+    for key, identity in method_ids.items():
+        if key in stored["methods"] and stored["methods"][key] != identity:
+            if not overwrite:
+                raise MetricsError(f"{group}: metrics of {key!r} were computed on maps made with "
+                                   f"{stored['methods'][key]}; the stored maps are now from {identity}. "
+                                   "Pass overwrite to recompute them")
+            drop_methods.append(key)
+    stored["outputs"] = {k: v for k, v in stored["outputs"].items() if k not in drop_outputs}
+    old = store.open_group(workspace, group, check_complete=False).load()
+    old = old.drop_vars([v for v in drop_outputs if v in old.data_vars])
+    old = old.sel({METRIC: ~np.isin(store.strings(old[METRIC].values), drop_outputs),
+                   METHOD: ~np.isin(store.strings(old[METHOD].values), drop_methods)})
+    return old, stored
+
+
+def _curve_layout(stored_outs: dict[str, Any], outputs: dict[str, dict[str, tuple[str, Output]]],
+                  old: xr.Dataset | None) -> dict[str, Output]:
+    """Every curve variable of the group (stored ones and this run's), with its dimension and coordinates."""
+    curves = {name: out for outs in outputs.values() for name, out in outs.values() if out.dim is not None}
+    for name, meta in stored_outs.items():
+        if meta["dim"] is not None and name not in curves and old is not None and name in old.data_vars:
+            values = old[meta["dim"]].values
+            coords = tuple(store.strings(values)) if values.dtype.kind in "OTU" else tuple(values.tolist())
+            curves[name] = Output(meta["description"], meta["higher_is_better"], meta["dim"], coords)
+    dims: dict[str, tuple[Any, ...]] = {}
+    for name, out in curves.items():
+        if dims.setdefault(out.dim, out.coords) != out.coords:  # type: ignore[arg-type]
+            raise MetricsError(f"curve dimension {out.dim!r} of {name!r} has coordinates {out.coords}, "
+                               f"another curve has {dims[out.dim]}")  # type: ignore[index]
+    return curves
+
+
+def _pending(plan: MetricsPlan, images: xr.Dataset) -> list[ChunkTask]:
+    """Chunks holding a finished map whose metrics of this run are not all done."""
+    root = zarr.open_group(plan.workspace, mode="r", zarr_format=3)
+    done = np.asarray(root[f"{plan.group}/{DONE}"][:], bool)
+    cols = [plan.stored_outputs.index(s) for run in plan.metrics for s in run.scalars.values()]
+    pending = np.zeros(images.sizes[schema.SAMPLE], bool)
+    for m in plan.methods:
+        ready = np.asarray(root[f"{plan.saliency}/{m}{DONE_SUFFIX}"][:], bool)
+        pending |= ready & ~done[:, plan.stored_methods.index(m)][:, cols].all(axis=1)
+    n, chunk = len(pending), images[schema.IMAGE].data.chunksize[0]
+    return [ChunkTask(i, s, min(n, s + chunk)) for i, s in enumerate(range(0, n, chunk)) if pending[s:s + chunk].any()]
+
+
+# ------------------------------------------------------------------ one chunk (worker)
+
+def _current_worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return None
+
+
+def run_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
+    """Score every finished map of one chunk that lacks a metric of the plan; write the chunk back."""
+    with warnings.catch_warnings():
+        # Captum announces the hooks it sets for every call (randomization recomputes maps)
+        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks", category=UserWarning)
+        return _run_chunk(task, plan)
+
+
+def _run_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
+    worker = _current_worker()
+    if worker is not None:
+        set_torch_threads(worker.state.nthreads)
+    device = resolve_device(plan.device)
+    model = cached_model(plan.checkpoint, device)[0] if plan.checkpoint else None
+    root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)
+    images = schema.group_path(schema.IMAGES, plan.dataset)
+    s0, s1 = task.start, task.stop
+    pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])
+    region = None
+    if plan.mask_values is not None:
+        labels = np.asarray(root[f"{schema.group_path(schema.MASKS, plan.dataset)}/{schema.MASK}"][s0:s1])
+        region = np.isin(labels, plan.mask_values)
+    group, sal = root[plan.group], root[plan.saliency]
+    value, done = np.asarray(group[VALUE][s0:s1]), np.asarray(group[DONE][s0:s1], bool)
+    curves = {v: np.asarray(group[v][s0:s1]) for run in plan.metrics for v in run.curves.values()}
+    result: dict[str, Any] = {"index": task.index, "computed": {}, "seconds": {}}
+
+    for m in plan.methods:
+        mi = plan.stored_methods.index(m)
+        ready = np.asarray(sal[m + DONE_SUFFIX][s0:s1], bool)
+        nonfinite = ready & np.asarray(sal[m + NONFINITE_SUFFIX][s0:s1], bool)
+        maps = np.asarray(sal[m][s0:s1])
+        targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
+        method = None
+        for run in plan.metrics:
+            cols = [plan.stored_outputs.index(s) for s in run.scalars.values()]
+            todo = np.flatnonzero(ready & ~done[:, mi][:, cols].all(axis=1))
+            if not len(todo):
+                continue
+            tick = time.perf_counter()
+            metric = make_metric(run.name, **run.params)
+            if metric.needs_method and method is None:
+                name, params = plan.method_specs[m]
+                method = make_method(name, model, **params)  # type: ignore[arg-type]
+            scored = todo[~nonfinite[todo]]  # maps with NaN/inf stay NaN here (flagged in the saliency group)
+            for b in range(0, len(scored), plan.batch_size):
+                idx = scored[b:b + plan.batch_size]
+                out = metric.compute(
+                    maps[idx], to_input(pixels[idx]).to(device) if metric.needs_model else None, targets[idx],
+                    index=idx + s0, model=model if metric.needs_model else None,
+                    masks=region[idx] if metric.needs_mask and region is not None else None,
+                    method=method if metric.needs_method else None)
+                for name, stored in run.scalars.items():
+                    value[idx, mi, plan.stored_outputs.index(stored)] = out[name]
+                for name, stored in run.curves.items():
+                    curves[stored][idx, mi] = out[name]
+            done[np.ix_(todo, [mi], cols)] = True
+            result["computed"][run.key] = result["computed"].get(run.key, 0) + int(len(scored))
+            result["seconds"][run.key] = result["seconds"].get(run.key, 0.0) + time.perf_counter() - tick
+        for name, data in curves.items():
+            group[name][s0:s1] = data
+        group[VALUE][s0:s1] = value
+        group[DONE][s0:s1] = done  # last: a value is done only once it is stored
+    return result
+
+
+# ------------------------------------------------------------------ whole run (client)
+
+def finalize(plan: MetricsPlan, results: list[dict[str, Any]], chunks_total: int, skipped: int) -> MetricsResult:
+    """Record provenance, mark the group complete, and sum up."""
+    out = MetricsResult(plan.group, chunks_total, skipped, len(results))
+    for r in results:
+        for k, v in r["computed"].items():
+            out.computed[k] = out.computed.get(k, 0) + v
+            out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
+    provenance = {"xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__,
+                  "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    store.set_attrs(plan.workspace, plan.group, **{schema.ATTR_PROVENANCE: provenance,
+                                                   schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+    return out
+
+
+def run_metrics(workspace: str | os.PathLike[str], dataset: str, model_id: str,
+                metrics: list[MetricSpec | str | dict[str, Any]], methods: list[str] | None = None,
+                mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
+                overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None) -> MetricsResult:
+    """Score every finished map of ``saliency/<dataset>/<model_id>`` that lacks a requested metric.
+
+    ``metrics``: names, ``{name, key, params}`` mappings or :class:`MetricSpec`;
+    ``methods``: saliency keys (default: every stored one); ``mask_class``: the mask class
+    (or classes, as a union) the localization metrics evaluate against (default: every
+    class but the first, the background); ``batch_size``: maps per metric call. One Dask
+    task per image chunk (see the module docstring for the layout and resume rules).
+    """
+    plan, tasks, n_chunks = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device,
+                                    batch_size=batch_size, overwrite=overwrite)
+    skipped = n_chunks - len(tasks)
+    log.info("%s: %d chunk(s) to compute, %d complete or without maps", plan.group, len(tasks), skipped)
+    results = map_tasks(run_chunk, tasks, client=client, progress=progress, stage="metrics", plan=plan)
+    return finalize(plan, results, n_chunks, skipped)

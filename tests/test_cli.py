@@ -76,3 +76,7 @@ def test_attribute_and_show_commands(tmp_path):
     assert mass.returncode == 0 and "structure" in mass.stdout and "shortcut" in mass.stdout
     empty = run("query", "group-maps", str(ws), "-d", "syn", "--by", "um_per_px", "--bins", "50,60")
     assert empty.returncode == 2 and "no non-empty group" in empty.stderr
+    scored = run("evaluate", str(ws), "-d", "syn", "--metrics", "deletion,pointing_game,sparseness",
+                 "--mask-class", "structure", "--cluster", "threads")
+    assert scored.returncode == 0, scored.stderr
+    assert "deletion_random" in scored.stdout and "pointing_game" in scored.stdout and "±" in scored.stdout

@@ -298,6 +298,45 @@ def show(
     out.print(f"wrote {path}")
 
 
+@app.command()
+def evaluate(
+    workspace: Path = typer.Argument(..., help="workspace path"),
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (default: the only one with maps)"),
+    metrics: str = typer.Option("deletion,insertion,sparseness,entropy", "--metrics",
+                                help="comma-separated metric names (xaiflow.metrics.METRICS)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="saliency keys (default: all stored)"),
+    mask_class: Optional[str] = typer.Option(None, "--mask-class", help="mask class for localization metrics"),
+    device: str = typer.Option("auto", "--device"),
+    cluster: str = typer.Option("local", "--cluster"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Score stored maps (faithfulness, randomization, localization, complexity) chunk by chunk."""
+    from xaiflow.metrics.runner import MetricsError, run_metrics
+    from xaiflow.runtime import TaskError, dask_client
+    from xaiflow.saliency import SaliencyQueryError
+    from xaiflow.store import open_group
+
+    try:
+        ds = _open_maps(workspace, dataset, model, methods)
+        model = str(ds.attrs["model_id"])
+        with dask_client(cluster) as client, _progress() as bars:
+            res = run_metrics(workspace, dataset, model, [m.strip() for m in metrics.split(",")],
+                              methods.split(",") if methods else None, mask_class, device=device,
+                              overwrite=overwrite, client=client, progress=_RichProgress(bars, f"{dataset} chunks"))
+        values = open_group(workspace, res.group)
+    except (MetricsError, SaliencyQueryError, TaskError, ValueError) as e:
+        _fail(e)
+    out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} complete or without maps")
+    v = values["value"].where(values["done"])
+    mean, std = v.mean("sample").compute(), v.std("sample").compute()
+    names = [str(n) for n in values["metric"].values]
+    rows = [{"method": str(m), **{n: f"{float(mean.sel(xai_method=m, metric=n)):.3f} ± "
+                                     f"{float(std.sel(xai_method=m, metric=n)):.3f}" for n in names}}
+            for m in values["xai_method"].values]
+    out.print(_rows_table(rows, ["method", *names], title="mean ± std over samples"))
+
+
 query_app = typer.Typer(help="Aggregate queries over stored saliency (lazy, chunk by chunk).", no_args_is_help=True)
 app.add_typer(query_app, name="query")
 

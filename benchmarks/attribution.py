@@ -1,0 +1,719 @@
+"""Attribution pipeline: engine overhead, LIME vs lime, Dask scaling, cost, memory, storage.
+
+What: builds (or reuses) a small workspace of real UHCS micrographs (a specimen-stratified
+subset ingested through configs/uhcs.yaml at --size px; synthetic micrographs, with a note,
+when the UHCS folder is absent), trains small_cnn for a couple of epochs, then measures side
+by side in one run and prints each ratio beside its target:
+
+1. engine vs plain loop: per method, xaiflow's engine (``run_chunk`` called in this process
+   with 1 torch thread: read the chunk from Zarr, compute targets, attribute, write maps and
+   flags) vs the same Captum call (xaiflow's own method for LIME) in an in-memory loop over
+   the same images, batch sizes and parameters, the two interleaved chunk by chunk. In-process
+   calls isolate task/IO/storage overhead from Dask scheduling, which section 3 measures
+   (a worker runs exactly this ``run_chunk`` with 1 thread). Target: throughput ratio >= 0.9;
+2. xaiflow ``lime`` vs ``lime.lime_image.LimeImageExplainer.explain_instance`` (its defaults,
+   same num_samples, our segmentation as segmentation_fn), the time split into segmentation,
+   model evaluation and surrogate fit, and the weights compared. Target: >= 1.0 at equal weights;
+3. 2 Dask worker processes x 1 thread vs the best single-process run (torch 1 or 2 threads) on
+   the same chunks (target >= 1.8x), and the per-chunk scheduling overhead (target < 1%);
+4. each method's cost per image as a multiple of one forward+backward pass at its best batch;
+5. peak RSS of a fresh process running one engine batch per method (what a worker needs);
+6. float32 map storage (write MB/s, compression with zarr's default codec) and float16
+   casts of raw vs scaled maps (float16 subnormals make the cast slow and lossy).
+
+Why: the engine should cost little more than the computation it wraps, scale with workers,
+and store maps cheaply; these numbers say where it does not.
+
+How (about 10 minutes on 2 cores; sizes are options):
+
+    .venv/bin/python benchmarks/attribution.py [--images 32] [--size 128]
+        [--methods saliency,integrated_gradients,grad_cam,occlusion,lime,smoothgrad]
+        [--workspace ws.zarr] [--uhcs-dir DIR]
+
+A given --workspace is reused: the ingest and the model are kept, maps are recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
+from importlib.metadata import version
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+from distributed import get_task_stream, get_worker
+from lime import lime_image
+from torch import Tensor
+
+from xaiflow import schema
+from xaiflow.attribution import METHODS, make_method
+from xaiflow.attribution.engine import (AttributionPlan, ChunkTask, choose_batching, default_batch_size,
+                                        evaluation_bytes, prepare, run_chunk)
+from xaiflow.config import AttributionConfig, DatasetConfig, GeometryConfig, MethodSpec, load_config
+from xaiflow.device import set_torch_threads
+from xaiflow.ingest import ingest_dataset
+from xaiflow.models.cache import cached_model
+from xaiflow.preprocess import to_input
+from xaiflow.runtime import ClusterConfig, dask_client, map_tasks
+from xaiflow.saliency import DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX
+from xaiflow.sources.synthetic import SyntheticConfig
+from xaiflow.training import train_model
+
+REPO = Path(__file__).resolve().parents[1]
+UHCS = Path(os.environ.get("XAIFLOW_UHCS_DIR") or REPO.parent / "shared/data/uhcs")
+#: parameters of every benchmarked method (LIME's num_samples comes from --lime-samples)
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "saliency": {},
+    "integrated_gradients": {"n_steps": 32},
+    "grad_cam": {},
+    "occlusion": {"window": 16, "stride": 16},
+    "lime": {"n_segments": 50},
+    "smoothgrad": {"nt_samples": 16},
+}
+FLOOR_BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+# ------------------------------------------------------------------ printing and timing
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A GitHub-markdown table (pasted as is into benchmarks/README.md)."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells[1:]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def timed(fn: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
+    fn()
+    return clock() - start
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
+    return min(timed(fn, clock) for _ in range(repeats))
+
+
+class Clock:
+    """Wall and CPU seconds of the calls it runs. CPU time (every thread of this process) is what
+    single-threaded comparisons are judged on: other processes competing for the cores stretch
+    wall time, not this process's CPU time."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __call__(self, fn: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return fn()
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+
+
+def interleaved(i: int, first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """Both results, in argument order; the calls run in swapped order when ``i`` is odd (cancels drift)."""
+    if i % 2:
+        b = second()
+        return first(), b
+    return first(), second()
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value < target
+    return "met" if ok else "MISSED"
+
+
+class Stopwatch:
+    """Accumulates the time spent in wrapped callables, per bucket."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, bucket: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - start
+        return inner
+
+
+# ------------------------------------------------------------------ workspace, model, plan
+
+@dataclass
+class Bench:
+    workspace: str
+    plan: AttributionPlan  # every benchmarked method
+    tasks: list[ChunkTask]  # the chunks holding the first n images, those images selected
+    n: int
+    model: torch.nn.Module
+    x: Tensor  # the n images as network input
+    targets: Tensor  # predicted classes (what the engine explains)
+    batch: int  # images per attribution call (the engine's CPU default)
+    batching: dict[str, dict[str, int]]  # per method: the batching parameter the engine chooses
+    params: dict[str, Any]  # per method: validated Params with the batching filled in
+
+    def method_plan(self, name: str) -> AttributionPlan:
+        return replace(self.plan, methods=tuple(m for m in self.plan.methods if m.key == name))
+
+    def reset(self, name: str) -> None:
+        """Clear the method's done flags so that the engine computes every map again."""
+        done = zarr.open_group(self.workspace, path=self.plan.group, mode="r+", zarr_format=3)[name + DONE_SUFFIX]
+        done[:] = False
+
+
+def dataset_config(args: argparse.Namespace) -> DatasetConfig:
+    geometry = GeometryConfig(size=(args.size, args.size), mode="resize")
+    if (Path(args.uhcs_dir) / "metadata.csv").is_file():
+        base = load_config(REPO / "configs/uhcs.yaml", data_dir=args.uhcs_dir).datasets[0]
+        source = base.source.model_copy(update={"max_per_group_label": args.per_group})
+        return base.model_copy(update={"name": f"uhcs{args.size}", "source": source, "geometry": geometry,
+                                       "chunk_size": args.chunk})
+    print(f"note: no UHCS data at {args.uhcs_dir} (set XAIFLOW_UHCS_DIR or --uhcs-dir); using synthetic micrographs")
+    source = SyntheticConfig(specimens_per_class=6, images_per_specimen=max(4, math.ceil(args.images / 24)),
+                             size=(args.size, args.size))
+    return DatasetConfig(name=f"synthetic{args.size}", source=source, geometry=geometry, chunk_size=args.chunk)
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    workspace = args.workspace or str(Path(tempfile.mkdtemp(prefix="xaiflow-bench-")) / "bench.zarr")
+    ds = dataset_config(args)
+    tick = time.perf_counter()
+    ingested = ingest_dataset(ds, workspace)
+    train = load_config(REPO / "configs/uhcs.yaml").train
+    train = train.model_copy(update={"dataset": ds.name, "epochs": args.epochs, "threads": 2})
+    trained = train_model(workspace, train)
+    print(f"workspace {workspace}: {ds.name}, {ingested.n_samples} images at {args.size} px, chunks of "
+          f"{args.chunk} ({ingested.status}); model {trained['model_id']} "
+          f"({'reused' if trained['reused'] else f'{args.epochs} epochs'}, val balanced acc "
+          f"{trained['val_balanced_accuracy']:.2f}); {time.perf_counter() - tick:.0f} s")
+
+    names = list(dict.fromkeys([*args.methods, args.scaling_method]))
+    lime_samples = {"lime": {"num_samples": args.lime_samples}}
+    specs = [MethodSpec(name=m, params={**METHOD_PARAMS[m], **lime_samples.get(m, {})}) for m in names]
+    cfg = AttributionConfig(dataset=ds.name, model=trained["model_id"], methods=specs, device="cpu")
+    plan, _, _ = prepare(workspace, cfg, overwrite=True)
+    n = min(args.images, ingested.n_samples)
+    if n < args.images:
+        print(f"note: the dataset has {ingested.n_samples} images; --images {args.images} reduced to {n}")
+    tasks = [ChunkTask(i, s, min(s + args.chunk, ingested.n_samples), tuple(range(s, min(s + args.chunk, n))))
+             for i, s in enumerate(range(0, n, args.chunk))]
+
+    set_torch_threads(1)
+    model, _ = cached_model(plan.checkpoint, "cpu")
+    images = zarr.open_group(workspace, path=schema.group_path(schema.IMAGES, ds.name), mode="r", zarr_format=3)
+    x = to_input(np.asarray(images[schema.IMAGE][:n]))
+    with torch.no_grad():
+        targets = torch.cat([model(x[i:i + 32]).argmax(1) for i in range(0, n, 32)])
+    device = torch.device("cpu")
+    batch = default_batch_size(device)  # what run_chunk uses, chosen the same way
+    per_eval = evaluation_bytes(model, plan.sha256, (1, args.size, args.size), device)
+    evals = int(max(1, min(plan.max_evals_per_pass["cpu"], plan.memory_budget_mb * 2**20 // per_eval)))
+    batching = {m.key: choose_batching(m.name, batch, evals) for m in plan.methods}
+    params = {m.key: METHODS.get(m.name).Params(**m.params, **batching[m.key]) for m in plan.methods}
+    return Bench(workspace, plan, tasks, n, model, x, targets, batch, batching, params)
+
+
+# ------------------------------------------------------------------ 1. engine vs plain loop
+
+def _ref_saliency(model: torch.nn.Module, x: Tensor, t: Tensor, p: Any) -> Tensor:
+    return Saliency(model).attribute(x, target=t, abs=p.abs)
+
+
+def _ref_integrated_gradients(model: torch.nn.Module, x: Tensor, t: Tensor, p: Any) -> Tensor:
+    return IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=p.n_steps,
+                                                method=p.method, internal_batch_size=p.internal_batch_size)
+
+
+def _ref_grad_cam(model: Any, x: Tensor, t: Tensor, p: Any) -> Tensor:
+    cam = LayerGradCam(model, model.get_layer(model.cam_layer)).attribute(x, target=t,
+                                                                          relu_attributions=p.relu_attributions)
+    return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=p.interpolate_mode)
+
+
+def _ref_occlusion(model: torch.nn.Module, x: Tensor, t: Tensor, p: Any) -> Tensor:
+    c = x.shape[1]
+    return Occlusion(model).attribute(x, sliding_window_shapes=(c, p.window, p.window), strides=(c, p.stride, p.stride),
+                                      baselines=torch.zeros_like(x), target=t,
+                                      perturbations_per_eval=p.perturbations_per_eval)
+
+
+def _ref_smoothgrad(model: torch.nn.Module, x: Tensor, t: Tensor, p: Any) -> Tensor:
+    tunnel = NoiseTunnel(Saliency(model))
+    out = []
+    for i in range(len(x)):  # one image at a time with the RNGs seeded, as xaiflow does
+        xi = x[i:i + 1].detach().requires_grad_(True)
+        value_range = float(xi.detach().max() - xi.detach().min())
+        torch.manual_seed(p.seed)
+        np.random.seed(p.seed)
+        out.append(tunnel.attribute(xi, nt_type="smoothgrad", nt_samples=p.nt_samples,
+                                    nt_samples_batch_size=p.nt_samples_batch_size, stdevs=p.stdevs * value_range,
+                                    target=t[i:i + 1], abs=p.abs))
+    return torch.cat(out)
+
+
+#: the direct Captum call of each method; LIME (xaiflow's own algorithm) is called in memory
+REFERENCES: dict[str, Callable[[Any, Tensor, Tensor, Any], Tensor]] = {
+    "saliency": _ref_saliency, "integrated_gradients": _ref_integrated_gradients, "grad_cam": _ref_grad_cam,
+    "occlusion": _ref_occlusion, "smoothgrad": _ref_smoothgrad,
+}
+
+
+def plain_maps(b: Bench, name: str, idx: np.ndarray) -> np.ndarray:
+    p = b.params[name]
+    if name in REFERENCES:
+        def call(x: Tensor, t: Tensor) -> Tensor:
+            return REFERENCES[name](b.model, x.detach().clone().requires_grad_(True), t, p).detach().sum(1)
+    else:
+        method = make_method(name, b.model, **p.model_dump())
+        call = method.attribute
+    return np.concatenate([call(b.x[idx[i:i + b.batch]], b.targets[idx[i:i + b.batch]]).numpy()
+                           for i in range(0, len(idx), b.batch)])
+
+
+def engine_overheads(b: Bench, name: str) -> dict[str, float]:
+    """CPU seconds per chunk of the engine's steps around the computation, timed one by one."""
+    ds_path = schema.group_path(schema.IMAGES, b.plan.dataset)
+    steps = {k: Clock() for k in ("model lookup (cached_model: sha256 check)", "open store, read chunk",
+                                  "targets (1 forward per batch)", "read + write the method's 4 arrays")}
+    model, read, targets, io = steps.values()
+    for task in b.tasks:
+        s0, s1 = task.start, task.stop
+        model(lambda: cached_model(b.plan.checkpoint, "cpu"))
+        root = read(lambda: zarr.open_group(b.workspace, mode="r+", zarr_format=3))
+        pixels = read(lambda: np.asarray(root[f"{ds_path}/{schema.IMAGE}"][s0:s1]))
+        read(lambda: np.asarray(root[f"{ds_path}/{schema.LABEL_INDEX}"][s0:s1]))
+        local = np.array(task.selected) - s0
+        with torch.no_grad():
+            for i in range(0, len(local), b.batch):
+                targets(lambda: b.model(to_input(pixels[local[i:i + b.batch]])).argmax(1))
+        group = root[b.plan.group]
+        keys = [name + s for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
+
+        def read_write() -> None:
+            values = {k: np.asarray(group[k][s0:s1]) for k in keys}
+            for k in keys:  # write back what is stored: same bytes, same cost as the engine's writes
+                group[k][s0:s1] = values[k]
+        io(read_write)
+    return {k: c.cpu / len(b.tasks) for k, c in steps.items()}
+
+
+def section_engine(b: Bench, methods: list[str]) -> dict[str, dict[str, float]]:
+    print(f"\n## 1. Engine (run_chunk in process, 1 torch thread) vs plain in-memory loop, {b.n} images, "
+          f"{len(b.tasks)} chunks, batch {b.batch}; interleaved chunk by chunk")
+    rows, out = [], {}
+    root = zarr.open_group(b.workspace, path=b.plan.group, mode="r", zarr_format=3)
+    for name in methods:
+        plan = b.method_plan(name)
+        b.reset(name)
+        plain_maps(b, name, np.arange(min(b.batch, b.n)))  # warm-up: same shapes as both timed runs
+        engine, plain = Clock(), Clock()
+        maps = np.empty((b.n, *b.x.shape[2:]), np.float32)
+        for i, task in enumerate(b.tasks):
+            idx = np.array(task.selected)
+            result, maps[idx] = interleaved(i, partial(engine, partial(run_chunk, task, plan)),
+                                            partial(plain, partial(plain_maps, b, name, idx)))
+            record = result["batching"][name]  # its "batch_size" is the image batch (it hides LIME's batch_size)
+            assert record["batch_size"] == b.batch, record
+            assert all(record[k] == v for k, v in b.batching[name].items() if k != "batch_size"), record
+        stored = np.asarray(root[name][:b.n])
+        rel = float(np.abs(stored - maps).max() / max(np.abs(maps).max(), 1e-30))
+        same_targets = bool((np.asarray(root[name + TARGET_SUFFIX][:b.n]) == b.targets.numpy()).all())
+        out[name] = {"engine_s": engine.cpu, "plain_s": plain.cpu, "ratio": plain.cpu / engine.cpu,
+                     "wall_ratio": plain.wall / engine.wall}
+        rows.append([name, b.batching[name] or "-", f"{b.n / engine.wall:.2f}", f"{b.n / plain.wall:.2f}",
+                     f"{plain.wall / engine.wall:.3f}", f"{plain.cpu / engine.cpu:.3f}", ">= 0.9",
+                     verdict(plain.cpu / engine.cpu, 0.9), f"{1e3 * (engine.cpu - plain.cpu) / len(b.tasks):.0f}",
+                     f"{rel:.1e}" + ("" if same_targets else " (targets differ)")])
+    table("Throughput: engine vs plain loop (images/s, wall); ratio = engine throughput / plain throughput",
+          ["method", "batching", "engine", "plain", "ratio (wall)", "ratio (CPU)", "target", "",
+           "overhead CPU ms/chunk", "max rel diff"], rows)
+
+    parts = engine_overheads(b, methods[0])
+    per_chunk_plain = {m: out[m]["plain_s"] / len(b.tasks) for m in methods}
+    table(f"Engine steps around the computation, timed separately (CPU ms per chunk of "
+          f"{b.tasks[0].stop - b.tasks[0].start} images, and % of the plain computation per chunk)",
+          ["step", "ms/chunk", *[f"% {m}" for m in methods]],
+          [[k, f"{1e3 * v:.1f}", *[f"{100 * v / per_chunk_plain[m]:.1f}" for m in methods]] for k, v in parts.items()])
+    return out
+
+
+# ------------------------------------------------------------------ 2. LIME vs lime
+
+def section_lime(b: Bench, n_images: int) -> dict[str, float]:
+    p = b.params["lime"]
+    method = make_method("lime", b.model, **p.model_dump())
+    n_images = min(n_images, b.n)
+    print(f"\n## 2. LIME: xaiflow `lime` vs lime {version('lime')} LimeImageExplainer.explain_instance, "
+          f"{n_images} images, num_samples {p.num_samples}, slic n_segments {p.n_segments}")
+    ours, theirs = Stopwatch(), Stopwatch()
+    segment = method.segment  # lime gets the unwrapped one: its segmentation is timed in its own bucket
+    method.segment = ours.wrap("segmentation", method.segment)  # type: ignore[method-assign]
+    method._score = ours.wrap("model evaluation (+ perturbed images)", method._score)  # type: ignore[method-assign]
+    ours_clock, lime_clock = Clock(), Clock()
+    max_diff, n_superpixels = 0.0, []
+    for i in range(n_images):
+        image, label = b.x[i], int(b.targets[i])
+        seed = np.random.RandomState(p.seed).randint(0, high=1000)  # lime's draw for its segmentation
+
+        def run_ours() -> tuple[np.ndarray, np.ndarray]:
+            return method.explain_image(image, label)
+
+        def classifier_fn(rgb: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                gray = np.ascontiguousarray(rgb[..., 0], dtype=np.float32)
+                return torch.softmax(b.model(torch.from_numpy(gray)[:, None]), dim=1).numpy()
+
+        def run_lime() -> Any:
+            explainer = lime_image.LimeImageExplainer(kernel_width=p.kernel_width, random_state=p.seed)
+            base = explainer.base
+            base.explain_instance_with_data = theirs.wrap("surrogate fit", base.explain_instance_with_data)
+            return explainer.explain_instance(
+                image[0].numpy(), theirs.wrap("model evaluation", classifier_fn), labels=(label,), top_labels=None,
+                num_samples=p.num_samples,
+                segmentation_fn=theirs.wrap("segmentation", lambda _rgb: segment(image, seed=seed)))
+
+        (segments, weights), explanation = interleaved(i, partial(ours_clock, run_ours), partial(lime_clock, run_lime))
+        lime_weights = np.zeros_like(weights)
+        for feature, w in explanation.local_exp[label]:
+            lime_weights[feature] = w
+        max_diff = max(max_diff, float(np.abs(weights - lime_weights).max()))
+        n_superpixels.append(int(segments.max()) + 1)
+    ours.seconds["surrogate fit (+ draws, distances)"] = ours_clock.wall - sum(ours.seconds.values())
+    theirs.seconds["perturbed images (Python loop) + rest"] = lime_clock.wall - sum(theirs.seconds.values())
+    ratio = lime_clock.cpu / ours_clock.cpu
+
+    def split(sw: Stopwatch, total: float) -> str:
+        return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sw.seconds.items())
+
+    table(f"Seconds per image (superpixels per image: {min(n_superpixels)}-{max(n_superpixels)})",
+          ["implementation", "images/pass", "wall s/image", "CPU s/image", "time split (wall)"],
+          [["xaiflow lime", p.batch_size, f"{ours_clock.wall / n_images:.2f}", f"{ours_clock.cpu / n_images:.2f}",
+            split(ours, ours_clock.wall)],
+           ["lime (defaults)", 10, f"{lime_clock.wall / n_images:.2f}", f"{lime_clock.cpu / n_images:.2f}",
+            split(theirs, lime_clock.wall)]])
+    table("LIME targets", ["measure", "value", "target", ""],
+          [["speed ratio (lime CPU time / xaiflow CPU time)",
+            f"{ratio:.2f} (wall {lime_clock.wall / ours_clock.wall:.2f})", ">= 1.0", verdict(ratio, 1.0)],
+           ["max abs weight difference", f"{max_diff:.1e}", "<= 1e-6", verdict(-max_diff, -1e-6)]])
+    return {"ratio": ratio, "max_diff": max_diff}
+
+
+# ------------------------------------------------------------------ 3. scaling on Dask
+
+def _warm_worker(plan: AttributionPlan, shape: tuple[int, ...], batch: int, batching: dict[str, int]) -> None:
+    """Load the model and run one batch of the method on a worker, without writing anything."""
+    set_torch_threads(get_worker().state.nthreads)
+    model, _ = cached_model(plan.checkpoint, "cpu")
+    evaluation_bytes(model, plan.sha256, (1, *shape), torch.device("cpu"))
+    m = plan.methods[0]
+    make_method(m.name, model, **m.params, **batching).attribute(torch.randn(batch, 1, *shape),
+                                                                 torch.zeros(batch, dtype=torch.long))
+
+
+def _noop(task: ChunkTask, plan: AttributionPlan) -> int:
+    return task.index
+
+
+def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) -> dict[str, float]:
+    plan = b.method_plan(name)
+    print(f"\n## 3. Scaling: {name}, {b.n} images in {len(b.tasks)} chunks; 2 Dask workers x 1 thread vs one "
+          "process running the same run_chunk calls; runs ordered A B C C B A, means reported")
+    walls: dict[str, list[float]] = {"plain, 1 thread": [], "plain, 2 threads": [], "Dask 2 workers x 1 thread": []}
+    plain_cpu: list[float] = []  # CPU seconds of the 1-thread runs
+    worker_cpu: list[float] = []  # CPU seconds of both worker processes during a Dask run
+    computes: list[list[float]] = []
+    noop_walls: list[float] = []
+    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as client:
+        client.gather([client.submit(_warm_worker, plan, tuple(b.x.shape[2:]), b.batch, b.batching[name],
+                                     workers=[w], pure=False) for w in client.scheduler_info()["workers"]])
+
+        def plain(threads: int) -> None:
+            set_torch_threads(threads)
+            b.reset(name)
+            clock = Clock()
+            clock(lambda: [run_chunk(t, plan) for t in b.tasks])
+            walls[f"plain, {threads} thread{'s' if threads > 1 else ''}"].append(clock.wall)
+            if threads == 1:
+                plain_cpu.append(clock.cpu)
+            set_torch_threads(1)
+
+        def dask() -> None:
+            b.reset(name)
+            before = client.run(time.process_time)
+            with get_task_stream(client=client) as stream:
+                walls["Dask 2 workers x 1 thread"].append(
+                    timed(lambda: map_tasks(run_chunk, b.tasks, client=client, plan=plan)))
+            after = client.run(time.process_time)
+            worker_cpu.append(sum(after[w] - before[w] for w in after))
+            computes.append([ss["stop"] - ss["start"] for t in stream.data for ss in t["startstops"]
+                             if ss["action"] == "compute"])
+            noop_walls.append(timed(lambda: map_tasks(_noop, b.tasks, client=client, plan=plan)))
+
+        for run in (lambda: plain(1), lambda: plain(2), dask, dask, lambda: plain(2), lambda: plain(1)):
+            run()
+    mean = {k: float(np.mean(v)) for k, v in walls.items()}
+    best_plain_key = min(("plain, 1 thread", "plain, 2 threads"), key=mean.get)
+    speedup = mean[best_plain_key] / mean["Dask 2 workers x 1 thread"]
+    chunk_compute = float(np.mean([np.mean(c) for c in computes]))
+    noop_per_chunk = float(np.median(noop_walls)) / len(b.tasks)
+    busy = float(np.mean([sum(c) for c in computes])) / (2 * mean["Dask 2 workers x 1 thread"])
+    solo_chunk = mean["plain, 1 thread"] / len(b.tasks)
+    cpu_ratio = float(np.mean(plain_cpu) / np.mean(worker_cpu))
+    cheapest = min(engine, key=lambda m: engine[m]["engine_s"])
+    cheapest_chunk = engine[cheapest]["engine_s"] / len(b.tasks)
+    table("Wall time of the whole run (s)", ["run", "seconds", "images/s", "speedup vs best plain"],
+          [[k, f"{v:.2f}", f"{b.n / v:.2f}", f"{mean[best_plain_key] / v:.2f}x"] for k, v in mean.items()])
+    table("Scaling targets", ["measure", "value", "target", ""], [
+        [f"speedup, Dask vs best plain ({best_plain_key})", f"{speedup:.2f}x", ">= 1.8x", verdict(speedup, 1.8)],
+        ["scheduling overhead per chunk (no-op task round trip / chunk compute)",
+         f"{100 * noop_per_chunk / chunk_compute:.2f}% ({1e3 * noop_per_chunk:.1f} ms / {chunk_compute:.2f} s)",
+         "< 1%", verdict(noop_per_chunk / chunk_compute, 0.01, higher_is_better=False)],
+        [f"same, vs a chunk of the cheapest method ({cheapest}, section 1)",
+         f"{100 * noop_per_chunk / cheapest_chunk:.1f}% (/ {cheapest_chunk:.2f} s)", "< 1%",
+         verdict(noop_per_chunk / cheapest_chunk, 0.01, higher_is_better=False)],
+        ["worker busy fraction (sum of task compute / (2 x wall))", f"{100 * busy:.1f}%", "-", ""],
+        ["chunk compute on a worker vs alone in this process (1 thread)", f"{chunk_compute / solo_chunk:.2f}x",
+         "-", ""],
+        ["CPU seconds: plain 1 thread / both workers (same chunks)", f"{cpu_ratio:.2f}", "-", ""],
+        ["expected on 2 idle cores: 2 x busy fraction x CPU ratio", f"{2 * busy * cpu_ratio:.2f}x", ">= 1.8x",
+         verdict(2 * busy * cpu_ratio, 1.8)],
+    ])
+    return {"speedup": speedup, "overhead": noop_per_chunk / chunk_compute, "expected": 2 * busy * cpu_ratio}
+
+
+# ------------------------------------------------------------------ 4. cost in forward+backward passes
+
+def evaluations(name: str, p: Any, size: int) -> tuple[int, str]:
+    """Model evaluations per image and their kind."""
+    if name == "integrated_gradients":
+        return p.n_steps, "fwd+bwd"
+    if name == "smoothgrad":
+        return p.nt_samples, "fwd+bwd"
+    if name == "occlusion":
+        return ((size - p.window) // p.stride + 1) ** 2, "fwd"
+    if name == "lime":
+        return p.num_samples, "fwd"
+    return 1, "fwd+bwd" if name == "saliency" else "fwd+bwd to the layer"
+
+
+def evals_per_pass(name: str, p: Any, batch: int) -> int:
+    """Images the model sees per forward pass, as the engine batches the method."""
+    if name == "integrated_gradients":
+        return p.internal_batch_size
+    if name == "smoothgrad":
+        return p.nt_samples_batch_size  # per image: xaiflow runs NoiseTunnel one image at a time
+    if name == "occlusion":
+        return batch * p.perturbations_per_eval
+    if name == "lime":
+        return p.batch_size
+    return batch
+
+
+def section_cost(b: Bench, methods: list[str], engine: dict[str, dict[str, float]]) -> None:
+    print(f"\n## 4. Cost per image as a multiple of one forward+backward pass (1 torch thread, {b.x.shape[-1]} px, "
+          "CPU time; method costs from section 1)")
+    floor = {}
+    for batch in FLOOR_BATCHES:
+        idx = torch.arange(batch) % b.n
+        target = b.targets[idx, None]
+
+        def step() -> None:
+            x = b.x[idx].clone().requires_grad_(True)
+            b.model(x).gather(1, target).sum().backward()
+        step()
+        floor[batch] = best_of(step, clock=time.process_time) / batch
+    best = min(floor, key=floor.get)
+    table("Forward+backward (to the input) per image, best of 3", ["batch", "ms/image", "vs best"],
+          [[k, f"{1e3 * v:.1f}", f"{v / floor[best]:.2f}x"] for k, v in floor.items()])
+    rows = []
+    for name in methods:
+        p = b.params[name]
+        n_eval, kind = evaluations(name, p, b.x.shape[-1])
+        per_pass = evals_per_pass(name, p, b.batch)
+        engine_x = engine[name]["engine_s"] / b.n / floor[best]
+        plain_x = engine[name]["plain_s"] / b.n / floor[best]
+        reasons = []
+        if n_eval > 1:
+            reasons.append(f"{n_eval} {kind} evaluations/image ({plain_x / n_eval:.2f}x floor each, plain)")
+        if per_pass in floor and floor[per_pass] > 1.1 * floor[best]:
+            reasons.append(f"{per_pass} images/pass cost {floor[per_pass] / floor[best]:.2f}x the best batch")
+        if engine_x > 1.1 * plain_x:
+            reasons.append(f"engine overhead x{engine_x / plain_x:.2f}")
+        rows.append([name, f"{n_eval} {kind}", per_pass, f"{1e3 * engine[name]['engine_s'] / b.n:.1f}",
+                     f"{engine_x:.2f}x", f"{plain_x:.2f}x", "; ".join(reasons) if engine_x > 1.5 else "-"])
+    table(f"Cost per image vs the floor ({1e3 * floor[best]:.1f} ms/image at batch {best})",
+          ["method", "evaluations/image", "images/pass", "engine ms/image", "x floor (engine)", "x floor (plain)",
+           "why above 1.5x"], rows)
+
+
+# ------------------------------------------------------------------ 5. peak memory
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def _peak_rss(plan: AttributionPlan, task: ChunkTask) -> dict[str, int]:
+    """Runs in a fresh process: RSS before one engine call and its peak during the call (Linux VmHWM,
+    reset just before the call, so import-time peaks do not count)."""
+    set_torch_threads(1)
+    cached_model(plan.checkpoint, "cpu")
+    base = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    run_chunk(task, plan)
+    return {"base": base * 1024, "peak": _status_kib("VmHWM") * 1024}
+
+
+def section_memory(b: Bench, methods: list[str]) -> None:
+    task = replace(b.tasks[0], selected=b.tasks[0].selected[:b.batch])
+    print(f"\n## 5. Peak memory: one batch of {len(task.selected)} images through run_chunk in a fresh process "
+          "per method (1 torch thread; peak RSS from the kernel's high-water mark)")
+    rows = []
+    per_eval = evaluation_bytes(b.model, b.plan.sha256, (1, *b.x.shape[2:]), torch.device("cpu"))
+    for name in methods:
+        b.reset(name)
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            rss = pool.submit(_peak_rss, b.method_plan(name), task).result()
+        b.reset(name)
+        p = b.params[name]
+        estimate = per_eval * evals_per_pass(name, p, b.batch)
+        rows.append([name, evals_per_pass(name, p, b.batch), f"{rss['base'] / 2**20:.0f}", f"{rss['peak'] / 2**20:.0f}",
+                     f"{(rss['peak'] - rss['base']) / 2**20:.0f}", f"{estimate / 2**20:.0f}"])
+    table(f"RSS (MiB); the engine's estimate is images/pass x evaluation_bytes ({per_eval / 2**20:.1f} MiB), "
+          f"budget {b.plan.memory_budget_mb} MiB",
+          ["method", "images/pass", "before", "peak", "peak - before", "engine estimate"], rows)
+
+
+# ------------------------------------------------------------------ 6. storage
+
+def section_storage(b: Bench, methods: list[str]) -> dict[str, float]:
+    root = zarr.open_group(b.workspace, path=b.plan.group, mode="r", zarr_format=3)
+    maps = {m: np.asarray(root[m][:b.n]) for m in methods}
+    chunks = root[methods[0]].chunks
+    print(f"\n## 6. Storage of {b.n} float32 maps per method, chunks {chunks}; codec: "
+          f"{zarr_codecs(root[methods[0]])} (engine's arrays)")
+    rows_write, rows_f16 = [], []
+    slowdowns = []
+    with tempfile.TemporaryDirectory(dir=Path(b.workspace).parent) as tmp:
+        for name, m in maps.items():
+            arrays = []
+
+            def write() -> None:
+                arr = zarr.create_array(store=f"{tmp}/{name}{len(arrays)}.zarr", shape=m.shape, chunks=chunks,
+                                        dtype="float32")
+                arr[:] = m
+                arrays.append(arr)
+            seconds = best_of(write, 5)
+            rows_write.append([name, f"{m.nbytes / 2**20:.1f}", f"{m.nbytes / 2**20 / seconds:.0f}",
+                               f"{m.nbytes / arrays[-1].nbytes_stored():.2f}"])
+
+            scale = np.abs(m).max(axis=(1, 2), keepdims=True)
+            scale[scale == 0] = 1
+            raw_s = best_of(lambda: m.astype(np.float16), 5)
+            scaled_s = best_of(lambda: (m / scale).astype(np.float16), 5)
+            err_raw = float((np.abs(m.astype(np.float16).astype(np.float32) - m) / scale).max())
+            err_scaled = float((np.abs((m / scale).astype(np.float16).astype(np.float32) * scale - m) / scale).max())
+            slowdowns.append(raw_s / scaled_s)
+            rows_f16.append([name, f"{100 * subnormal(m):.1f}", f"{100 * subnormal(m / scale):.2f}",
+                             f"{1e3 * raw_s:.1f}", f"{1e3 * scaled_s:.1f}", f"{raw_s / scaled_s:.1f}x",
+                             f"{err_raw:.1e}", f"{err_scaled:.1e}"])
+        default_codec = zarr_codecs(arrays[-1])
+    table(f"float32 maps written with zarr.create_array defaults ({default_codec})",
+          ["method", "MB", "write MB/s", "compression ratio"], rows_write)
+    table("float16 cast: raw maps vs scaled first (maps / per-map max |value|, scaling included in the time)",
+          ["method", "raw subnormal %", "scaled subnormal %", "raw cast ms", "scale+cast ms", "raw / scaled",
+           "raw max err", "scaled max err"], rows_f16)
+    print("(max err: largest round-trip error relative to the map's max |value|; float16 subnormals are the "
+          f"values below {2.0 ** -14:.1e} in magnitude)")
+    return {"f16_slowdown": max(slowdowns)}
+
+
+def subnormal(a: np.ndarray) -> float:
+    """Fraction of the values that are non-zero but below float16's smallest normal number."""
+    mag = np.abs(a)
+    return float(((mag > 0) & (mag < 2.0 ** -14)).mean())
+
+
+def zarr_codecs(arr: Any) -> str:
+    names = [type(c).__name__ + (f"(level={c.level})" if hasattr(c, "level") else "") for c in arr.compressors]
+    return ", ".join(names) or "none"
+
+
+# ------------------------------------------------------------------ main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=32, help="images explained per method (default 32)")
+    ap.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    ap.add_argument("--methods", default="saliency,integrated_gradients,grad_cam,occlusion,lime,smoothgrad",
+                    help=f"comma-separated subset of {', '.join(METHOD_PARAMS)}")
+    ap.add_argument("--workspace", help="workspace .zarr to build or reuse (default: a new temporary directory)")
+    ap.add_argument("--uhcs-dir", default=str(UHCS), help="UHCS data folder (default: $XAIFLOW_UHCS_DIR or "
+                                                            "../shared/data/uhcs); synthetic images when absent")
+    ap.add_argument("--chunk", type=int, default=8, help="images per Zarr chunk = per Dask task (default 8)")
+    ap.add_argument("--per-group", type=int, default=2, help="UHCS images kept per (specimen, class) (default 2)")
+    ap.add_argument("--epochs", type=int, default=2, help="training epochs of the benchmark model (default 2)")
+    ap.add_argument("--lime-samples", type=int, default=200, help="LIME num_samples (default 200)")
+    ap.add_argument("--lime-images", type=int, default=3, help="images of the lime comparison (default 3)")
+    ap.add_argument("--scaling-method", default="integrated_gradients", choices=list(METHOD_PARAMS),
+                    help="method of the Dask scaling run (default integrated_gradients)")
+    args = ap.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.methods) - set(METHOD_PARAMS))
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_PARAMS)}")
+
+    start = time.perf_counter()
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+
+    def run(fn: Callable[..., Any], *fn_args: Any) -> Any:
+        tick = time.perf_counter()
+        out = fn(*fn_args)
+        print(f"[{time.perf_counter() - tick:.0f} s, load average {os.getloadavg()[0]:.1f}]")
+        return out
+
+    b = setup(args)
+    engine = run(section_engine, b, args.methods)
+    lime = run(section_lime, b, args.lime_images) if "lime" in args.methods else None
+    scaling = run(section_scaling, b, args.scaling_method, engine)
+    run(section_cost, b, args.methods, engine)
+    run(section_memory, b, args.methods)
+    storage = run(section_storage, b, args.methods)
+
+    rows = [[f"engine/plain throughput, {m}", f"{r['ratio']:.3f} (wall {r['wall_ratio']:.3f})", ">= 0.9",
+             verdict(r["ratio"], 0.9)] for m, r in engine.items()]
+    if lime is not None:
+        rows += [["LIME speed, lime / xaiflow (CPU time)", f"{lime['ratio']:.2f}", ">= 1.0",
+                  verdict(lime["ratio"], 1.0)],
+                 ["LIME weights, max abs difference", f"{lime['max_diff']:.1e}", "<= 1e-6",
+                  verdict(-lime["max_diff"], -1e-6)]]
+    rows += [[f"Dask 2x1 vs best plain ({args.scaling_method})", f"{scaling['speedup']:.2f}x", ">= 1.8x",
+              verdict(scaling["speedup"], 1.8)],
+             ["same, expected on 2 idle cores (CPU-time model)", f"{scaling['expected']:.2f}x", ">= 1.8x",
+              verdict(scaling["expected"], 1.8)],
+             ["scheduling overhead per chunk", f"{100 * scaling['overhead']:.2f}%", "< 1%",
+              verdict(scaling["overhead"], 0.01, higher_is_better=False)],
+             ["float16 cast, raw / scaled-first time (worst method)", f"{storage['f16_slowdown']:.1f}x", "-", ""]]
+    table(f"Summary ({time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f} at the end)",
+          ["measure", "value", "target", ""], rows)
+
+
+if __name__ == "__main__":
+    main()

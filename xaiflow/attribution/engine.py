@@ -257,11 +257,18 @@ def _current_worker() -> Any:
         return None
 
 
-def _targets(plan: AttributionPlan, model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+def _chunk_targets(plan: AttributionPlan, model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray,
+                   local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
+    """The class each selected sample's maps explain, computed once per chunk for every method."""
+    targets = np.full(len(pixels), -1, np.int64)
     if plan.target == "label":
-        return labels.astype(np.int64)
-    with torch.no_grad():
-        return model(x).argmax(1).cpu().numpy()
+        targets[local] = labels[local]
+    elif plan.target == "predicted":
+        with torch.no_grad():
+            for b in range(0, len(local), batch):
+                idx = local[b:b + batch]
+                targets[idx] = model(to_input(pixels[idx]).to(device)).argmax(1).cpu().numpy()
+    return targets
 
 
 def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
@@ -290,6 +297,7 @@ def _run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
     per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
     cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
     evals = int(max(1, min(cap, plan.memory_budget_mb * 2**20 // per_eval)))
+    chunk_targets = _chunk_targets(plan, model, pixels, labels, local, batch, device)
     result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
                               "worker": worker.address if worker is not None else None}
 
@@ -312,7 +320,7 @@ def _run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
                     maps[idx, k] = method.attribute(x, torch.full((len(idx),), k, device=device)).cpu().numpy()
                 bad = ~np.isfinite(maps[idx]).all(axis=(1, 2, 3))
             else:
-                t = _targets(plan, model, x, labels[idx])
+                t = chunk_targets[idx]
                 maps[idx] = method.attribute(x, torch.from_numpy(t).to(device)).cpu().numpy()
                 targets[idx] = t
                 bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
@@ -325,7 +333,7 @@ def _run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
         result["computed"][m.key] = int(len(todo))
         result["nonfinite"][m.key] = int(nonfinite[todo].sum())
         result["seconds"][m.key] = time.perf_counter() - tick
-        result["batching"][m.key] = {**batching, "batch_size": batch, "device": str(device)}
+        result["batching"][m.key] = {**batching, "images_per_call": batch, "device": str(device)}
     return result
 
 

@@ -144,5 +144,31 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
         return results
 
 
+def current_worker() -> Any:
+    """The Dask worker running this code, or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+@contextmanager
+def worker_compute() -> Iterator[Any]:
+    """Inside a chunk task: torch threads = the worker's threads (never oversubscribe), and
+    Captum's per-call notices about the hooks it sets (and removes) kept out of the logs."""
+    import warnings
+
+    worker = current_worker()
+    if worker is not None:
+        from xaiflow.device import set_torch_threads
+
+        set_torch_threads(worker.state.nthreads)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks", category=UserWarning)
+        yield worker
+
+
 class TaskError(RuntimeError):
     """One or more Dask tasks failed; finished tasks' work is kept."""

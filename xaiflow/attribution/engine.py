@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -39,11 +38,11 @@ import xaiflow
 from xaiflow import schema, store
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.config import AttributionConfig, RunConfig
-from xaiflow.device import resolve_device, set_torch_threads
+from xaiflow.device import resolve_device
 from xaiflow.models.cache import cached_model
 from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
 from xaiflow.preprocess import to_input
-from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
 from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX,
                               group_template, method_template, saliency_group, stored_methods, write_template)
 
@@ -248,15 +247,6 @@ def default_batch_size(device: torch.device) -> int:
 
 # ------------------------------------------------------------------ one chunk (worker)
 
-def _current_worker() -> Any:
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):  # not inside a Dask worker
-        return None
-
-
 def _chunk_targets(plan: AttributionPlan, model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray,
                    local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
     """The class each selected sample's maps explain, computed once per chunk for every method."""
@@ -273,16 +263,11 @@ def _chunk_targets(plan: AttributionPlan, model: torch.nn.Module, pixels: np.nda
 
 def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
     """Explain one chunk for every method of the plan and write its region and flags."""
-    with warnings.catch_warnings():
-        # Captum announces the hooks it sets for every call; they are removed afterwards
-        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks", category=UserWarning)
-        return _run_chunk(task, plan)
+    with worker_compute() as worker:
+        return _compute_chunk(task, plan, worker)
 
 
-def _run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
-    worker = _current_worker()
-    if worker is not None:
-        set_torch_threads(worker.state.nthreads)
+def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[str, Any]:
     device = resolve_device(plan.device)
     model, _ = cached_model(plan.checkpoint, device)
     root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)

@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,14 +46,14 @@ import zarr
 import xaiflow
 from xaiflow import schema, store
 from xaiflow.attribution import make_method
-from xaiflow.device import resolve_device, set_torch_threads
+from xaiflow.device import resolve_device
 from xaiflow.metrics import METRICS, Metric, MetricSpec, make_metric
 from xaiflow.metrics.base import Output, stored_name
 from xaiflow.models.base import MicrographModel
 from xaiflow.models.cache import cached_model
 from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
 from xaiflow.preprocess import to_input
-from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
 from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX, TARGET_SUFFIX,
                               group_template, saliency_group, stored_methods)
 
@@ -378,27 +377,13 @@ def _pending(plan: MetricsPlan, images: xr.Dataset) -> list[ChunkTask]:
 
 # ------------------------------------------------------------------ one chunk (worker)
 
-def _current_worker() -> Any:
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):  # not inside a Dask worker
-        return None
-
-
 def run_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
     """Score every finished map of one chunk that lacks a metric of the plan; write the chunk back."""
-    with warnings.catch_warnings():
-        # Captum announces the hooks it sets for every call (randomization recomputes maps)
-        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks", category=UserWarning)
-        return _run_chunk(task, plan)
+    with worker_compute():
+        return _compute_chunk(task, plan)
 
 
-def _run_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
-    worker = _current_worker()
-    if worker is not None:
-        set_torch_threads(worker.state.nthreads)
+def _compute_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
     device = resolve_device(plan.device)
     model = cached_model(plan.checkpoint, device)[0] if plan.checkpoint else None
     root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)

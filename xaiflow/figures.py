@@ -1,18 +1,29 @@
-"""Figures written to disk (matplotlib, Agg): what a scientist looks at first."""
+"""Figures written to disk: what a scientist looks at first.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend change),
+so the library can draw inside notebooks, Dask workers and Prefect tasks alike.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+from xaiflow.saliency import METHOD
 
-from xaiflow.saliency import METHOD  # noqa: E402
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
 
 
 def normalize_map(m: np.ndarray, signed: bool) -> np.ndarray:
@@ -33,8 +44,10 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
     classes = list(ds.attrs.get("classes", []))
     target_mode = ds.attrs.get("target", "")
     sub = ds.sel(sample=samples).compute()
-    fig, axes = plt.subplots(len(samples), len(methods) + 1, figsize=(2.6 * (len(methods) + 1), 2.7 * len(samples)),
-                             squeeze=False)
+    # one colour scale per method across the rows: signed if any shown map has negative values
+    signed_methods = {m: bool(np.nanmin(sub.saliency.sel({METHOD: m}).values, initial=0.0) < 0) for m in methods}
+    fig = Figure(figsize=(2.6 * (len(methods) + 1), 2.7 * len(samples)))
+    axes = fig.subplots(len(samples), len(methods) + 1, squeeze=False)
     for r, sid in enumerate(samples):
         row = sub.sel(sample=sid)
         img = row.image.values
@@ -50,7 +63,7 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
             if not np.isfinite(raw).any():
                 ax.set_title(f"{m}\nnot computed", fontsize=8)
                 continue
-            signed = bool(np.nanmin(raw) < 0)
+            signed = signed_methods[m]
             im = ax.imshow(normalize_map(raw, signed), cmap="RdBu_r" if signed else "inferno",
                            vmin=-1 if signed else 0, vmax=1, alpha=0.6)
             name = classes[t] if 0 <= t < len(classes) else "?"
@@ -63,11 +76,7 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
         ax.set_yticks([])
     fig.suptitle(f"{ds.attrs.get('model_id', '')}: attribution maps", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str) -> Path:
@@ -75,7 +84,8 @@ def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str)
     group_dim = maps.dims[0]
     groups = [str(g) for g in maps[group_dim].values]
     methods = [str(m) for m in maps[METHOD].values]
-    fig, axes = plt.subplots(len(groups), len(methods), figsize=(2.6 * len(methods), 2.5 * len(groups)), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(methods), 2.5 * len(groups)))
+    axes = fig.subplots(len(groups), len(methods), squeeze=False)
     for r, g in enumerate(groups):
         for c, m in enumerate(methods):
             ax = axes[r, c]
@@ -88,18 +98,15 @@ def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str)
             ax.set_yticks([])
     fig.suptitle(title + "\n(mean share of relevance per pixel; each map sums to 1)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def matrix_figure(matrix: xr.DataArray, path: str | os.PathLike[str], title: str, vmin: float = -1,
                   vmax: float = 1) -> Path:
     """A labelled heatmap with the values written in the cells (method agreement, ...)."""
     rows, cols = [str(v) for v in matrix[matrix.dims[0]].values], [str(v) for v in matrix[matrix.dims[1]].values]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cols), 0.8 + 0.6 * len(rows)))
+    fig = Figure(figsize=(1.0 + 0.7 * len(cols), 0.8 + 0.6 * len(rows)))
+    ax = fig.subplots()
     im = ax.imshow(matrix.values, cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -109,8 +116,4 @@ def matrix_figure(matrix: xr.DataArray, path: str | os.PathLike[str], title: str
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

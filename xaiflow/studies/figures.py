@@ -8,16 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
+from xaiflow.figures import save_figure
 
 
 def classification_figure(ds: xr.Dataset, path: Path) -> Path:
@@ -53,7 +47,7 @@ def classification_figure(ds: xr.Dataset, path: Path) -> Path:
     right.set_ylabel("true class")
     right.set_title(f"{sel.feature_set.item()} / {sel.classifier.item()} (pooled out-of-fold)", fontsize=9)
     fig.colorbar(im, ax=right, label="recall (row-normalized)", shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def generalization_figure(ds: xr.Dataset, path: Path) -> Path:
@@ -87,7 +81,7 @@ def generalization_figure(ds: xr.Dataset, path: Path) -> Path:
     fig.colorbar(im, ax=axes[:n].tolist(), label="balanced accuracy (held-out specimens)", shrink=0.8)
     fig.suptitle(f"Generalization across domains (red: in-domain grouped CV; chance {ds.attrs['chance']:.2f}; "
                  f"classes: {', '.join(ds.attrs['classes'])})", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)
 
 
 def reduction_figure(ds: xr.Dataset, path: Path) -> Path:
@@ -120,4 +114,4 @@ def reduction_figure(ds: xr.Dataset, path: Path) -> Path:
         ax.set_ylabel(f"balanced accuracy ({ds.attrs['classifier'].replace('_', ' ')}, grouped CV)")
         ax.set_title(f"{ds.attrs['dataset']}: {fs}")
         ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=150)

@@ -217,3 +217,35 @@ def test_gpu_resource_tasks_only_run_on_workers_that_declare_it(ws, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_predicted_targets_come_from_this_checkpoints_stored_predictions(ws, client, tmp_path):
+    """With stored predictions (`xaiflow train` and `predict` write them) the engine reads the
+    predicted class instead of a forward pass, but only while they were made by this checkpoint
+    from these images."""
+    import shutil
+
+    from xaiflow.attribution.engine import prepare
+    from xaiflow.predict import predict_dataset
+
+    ws, model_id = ws
+    copy = tmp_path / "ws.zarr"
+    shutil.copytree(ws, copy)
+    shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+    cfg = config(model_id, ["grad_cam"], splits=["test"])
+    assert prepare(copy, cfg, overwrite=True)[0].predictions is None  # nothing stored yet
+    pred_group = predict_dataset(copy, model_id, "syn", client=client)
+    plan, _, _ = prepare(copy, cfg, overwrite=True)
+    assert plan.predictions == pred_group
+    # plant a recognisable class in the stored predictions: the maps must explain it
+    stored = zarr.open_group(str(copy), path=pred_group, mode="r+")["predicted"]
+    planted = (np.asarray(stored[:]) + 1) % 3
+    stored[:] = planted
+    run_attribution(copy, cfg, client=client, overwrite=True)
+    ds = open_saliency(copy, "syn", model_id)
+    test = ds.split.values == "test"
+    np.testing.assert_array_equal(ds.target.values[test, 0], planted[test])
+    # predictions of another checkpoint are not used: the engine falls back to a forward pass
+    store.set_attrs(copy, pred_group, provenance={**store.group_attrs(copy, pred_group)["provenance"],
+                                                  "checkpoint_sha256": "0" * 64})
+    assert prepare(copy, cfg)[0].predictions is None

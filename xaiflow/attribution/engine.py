@@ -74,6 +74,9 @@ class AttributionPlan:
     batch_size: int | None
     memory_budget_mb: int
     max_evals_per_pass: dict[str, int]
+    #: ``predictions/<dataset>/<model_id>`` when it holds this checkpoint's predictions of these
+    #: images: ``target: predicted`` then reads the stored class instead of a forward pass
+    predictions: str | None = None
 
     @property
     def group(self) -> str:
@@ -124,6 +127,18 @@ def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
             make_method(spec.name, model, **spec.params)
         except (KeyError, ValueError) as e:
             raise AttributionError(f"methods[{spec.variable}]: {e}") from None
+
+
+def _stored_predictions(workspace: str, dataset: str, model_id: str, sha256: str, images: Any) -> str | None:
+    """The predictions group if it is complete and made by this checkpoint from these images."""
+    group = schema.group_path(schema.PREDICTIONS, dataset, model_id)
+    if not store.group_exists(workspace, group):
+        return None
+    attrs = store.group_attrs(workspace, group)
+    made_by = attrs.get(schema.ATTR_PROVENANCE, {})
+    same = (attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE and made_by.get("checkpoint_sha256") == sha256
+            and made_by.get("images_config_hash") == images.attrs[schema.ATTR_PROVENANCE]["config_hash"])
+    return group if same else None
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
@@ -196,7 +211,9 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
         sha256=manifest.weights_sha256, n_classes=len(classes), target=cfg.target,
         methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods),
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
-        max_evals_per_pass=dict(cfg.max_evals_per_pass))
+        max_evals_per_pass=dict(cfg.max_evals_per_pass),
+        predictions=_stored_predictions(workspace, cfg.dataset, model_id, manifest.weights_sha256, images)
+        if cfg.target == "predicted" else None)
     n_selected_chunks = sum(bool(selected[t * chunk:(t + 1) * chunk].any()) for t in range(n_chunks))
     return plan, tasks, n_selected_chunks
 
@@ -234,8 +251,10 @@ def choose_batching(name: str, batch: int, evals_per_pass: int) -> dict[str, int
     param = METHODS.get(name).batch_param
     if param is None:
         return {}
-    if param in ("nt_samples_batch_size", "perturbations_per_eval"):  # counted per image of the batch
+    if param == "perturbations_per_eval":  # counted per image of the batch
         return {param: max(1, evals_per_pass // batch)}
+    if param == "nt_samples_batch_size":  # SmoothGrad explains one image per call (seeded per image)
+        return {param: evals_per_pass}
     if param == "internal_batch_size":  # Captum needs at least one step for every image
         return {param: max(batch, evals_per_pass)}
     return {param: evals_per_pass}  # LIME: perturbed copies of one image per pass
@@ -247,12 +266,16 @@ def default_batch_size(device: torch.device) -> int:
 
 # ------------------------------------------------------------------ one chunk (worker)
 
-def _chunk_targets(plan: AttributionPlan, model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray,
-                   local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
-    """The class each selected sample's maps explain, computed once per chunk for every method."""
+def _chunk_targets(plan: AttributionPlan, root: zarr.Group, task: ChunkTask, model: torch.nn.Module,
+                   pixels: np.ndarray, local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
+    """The class each selected sample's maps explain, once per chunk for every method: the
+    label, or the predicted class (read from this checkpoint's stored predictions when they exist)."""
     targets = np.full(len(pixels), -1, np.int64)
+    s0, s1 = task.start, task.stop
     if plan.target == "label":
-        targets[local] = labels[local]
+        targets[local] = np.asarray(root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.LABEL_INDEX}"][s0:s1])[local]
+    elif plan.target == "predicted" and plan.predictions:
+        targets[local] = np.asarray(root[f"{plan.predictions}/predicted"][s0:s1])[local]
     elif plan.target == "predicted":
         with torch.no_grad():
             for b in range(0, len(local), batch):
@@ -271,32 +294,35 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
     device = resolve_device(plan.device)
     model, _ = cached_model(plan.checkpoint, device)
     root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)
-    images = root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"]
-    labels_arr = root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.LABEL_INDEX}"]
     group = root[plan.group]
     s0, s1 = task.start, task.stop
     local = np.array(task.selected) - s0
-    pixels = np.asarray(images[s0:s1])
-    labels = np.asarray(labels_arr[s0:s1])
+    pixels = np.asarray(root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"][s0:s1])
     batch = plan.batch_size or default_batch_size(device)
     per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
     cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
     evals = int(max(1, min(cap, plan.memory_budget_mb * 2**20 // per_eval)))
-    chunk_targets = _chunk_targets(plan, model, pixels, labels, local, batch, device)
+    chunk_targets = _chunk_targets(plan, root, task, model, pixels, local, batch, device)
     result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
                               "worker": worker.address if worker is not None else None}
 
     for m in plan.methods:
-        done = np.asarray(group[m.key + DONE_SUFFIX][s0:s1], bool)
+        arrays = {suffix: group[m.key + suffix] for suffix in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)}
+        done = np.asarray(arrays[DONE_SUFFIX][s0:s1], bool)
         todo = local[~done[local]]
         if not len(todo):
             continue
         tick = time.perf_counter()
         batching = {} if METHODS.get(m.name).batch_param in m.params else choose_batching(m.name, batch, evals)
         method = make_method(m.name, model, **m.params, **batching)
-        maps = np.asarray(group[m.key][s0:s1])  # keeps maps of samples done earlier
-        targets = np.asarray(group[m.key + TARGET_SUFFIX][s0:s1])
-        nonfinite = np.asarray(group[m.key + NONFINITE_SUFFIX][s0:s1], bool)
+        if done.any():  # keep the maps of samples done earlier
+            maps = np.asarray(arrays[""][s0:s1])
+            targets = np.asarray(arrays[TARGET_SUFFIX][s0:s1])
+            nonfinite = np.asarray(arrays[NONFINITE_SUFFIX][s0:s1], bool)
+        else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
+            maps = np.full((s1 - s0, *arrays[""].shape[1:]), np.nan, np.float32)
+            targets = np.full(s1 - s0, -1, np.int16)
+            nonfinite = np.zeros(s1 - s0, bool)
         for b in range(0, len(todo), batch):
             idx = todo[b:b + batch]
             x = to_input(pixels[idx]).to(device)
@@ -310,11 +336,11 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
                 targets[idx] = t
                 bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
             nonfinite[idx] = bad
-        group[m.key][s0:s1] = maps
-        group[m.key + TARGET_SUFFIX][s0:s1] = targets
-        group[m.key + NONFINITE_SUFFIX][s0:s1] = nonfinite
+        arrays[""][s0:s1] = maps
+        arrays[TARGET_SUFFIX][s0:s1] = targets
+        arrays[NONFINITE_SUFFIX][s0:s1] = nonfinite
         done[todo] = True
-        group[m.key + DONE_SUFFIX][s0:s1] = done  # last: a map is done only once it is stored
+        arrays[DONE_SUFFIX][s0:s1] = done  # last: a map is done only once it is stored
         result["computed"][m.key] = int(len(todo))
         result["nonfinite"][m.key] = int(nonfinite[todo].sum())
         result["seconds"][m.key] = time.perf_counter() - tick

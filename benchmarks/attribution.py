@@ -68,8 +68,9 @@ from xaiflow.ingest import ingest_dataset
 from xaiflow.models.cache import cached_model
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ClusterConfig, dask_client, map_tasks
-from xaiflow.saliency import DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX
+from xaiflow.saliency import DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX, map_codec
 from xaiflow.sources.synthetic import SyntheticConfig
+from xaiflow.predict import predict_dataset
 from xaiflow.training import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +201,7 @@ def setup(args: argparse.Namespace) -> Bench:
     train = load_config(REPO / "configs/uhcs.yaml").train
     train = train.model_copy(update={"dataset": ds.name, "epochs": args.epochs, "threads": 2})
     trained = train_model(workspace, train)
+    predict_dataset(workspace, trained["model_id"], ds.name, client=None)  # as `xaiflow train` does
     print(f"workspace {workspace}: {ds.name}, {ingested.n_samples} images at {args.size} px, chunks of "
           f"{args.chunk} ({ingested.status}); model {trained['model_id']} "
           f"({'reused' if trained['reused'] else f'{args.epochs} epochs'}, val balanced acc "
@@ -213,7 +215,11 @@ def setup(args: argparse.Namespace) -> Bench:
     n = min(args.images, ingested.n_samples)
     if n < args.images:
         print(f"note: the dataset has {ingested.n_samples} images; --images {args.images} reduced to {n}")
-    tasks = [ChunkTask(i, s, min(s + args.chunk, ingested.n_samples), tuple(range(s, min(s + args.chunk, n))))
+    if plan.predictions is None:
+        raise SystemExit(f"{workspace}: no stored predictions of {trained['model_id']}; the engine would predict")
+    stored = np.asarray(zarr.open_group(workspace, path=plan.predictions, mode="r", zarr_format=3)["predicted"][:n])
+    tasks = [ChunkTask(i, s, min(s + args.chunk, ingested.n_samples), tuple(range(s, min(s + args.chunk, n))),
+                       tuple(int(t) for t in stored[s:s + args.chunk]))  # as prepare() plans them
              for i, s in enumerate(range(0, n, args.chunk))]
 
     set_torch_threads(1)
@@ -292,26 +298,26 @@ def engine_overheads(b: Bench, name: str) -> dict[str, float]:
     """CPU seconds per chunk of the engine's steps around the computation, timed one by one."""
     ds_path = schema.group_path(schema.IMAGES, b.plan.dataset)
     steps = {k: Clock() for k in ("model lookup (cached_model: sha256 check)", "open store, read chunk",
-                                  "targets (1 forward per batch)", "read + write the method's 4 arrays")}
+                                  "targets (stored predictions)", "write the method's 4 arrays, read done flags")}
     model, read, targets, io = steps.values()
+    assert b.plan.predictions, "the benchmark workspace has stored predictions"
     for task in b.tasks:
         s0, s1 = task.start, task.stop
         model(lambda: cached_model(b.plan.checkpoint, "cpu"))
         root = read(lambda: zarr.open_group(b.workspace, mode="r+", zarr_format=3))
-        pixels = read(lambda: np.asarray(root[f"{ds_path}/{schema.IMAGE}"][s0:s1]))
-        read(lambda: np.asarray(root[f"{ds_path}/{schema.LABEL_INDEX}"][s0:s1]))
-        local = np.array(task.selected) - s0
-        with torch.no_grad():
-            for i in range(0, len(local), b.batch):
-                targets(lambda: b.model(to_input(pixels[local[i:i + b.batch]])).argmax(1))
+        read(lambda: np.asarray(root[f"{ds_path}/{schema.IMAGE}"][s0:s1]))
+        targets(lambda: np.asarray(root[f"{b.plan.predictions}/predicted"][s0:s1]))
         group = root[b.plan.group]
         keys = [name + s for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
 
-        def read_write() -> None:
-            values = {k: np.asarray(group[k][s0:s1]) for k in keys}
-            for k in keys:  # write back what is stored: same bytes, same cost as the engine's writes
-                group[k][s0:s1] = values[k]
-        io(read_write)
+        values = {k: np.asarray(group[k][s0:s1]) for k in keys}  # stored bytes: same cost as the engine's
+
+        def write() -> None:  # what the engine does on a fresh chunk: read the flags, write 4 arrays
+            arrays = {k: group[k] for k in keys}
+            np.asarray(arrays[keys[-1]][s0:s1])
+            for k in keys:
+                arrays[k][s0:s1] = values[k]
+        io(write)
     return {k: c.cpu / len(b.tasks) for k, c in steps.items()}
 
 
@@ -330,9 +336,9 @@ def section_engine(b: Bench, methods: list[str]) -> dict[str, dict[str, float]]:
             idx = np.array(task.selected)
             result, maps[idx] = interleaved(i, partial(engine, partial(run_chunk, task, plan)),
                                             partial(plain, partial(plain_maps, b, name, idx)))
-            record = result["batching"][name]  # its "batch_size" is the image batch (it hides LIME's batch_size)
-            assert record["batch_size"] == b.batch, record
-            assert all(record[k] == v for k, v in b.batching[name].items() if k != "batch_size"), record
+            record = result["batching"][name]
+            assert record["images_per_call"] == b.batch, record
+            assert all(record[k] == v for k, v in b.batching[name].items()), record
         stored = np.asarray(root[name][:b.n])
         rel = float(np.abs(stored - maps).max() / max(np.abs(maps).max(), 1e-30))
         same_targets = bool((np.asarray(root[name + TARGET_SUFFIX][:b.n]) == b.targets.numpy()).all())
@@ -432,16 +438,29 @@ def _noop(task: ChunkTask, plan: AttributionPlan) -> int:
     return task.index
 
 
+def _process_chunks(tasks: list[ChunkTask], plan: AttributionPlan, warm_only: bool = False) -> float:
+    """In a plain (non-Dask) process with 1 torch thread: wall seconds of run_chunk over ``tasks``."""
+    set_torch_threads(1)
+    cached_model(plan.checkpoint, "cpu")
+    if warm_only:
+        return 0.0
+    return timed(lambda: [run_chunk(t, plan) for t in tasks])
+
+
 def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) -> dict[str, float]:
     plan = b.method_plan(name)
     print(f"\n## 3. Scaling: {name}, {b.n} images in {len(b.tasks)} chunks; 2 Dask workers x 1 thread vs one "
           "process running the same run_chunk calls; runs ordered A B C C B A, means reported")
-    walls: dict[str, list[float]] = {"plain, 1 thread": [], "plain, 2 threads": [], "Dask 2 workers x 1 thread": []}
+    walls: dict[str, list[float]] = {"plain, 1 thread": [], "plain, 2 threads": [], "Dask 2 workers x 1 thread": [],
+                                     "2 plain processes x 1 thread, no Dask": []}
     plain_cpu: list[float] = []  # CPU seconds of the 1-thread runs
     worker_cpu: list[float] = []  # CPU seconds of both worker processes during a Dask run
     computes: list[list[float]] = []
     noop_walls: list[float] = []
-    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as client:
+    halves = [b.tasks[0::2], b.tasks[1::2]]
+    with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as client, \
+            ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        list(pool.map(partial(_process_chunks, plan=plan, warm_only=True), halves))
         client.gather([client.submit(_warm_worker, plan, tuple(b.x.shape[2:]), b.batch, b.batching[name],
                                      workers=[w], pure=False) for w in client.scheduler_info()["workers"]])
 
@@ -467,11 +486,18 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
                              if ss["action"] == "compute"])
             noop_walls.append(timed(lambda: map_tasks(_noop, b.tasks, client=client, plan=plan)))
 
-        for run in (lambda: plain(1), lambda: plain(2), dask, dask, lambda: plain(2), lambda: plain(1)):
+        def processes() -> None:  # the machine's ceiling for two independent 1-thread processes
+            b.reset(name)
+            walls["2 plain processes x 1 thread, no Dask"].append(
+                timed(lambda: list(pool.map(partial(_process_chunks, plan=plan), halves))))
+
+        for run in (lambda: plain(1), lambda: plain(2), dask, processes,
+                    processes, dask, lambda: plain(2), lambda: plain(1)):
             run()
     mean = {k: float(np.mean(v)) for k, v in walls.items()}
     best_plain_key = min(("plain, 1 thread", "plain, 2 threads"), key=mean.get)
     speedup = mean[best_plain_key] / mean["Dask 2 workers x 1 thread"]
+    ceiling = mean[best_plain_key] / mean["2 plain processes x 1 thread, no Dask"]
     chunk_compute = float(np.mean([np.mean(c) for c in computes]))
     noop_per_chunk = float(np.median(noop_walls)) / len(b.tasks)
     busy = float(np.mean([sum(c) for c in computes])) / (2 * mean["Dask 2 workers x 1 thread"])
@@ -483,6 +509,8 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
           [[k, f"{v:.2f}", f"{b.n / v:.2f}", f"{mean[best_plain_key] / v:.2f}x"] for k, v in mean.items()])
     table("Scaling targets", ["measure", "value", "target", ""], [
         [f"speedup, Dask vs best plain ({best_plain_key})", f"{speedup:.2f}x", ">= 1.8x", verdict(speedup, 1.8)],
+        ["same for 2 plain processes without Dask (this machine's ceiling)", f"{ceiling:.2f}x", "-", ""],
+        ["Dask / ceiling", f"{speedup / ceiling:.2f}", "-", ""],
         ["scheduling overhead per chunk (no-op task round trip / chunk compute)",
          f"{100 * noop_per_chunk / chunk_compute:.2f}% ({1e3 * noop_per_chunk:.1f} ms / {chunk_compute:.2f} s)",
          "< 1%", verdict(noop_per_chunk / chunk_compute, 0.01, higher_is_better=False)],
@@ -496,7 +524,8 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
         ["expected on 2 idle cores: 2 x busy fraction x CPU ratio", f"{2 * busy * cpu_ratio:.2f}x", ">= 1.8x",
          verdict(2 * busy * cpu_ratio, 1.8)],
     ])
-    return {"speedup": speedup, "overhead": noop_per_chunk / chunk_compute, "expected": 2 * busy * cpu_ratio}
+    return {"speedup": speedup, "overhead": noop_per_chunk / chunk_compute, "expected": 2 * busy * cpu_ratio,
+            "ceiling": ceiling}
 
 
 # ------------------------------------------------------------------ 4. cost in forward+backward passes
@@ -582,7 +611,7 @@ def _peak_rss(plan: AttributionPlan, task: ChunkTask) -> dict[str, int]:
 
 
 def section_memory(b: Bench, methods: list[str]) -> None:
-    task = replace(b.tasks[0], selected=b.tasks[0].selected[:b.batch])
+    task = replace(b.tasks[0], selected=b.tasks[0].selected[:b.batch], targets=b.tasks[0].targets[:b.batch])
     print(f"\n## 5. Peak memory: one batch of {len(task.selected)} images through run_chunk in a fresh process "
           "per method (1 torch thread; peak RSS from the kernel's high-water mark)")
     rows = []
@@ -613,16 +642,18 @@ def section_storage(b: Bench, methods: list[str]) -> dict[str, float]:
     slowdowns = []
     with tempfile.TemporaryDirectory(dir=Path(b.workspace).parent) as tmp:
         for name, m in maps.items():
-            arrays = []
+            row = [name, f"{m.nbytes / 2**20:.1f}"]
+            for label, codecs in (("engine", (map_codec(),)), ("default", "auto")):
+                arrays = []
 
-            def write() -> None:
-                arr = zarr.create_array(store=f"{tmp}/{name}{len(arrays)}.zarr", shape=m.shape, chunks=chunks,
-                                        dtype="float32")
-                arr[:] = m
-                arrays.append(arr)
-            seconds = best_of(write, 5)
-            rows_write.append([name, f"{m.nbytes / 2**20:.1f}", f"{m.nbytes / 2**20 / seconds:.0f}",
-                               f"{m.nbytes / arrays[-1].nbytes_stored():.2f}"])
+                def write() -> None:
+                    arr = zarr.create_array(store=f"{tmp}/{name}-{label}{len(arrays)}.zarr", shape=m.shape,
+                                            chunks=chunks, dtype="float32", compressors=codecs)
+                    arr[:] = m
+                    arrays.append(arr)
+                seconds = best_of(write, 5)
+                row += [f"{m.nbytes / 2**20 / seconds:.0f}", f"{m.nbytes / arrays[-1].nbytes_stored():.2f}"]
+            rows_write.append(row)
 
             scale = np.abs(m).max(axis=(1, 2), keepdims=True)
             scale[scale == 0] = 1
@@ -635,8 +666,9 @@ def section_storage(b: Bench, methods: list[str]) -> dict[str, float]:
                              f"{1e3 * raw_s:.1f}", f"{1e3 * scaled_s:.1f}", f"{raw_s / scaled_s:.1f}x",
                              f"{err_raw:.1e}", f"{err_scaled:.1e}"])
         default_codec = zarr_codecs(arrays[-1])
-    table(f"float32 maps written with zarr.create_array defaults ({default_codec})",
-          ["method", "MB", "write MB/s", "compression ratio"], rows_write)
+    table(f"float32 maps written with the engine's codec ({zarr_codecs(root[methods[0]])}) and zarr's default "
+          f"({default_codec})", ["method", "MB", "engine: write MB/s", "engine: compression",
+                                 "default: write MB/s", "default: compression"], rows_write)
     table("float16 cast: raw maps vs scaled first (maps / per-map max |value|, scaling included in the time)",
           ["method", "raw subnormal %", "scaled subnormal %", "raw cast ms", "scale+cast ms", "raw / scaled",
            "raw max err", "scaled max err"], rows_f16)
@@ -652,7 +684,11 @@ def subnormal(a: np.ndarray) -> float:
 
 
 def zarr_codecs(arr: Any) -> str:
-    names = [type(c).__name__ + (f"(level={c.level})" if hasattr(c, "level") else "") for c in arr.compressors]
+    def name(c: Any) -> str:
+        if hasattr(c, "cname"):
+            return f"{type(c).__name__}({c.cname.value}, {c.shuffle.value})"
+        return type(c).__name__ + (f"(level={c.level})" if hasattr(c, "level") else "")
+    names = [name(c) for c in arr.compressors]
     return ", ".join(names) or "none"
 
 
@@ -667,7 +703,8 @@ def main() -> None:
     ap.add_argument("--workspace", help="workspace .zarr to build or reuse (default: a new temporary directory)")
     ap.add_argument("--uhcs-dir", default=str(UHCS), help="UHCS data folder (default: $XAIFLOW_UHCS_DIR or "
                                                             "../shared/data/uhcs); synthetic images when absent")
-    ap.add_argument("--chunk", type=int, default=8, help="images per Zarr chunk = per Dask task (default 8)")
+    ap.add_argument("--chunk", type=int, default=16, help="images per Zarr chunk = per Dask task (default 16, "
+                    "as configs/quickstart.yaml; configs/uhcs.yaml uses 32)")
     ap.add_argument("--per-group", type=int, default=2, help="UHCS images kept per (specimen, class) (default 2)")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs of the benchmark model (default 2)")
     ap.add_argument("--lime-samples", type=int, default=200, help="LIME num_samples (default 200)")
@@ -694,8 +731,8 @@ def main() -> None:
     lime = run(section_lime, b, args.lime_images) if "lime" in args.methods else None
     scaling = run(section_scaling, b, args.scaling_method, engine)
     run(section_cost, b, args.methods, engine)
+    storage = run(section_storage, b, args.methods)  # before section 5, whose partial chunks leave NaN maps
     run(section_memory, b, args.methods)
-    storage = run(section_storage, b, args.methods)
 
     rows = [[f"engine/plain throughput, {m}", f"{r['ratio']:.3f} (wall {r['wall_ratio']:.3f})", ">= 0.9",
              verdict(r["ratio"], 0.9)] for m, r in engine.items()]
@@ -706,6 +743,7 @@ def main() -> None:
                   verdict(-lime["max_diff"], -1e-6)]]
     rows += [[f"Dask 2x1 vs best plain ({args.scaling_method})", f"{scaling['speedup']:.2f}x", ">= 1.8x",
               verdict(scaling["speedup"], 1.8)],
+             ["same, 2 plain processes without Dask (machine ceiling)", f"{scaling['ceiling']:.2f}x", "-", ""],
              ["same, expected on 2 idle cores (CPU-time model)", f"{scaling['expected']:.2f}x", ">= 1.8x",
               verdict(scaling["expected"], 1.8)],
              ["scheduling overhead per chunk", f"{100 * scaling['overhead']:.2f}%", "< 1%",

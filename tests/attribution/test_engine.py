@@ -232,8 +232,10 @@ def test_predicted_targets_come_from_this_checkpoints_stored_predictions(ws, cli
     copy = tmp_path / "ws.zarr"
     shutil.copytree(ws, copy)
     shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+    if store.group_exists(copy, f"saliency/syn/{model_id}"):  # maps of earlier tests would be kept
+        store.delete_group(copy, f"saliency/syn/{model_id}")
     cfg = config(model_id, ["grad_cam"], splits=["test"])
-    assert prepare(copy, cfg, overwrite=True)[0].predictions is None  # nothing stored yet
+    assert prepare(copy, cfg)[0].predictions is None  # nothing stored yet
     pred_group = predict_dataset(copy, model_id, "syn", client=client)
     plan, _, _ = prepare(copy, cfg, overwrite=True)
     assert plan.predictions == pred_group
@@ -241,7 +243,7 @@ def test_predicted_targets_come_from_this_checkpoints_stored_predictions(ws, cli
     stored = zarr.open_group(str(copy), path=pred_group, mode="r+")["predicted"]
     planted = (np.asarray(stored[:]) + 1) % 3
     stored[:] = planted
-    run_attribution(copy, cfg, client=client, overwrite=True)
+    run_attribution(copy, cfg, client=client)
     ds = open_saliency(copy, "syn", model_id)
     test = ds.split.values == "test"
     np.testing.assert_array_equal(ds.target.values[test, 0], planted[test])

@@ -89,6 +89,9 @@ class ChunkTask:
     start: int
     stop: int
     selected: tuple[int, ...]  # sample indices (absolute) this run explains in the chunk
+    #: the class explained for each selected sample when known at planning (labels, stored
+    #: predictions); None: the worker predicts it
+    targets: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -139,6 +142,15 @@ def _stored_predictions(workspace: str, dataset: str, model_id: str, sha256: str
     same = (attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE and made_by.get("checkpoint_sha256") == sha256
             and made_by.get("images_config_hash") == images.attrs[schema.ATTR_PROVENANCE]["config_hash"])
     return group if same else None
+
+
+def _planned_targets(workspace: str, target: str, predictions: str | None, images: Any) -> np.ndarray | None:
+    """Every sample's class to explain when the store already knows it (so chunk tasks carry it)."""
+    if target == "label":
+        return np.asarray(images[schema.LABEL_INDEX].values, np.int64)
+    if predictions:
+        return np.asarray(zarr.open_group(workspace, path=predictions, mode="r", zarr_format=3)["predicted"][:], np.int64)
+    return None
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
@@ -201,19 +213,22 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     done = np.logical_and.reduce([np.asarray(root[m.variable + DONE_SUFFIX][:], bool) for m in cfg.methods])
     pending = selected & ~done
     n_chunks = math.ceil(n / chunk)
+    predictions = _stored_predictions(workspace, cfg.dataset, model_id, manifest.weights_sha256, images) \
+        if cfg.target == "predicted" else None
+    known = _planned_targets(workspace, cfg.target, predictions, images)
     tasks = []
     for i in range(n_chunks):
         start, stop = i * chunk, min(n, (i + 1) * chunk)
         if pending[start:stop].any():
-            tasks.append(ChunkTask(i, start, stop, tuple(np.flatnonzero(selected[start:stop]) + start)))
+            chosen = np.flatnonzero(selected[start:stop]) + start
+            tasks.append(ChunkTask(i, start, stop, tuple(chosen.tolist()),
+                                   None if known is None else tuple(known[chosen].tolist())))
     plan = AttributionPlan(
         workspace=workspace, dataset=cfg.dataset, model_id=model_id, checkpoint=str(checkpoint),
         sha256=manifest.weights_sha256, n_classes=len(classes), target=cfg.target,
         methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods),
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
-        max_evals_per_pass=dict(cfg.max_evals_per_pass),
-        predictions=_stored_predictions(workspace, cfg.dataset, model_id, manifest.weights_sha256, images)
-        if cfg.target == "predicted" else None)
+        max_evals_per_pass=dict(cfg.max_evals_per_pass), predictions=predictions)
     n_selected_chunks = sum(bool(selected[t * chunk:(t + 1) * chunk].any()) for t in range(n_chunks))
     return plan, tasks, n_selected_chunks
 
@@ -266,16 +281,13 @@ def default_batch_size(device: torch.device) -> int:
 
 # ------------------------------------------------------------------ one chunk (worker)
 
-def _chunk_targets(plan: AttributionPlan, root: zarr.Group, task: ChunkTask, model: torch.nn.Module,
-                   pixels: np.ndarray, local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
-    """The class each selected sample's maps explain, once per chunk for every method: the
-    label, or the predicted class (read from this checkpoint's stored predictions when they exist)."""
+def _chunk_targets(plan: AttributionPlan, task: ChunkTask, model: torch.nn.Module, pixels: np.ndarray,
+                   local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
+    """The class each selected sample's maps explain, once per chunk for every method: planned
+    (labels, this checkpoint's stored predictions), else predicted here."""
     targets = np.full(len(pixels), -1, np.int64)
-    s0, s1 = task.start, task.stop
-    if plan.target == "label":
-        targets[local] = np.asarray(root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.LABEL_INDEX}"][s0:s1])[local]
-    elif plan.target == "predicted" and plan.predictions:
-        targets[local] = np.asarray(root[f"{plan.predictions}/predicted"][s0:s1])[local]
+    if task.targets is not None:
+        targets[local] = task.targets
     elif plan.target == "predicted":
         with torch.no_grad():
             for b in range(0, len(local), batch):
@@ -302,7 +314,7 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
     per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
     cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
     evals = int(max(1, min(cap, plan.memory_budget_mb * 2**20 // per_eval)))
-    chunk_targets = _chunk_targets(plan, root, task, model, pixels, local, batch, device)
+    chunk_targets = _chunk_targets(plan, task, model, pixels, local, batch, device)
     result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
                               "worker": worker.address if worker is not None else None}
 

@@ -27,8 +27,9 @@ def attribute_chunk(chunk: ChunkTask, plan: AttributionPlan) -> dict:
 
 @flow(name="xaiflow-attribute")
 def attribute_flow(config_path: str = "configs/quickstart.yaml", workspace: str = "workspace/quickstart.zarr",
-                   methods: list[str] | None = None, overwrite: bool = False) -> dict:
-    """Compute the config's attribution maps that are not stored yet, one task per image chunk."""
+                   methods: list[str] | None = None, overwrite: bool = False, device: str | None = None) -> dict:
+    """Compute the config's attribution maps that are not stored yet, one task per image chunk
+    (``methods``/``device`` override the config's)."""
     logger = get_run_logger()
     run = load_config(config_path)
     if run.attribution is None:
@@ -36,6 +37,8 @@ def attribute_flow(config_path: str = "configs/quickstart.yaml", workspace: str 
     cfg = run.attribution
     if methods:
         cfg = cfg.model_copy(update={"methods": [MethodSpec(name=m) for m in methods]})
+    if device:
+        cfg = cfg.model_copy(update={"device": device})
     plan, chunks, n_chunks = prepare(workspace, cfg, run, overwrite)
     logger.info("%s: %d chunk(s) to compute, %d already complete", plan.group, len(chunks), n_chunks - len(chunks))
     progress = create_progress_artifact(0.0, key="attribution-progress", description=f"chunks of {plan.group}")

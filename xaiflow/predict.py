@@ -52,6 +52,22 @@ def _predict_chunk(task: tuple[int, int, int], workspace: str, model_id: str, da
     return index
 
 
+def current_predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str) -> str | None:
+    """The predictions group if it is complete and was made by this checkpoint from these images
+    (so a pipeline re-run can skip predicting), else None."""
+    workspace = str(workspace)
+    group = schema.group_path(schema.PREDICTIONS, dataset, model_id)
+    if not store.group_exists(workspace, group):
+        return None
+    sha = verify_checkpoint(checkpoint_dir(workspace, model_id)).weights_sha256
+    images = store.group_attrs(workspace, schema.group_path(schema.IMAGES, dataset))
+    attrs = store.group_attrs(workspace, group)
+    made_by = attrs.get(schema.ATTR_PROVENANCE, {})
+    same = (attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE and made_by.get("checkpoint_sha256") == sha
+            and made_by.get("images_config_hash") == images[schema.ATTR_PROVENANCE]["config_hash"])
+    return group if same else None
+
+
 def predict_dataset(workspace: str | os.PathLike[str], model_id: str, dataset: str, *, device: str = "cpu",
                     client: Any = None, progress: ProgressFn | None = None) -> str:
     """Write ``predictions/<dataset>/<model_id>``; returns the group path."""

@@ -1,0 +1,1 @@
+"""End-to-end tests on real processes (a package, so its conftest does not shadow tests/conftest.py)."""

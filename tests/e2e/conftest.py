@@ -1,0 +1,265 @@
+"""End-to-end fixtures: real processes, started once per test session and all stopped at teardown.
+
+* a Prefect server (``prefect server start``) on a free loopback port, with its own
+  ``PREFECT_HOME`` (so its SQLite database is fresh and isolated);
+* a Dask scheduler (``dask scheduler``) and two workers (``dask worker --nthreads 1 --nworkers 1``)
+  on loopback, pointed at that Prefect server (tasks that Prefect's DaskTaskRunner sends them
+  report to it; without ``PREFECT_API_URL`` each worker would start a temporary server of its own);
+* a served deployment: a process serving a flow against the server, as a user does with
+  ``prefect flow serve`` or ``deploy/serve.py``.
+
+Every process runs in a session (process group) of its own, writes its output to a log file in
+the session's tmp dir, and is killed with its whole group at teardown, on failure too. A process
+that does not come up fails the test with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(errors="replace") if path.is_file() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            pytest.fail(f"{self.name} exited with code {self.popen.returncode}; its log ({self.log}):\n"
+                        f"{log_tail(self.log)}")
+
+
+@dataclass
+class Processes:
+    """The processes a test session started; :meth:`stop_all` kills each one's process group."""
+
+    logs: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path = REPO) -> Proc:
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """SIGTERM to every group (newest first), then SIGKILL to what is left after 15 s."""
+        for proc in reversed(self.started):
+            _signal_group(proc.popen, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in reversed(self.started):
+            try:
+                proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc.popen, signal.SIGKILL)  # children left in the group, or the leader itself
+            proc.popen.wait()
+        self.started.clear()
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)  # start_new_session: the group id is the leader's pid
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, proc: Proc | None = None,
+               interval: float = 0.5) -> Any:
+    """Poll ``check()`` until it returns a truthy value; fail with ``proc``'s log when it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check_alive()
+        try:
+            result = check()
+        except (httpx.HTTPError, OSError):
+            result = None
+        if result:
+            return result
+        time.sleep(interval)
+    log = f"; log of {proc.name} ({proc.log}):\n{log_tail(proc.log)}" if proc else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{log}")
+
+
+@pytest.fixture(scope="session")
+def processes(tmp_path_factory):
+    procs = Processes(tmp_path_factory.mktemp("e2e-logs"))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def base_env() -> dict[str, str]:
+    """This environment without the variables that would leak the test process's Prefect/Dask setup."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PREFECT_") and k != "MALLOC_TRIM_THRESHOLD_"}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    url: str   # the UI
+    api: str   # the REST API (PREFECT_API_URL)
+    home: Path
+    log: Path
+
+    def client_env(self) -> dict[str, str]:
+        """Environment of a process that talks to this server (flows, workers)."""
+        return {**base_env(), "PREFECT_API_URL": self.api, "PREFECT_HOME": str(self.home)}
+
+
+@dataclass(frozen=True)
+class DaskCluster:
+    address: str
+    logs: list[Path]
+
+
+@pytest.fixture(scope="session")
+def services(processes, tmp_path_factory) -> tuple[PrefectServer, DaskCluster]:
+    """Starts, all at once (the server takes ~20-40 s to come up on a busy machine, the workers too):
+
+    * ``prefect server start`` on a free loopback port with a fresh PREFECT_HOME;
+    * ``dask scheduler`` + two ``dask worker --nthreads 1 --nworkers 1`` on loopback; the workers
+      report Prefect tasks to this server and run without the nanny's MALLOC_TRIM_THRESHOLD_.
+
+    then waits until the server's /api/health answers and both workers joined the scheduler."""
+    from distributed import Client
+
+    from xaiflow.clusters import worker_env
+
+    home, scratch = tmp_path_factory.mktemp("prefect-home"), tmp_path_factory.mktemp("dask")
+    port = free_port()
+    api = f"http://{LOOPBACK}:{port}/api"
+    server_proc = processes.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", LOOPBACK,
+                                                     "--port", str(port)],
+                                  {**base_env(), "PREFECT_HOME": str(home), "PREFECT_UI_API_URL": api})
+    server = PrefectServer(f"http://{LOOPBACK}:{port}", api, home, server_proc.log)
+
+    address = f"tcp://{LOOPBACK}:{free_port()}"
+    env = server.client_env()
+    scheduler = processes.start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", LOOPBACK, "--port",
+                                                   address.rsplit(":", 1)[1], "--dashboard-address",
+                                                   f"{LOOPBACK}:0"], env)
+    workers = [processes.start(f"dask-worker-{i}",
+                               [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                "--host", LOOPBACK, "--dashboard-address", f"{LOOPBACK}:0",
+                                "--local-directory", str(scratch / f"w{i}"), "--name", f"e2e-{i}"],
+                               {**env, **worker_env(1)}) for i in range(2)]
+
+    wait_until(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120,
+               f"the Prefect server's {api}/health", server_proc)
+
+    def two_workers() -> bool:
+        for p in (scheduler, *workers):
+            p.check_alive()
+        with Client(address, timeout=5) as c:
+            return len(c.scheduler_info()["workers"]) == 2
+
+    wait_until(two_workers, 120, f"two Dask workers at {address}", scheduler, interval=1)
+    return server, DaskCluster(address, [p.log for p in (scheduler, *workers)])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(services) -> PrefectServer:
+    return services[0]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(services) -> DaskCluster:
+    return services[1]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    name: str          # "<flow name>/<deployment name>"
+    parameters: dict   # its defaults (what "Quick run" uses)
+    workspace: Path
+    log: Path
+
+
+def api_json(method: str, url: str, **kwargs) -> Any:
+    response = httpx.request(method, url, timeout=30, **kwargs)
+    if response.is_error:
+        raise AssertionError(f"{method} {url} -> {response.status_code}: {response.text[:2000]}")
+    return response.json() if response.content else None
+
+
+@pytest.fixture(scope="session")
+def served_deployment(processes, prefect_server, dask_cluster, tmp_path_factory) -> Deployment:
+    """The ingest flow served as deployment ``xaiflow-ingest/e2e`` (``prefect flow serve``), its default
+    parameters set to a tiny run config, a fresh workspace and the test's Dask scheduler."""
+    from conftest import write_tiny_run_config
+
+    work = tmp_path_factory.mktemp("e2e-run")
+    config = write_tiny_run_config(work)
+    workspace = work / "ws.zarr"
+    parameters = {"config_path": str(config), "workspace": str(workspace), "cluster": dask_cluster.address}
+    env = {**prefect_server.client_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    proc = processes.start("serve", [str(BIN / "prefect"), "flow", "serve", "flows/ingest.py:ingest_flow",
+                                     "--name", "e2e"], env)
+    name = "xaiflow-ingest/e2e"
+    deployment = wait_until(lambda: httpx.get(f"{prefect_server.api}/deployments/name/{name}", timeout=5)
+                            .raise_for_status().json(), 120, f"deployment {name}", proc)
+    # the defaults a user would set in the UI's deployment form; "Quick run" runs with them
+    api_json("PATCH", f"{prefect_server.api}/deployments/{deployment['id']}", json={"parameters": parameters})
+    return Deployment(deployment["id"], name, parameters, workspace, proc.log)
+
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def flow_run_logs(api: str, flow_run_id: str) -> str:
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    return "\n".join(f"{r['timestamp']} {r['level']:>2} {r['message']}"
+                     for r in api_json("POST", f"{api}/logs/filter", json=body))
+
+
+def wait_for_flow_run(prefect_server: PrefectServer, deployment: Deployment, flow_run_id: str,
+                      timeout: float = 240) -> dict:
+    """Poll the flow run until it is terminal; fail with its logs and the serve log unless it COMPLETED."""
+    deadline = time.monotonic() + timeout
+    run = api_json("GET", f"{prefect_server.api}/flow_runs/{flow_run_id}")
+    while run["state_type"] not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(1)
+        run = api_json("GET", f"{prefect_server.api}/flow_runs/{flow_run_id}")
+    if run["state_type"] != "COMPLETED":
+        pytest.fail(f"flow run {run['name']} ({flow_run_id}) is {run['state_type']} "
+                    f"({(run.get('state') or {}).get('message')}) after {timeout:.0f} s\n"
+                    f"--- flow run logs ---\n{flow_run_logs(prefect_server.api, flow_run_id)}\n"
+                    f"--- serve process log ({deployment.log}) ---\n{log_tail(deployment.log)}")
+    return run

@@ -31,6 +31,8 @@ bar) is overlaid at a corner. Class ``k`` (its index in :data:`CLASSES`) owns co
 corner, otherwise at the corner of a uniformly drawn *other* class of the data set. The bar
 is an overlay added after blur and noise (as acquisition software burns in annotations),
 so mask == 2 covers exactly the pixels it changed. ``shortcut=None`` means no bar at all.
+Each sample records ``shortcut_position`` (corner or ``none``) and ``has_shortcut`` (1.0 when
+the bar is at its own class's corner, else 0.0) as metadata, so accuracy can be split by it.
 
 **Determinism and specimens.** Every sample is regenerated from its own random streams,
 ``np.random.default_rng([seed, stream, class_index, specimen_index, image_index])``, so any
@@ -543,6 +545,7 @@ class SyntheticSource(ImageSource):
             for specimen in range(cfg.specimens_per_class):
                 for image in range(cfg.images_per_specimen):
                     sample_id = self._id(class_name, specimen, image)
+                    corner = self._corner(class_name, specimen, image)
                     refs.append(
                         SampleRef(
                             id=sample_id,
@@ -552,8 +555,10 @@ class SyntheticSource(ImageSource):
                             um_per_px=cfg.um_per_px / cfg.condition.scale,
                             metadata={
                                 "condition": cfg.condition_name,
-                                "shortcut_position": self._corner(class_name, specimen, image)
-                                or "none",
+                                "shortcut_position": corner or "none",
+                                # 1: the marker sits at this class's corner (the shortcut
+                                # predicts the label); 0: no marker, or another class's corner
+                                "has_shortcut": float(corner == class_corner(class_name)),
                             },
                         )
                     )

@@ -437,6 +437,61 @@ def query_mask_mass(
     out.print(_rows_table(rows, ["method", "mask class", "relevance share", "area share", "ratio"]))
 
 
+def _bin_edges(bins: Optional[str]) -> list[float] | None:
+    return [float(b) for b in bins.split(",")] if bins else None
+
+
+@app.command()
+def shortcut(
+    workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
+    model: str = typer.Option(..., "--model", "-m", help="model id (see `xaiflow models`)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="default: the model's training dataset"),
+    compare_model: Optional[str] = typer.Option(None, "--compare-model",
+                                                help="a model trained on images resampled to one pixel size"),
+    by: Optional[str] = typer.Option(None, "--by", help="metadata that should not matter (no masks; default source_um_per_px)"),
+    bins: Optional[str] = typer.Option(None, "--bins", help="comma-separated edges (default: half decades)"),
+    split: str = typer.Option("test", "--split", help="samples judged without masks"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Shortcut verdict: is the model's evidence in the class-defining structures or elsewhere?"""
+    from xaiflow.shortcut import ShortcutError, shortcut_report
+
+    try:
+        rep = shortcut_report(workspace, model, dataset, compare_model=compare_model, by=by, bins=_bin_edges(bins),
+                              split=split)
+    except (ShortcutError, ValueError) as e:
+        _fail(e)
+    if as_json:
+        print(rep.to_json())
+        return
+    out.print(f"[bold]{rep.verdict}[/] ({rep.kind} evidence, {rep.n_samples} samples, accuracy {rep.accuracy:.3f})")
+    for reason in rep.reasons:
+        out.print(f"  - {reason}")
+
+
+@app.command()
+def report(
+    workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
+    model: str = typer.Option(..., "--model", "-m", help="model id (see `xaiflow models`)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="default: the model's training dataset"),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default: <workspace>.reports/<model>)"),
+    compare_model: Optional[str] = typer.Option(None, "--compare-model",
+                                                help="a model trained on images resampled to one pixel size"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="saliency keys (default: all stored)"),
+    by: Optional[str] = typer.Option(None, "--by", help="metadata binned in the shortcut section (default source_um_per_px)"),
+    bins: Optional[str] = typer.Option(None, "--bins", help="comma-separated edges (default: half decades)"),
+) -> None:
+    """Self-contained HTML report: overlays, class means, metrics, agreement, mask mass, shortcut verdict."""
+    from xaiflow.report import ReportError, write_report
+
+    try:
+        path = write_report(workspace, model, dataset, output, compare_model=compare_model,
+                            methods=methods.split(",") if methods else None, by=by, bins=_bin_edges(bins))
+    except (ReportError, ValueError) as e:
+        _fail(e)
+    out.print(f"wrote {path}")
+
+
 @app.command()
 def info(workspace: Path = typer.Argument(..., help="workspace path")) -> None:
     """Tree of the workspace's groups with shapes, classes and counts per split."""

@@ -112,7 +112,9 @@ def matrix_figure(matrix: xr.DataArray, path: str | os.PathLike[str], title: str
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i in range(len(rows)):
         for j in range(len(cols)):
-            ax.text(j, i, f"{float(matrix.values[i, j]):.2f}", ha="center", va="center", fontsize=7, color="w")
+            v = float(matrix.values[i, j])
+            light = np.isfinite(v) and (v - vmin) / ((vmax - vmin) or 1.0) > 0.6  # viridis turns yellow
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="k" if light else "w")
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

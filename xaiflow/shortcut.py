@@ -55,6 +55,8 @@ from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency
 from xaiflow.training import predict_logits
 
 SHORTCUT, STRUCTURE, INCONCLUSIVE = "shortcut", "structure", "inconclusive"
+#: the pixel size of the original image, recorded at ingest before any resampling
+SOURCE_UM_PER_PX = "source_um_per_px"
 
 
 class ShortcutError(ValueError):
@@ -77,12 +79,14 @@ class Thresholds:
     min_group: int = 5
     #: mass/area ratio above which a method is said to favour a region (reported, not decisive)
     mass_ratio: float = 2.0
-    #: scale-only baseline within this of the CNN's balanced accuracy: "as good as the CNN"
-    baseline_margin: float = 0.05
+    #: the CNN must beat the scale-only baseline by this much (balanced accuracy) to be called "structure"
+    baseline_margin: float = 0.1
     #: Cramer's V(bin, prediction) above V(bin, label) by this much: predictions follow scale
     association_excess: float = 0.1
     #: balanced accuracy lost by the fixed-pixel-size model that counts as scale reliance
     compare_drop: float = 0.15
+    #: at most this loss, the fixed-pixel-size model "keeps" the accuracy (needed for "structure" when confounded)
+    compare_keep: float = 0.05
 
 
 @dataclass
@@ -158,13 +162,29 @@ def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
 
 def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
     """Cramer's V of two categorical arrays (0: independent, 1: one determines the other)."""
-    table = pd.crosstab(pd.Series(a), pd.Series(b)).to_numpy(float)
+    ia, ib = np.unique(np.asarray(a).astype(str), return_inverse=True)[1], np.unique(np.asarray(b).astype(str),
+                                                                                      return_inverse=True)[1]
+    table = np.zeros((ia.max(initial=-1) + 1, ib.max(initial=-1) + 1))
+    np.add.at(table, (ia, ib), 1)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
     if min(table.shape) < 2:
         return 0.0
     n = table.sum()
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / n
     chi2 = float(((table - expected) ** 2 / expected).sum())
     return float(np.sqrt(chi2 / (n * (min(table.shape) - 1))))
+
+
+def excess_interval(bins: np.ndarray, y: np.ndarray, p: np.ndarray, n_boot: int = 500,
+                    level: float = 0.9) -> tuple[float, float]:
+    """Bootstrap interval (over samples) of V(bin, prediction) - V(bin, label)."""
+    rng = np.random.default_rng(0)
+    d = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        d.append(cramers_v(bins[i], p[i]) - cramers_v(bins[i], y[i]))
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def _explained(workspace: str, dataset: str, model_id: str) -> xr.Dataset:
@@ -365,6 +385,7 @@ def metadata_dependence(workspace: str | os.PathLike[str], model_id: str, datase
             "per_bin": rows, "scale_baseline": _scale_baseline(x, y, splits == "train", ev),
             "cramers_v_label": cramers_v(labels[binned], y[binned]),
             "cramers_v_predicted": cramers_v(labels[binned], pred[binned]),
+            "cramers_v_excess_90ci": excess_interval(labels[binned], y[binned], pred[binned]),
             "_sample_bins": dict(zip(store.strings(images[schema.SAMPLE].values), labels))}
 
 
@@ -390,10 +411,11 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
     confounded = base >= chance + th.above_chance
     if confounded:
         reasons.append(f"class and {by} are confounded: the scale-only baseline is {base - chance:.2f} above chance")
-    follows_scale = v_pred >= v_lab + th.association_excess
-    if follows_scale:
-        reasons.append(f"the predictions follow the {by} bin more than the labels do "
-                       f"(V {v_pred:.2f} >= {v_lab:.2f} + {th.association_excess})")
+    ci = meta["cramers_v_excess_90ci"]
+    follows_scale = v_pred >= v_lab + th.association_excess and ci[0] > 0
+    reasons.append(f"V(prediction) - V(label) = {v_pred - v_lab:+.2f}, bootstrap 90% interval "
+                   f"[{ci[0]:+.2f}, {ci[1]:+.2f}]; counts as following scale when >= {th.association_excess} "
+                   "and the interval excludes 0" + (": it does" if follows_scale else ": it does not"))
     compare_drop = float("nan")
     if compare:
         compare_drop = bal - compare["balanced_accuracy"]
@@ -409,17 +431,21 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
         if compare_drop >= th.compare_drop:
             reasons.insert(0, f"resampling to one pixel size costs {compare_drop:.2f} balanced accuracy "
                               f"(>= {th.compare_drop}): the model used scale")
-    elif bal >= base + th.baseline_margin and (not compare or compare_drop < th.compare_drop):
+    elif bal >= base + th.baseline_margin and (not confounded or compare_drop <= th.compare_keep):
         verdict = STRUCTURE
         reasons.insert(0, f"the CNN beats the scale-only baseline by {bal - base:.2f} (>= {th.baseline_margin})"
                           + (" and keeps its accuracy at one pixel size" if compare else "")
                           + " and its predictions do not follow scale more than the labels do")
     else:
         verdict = INCONCLUSIVE
-        reasons.insert(0, f"the CNN ({bal:.2f}) is no better than the scale-only baseline ({base:.2f}) by "
-                          f"{th.baseline_margin}: accuracy cannot separate structure from scale"
-                          + ("" if compare else "; train a model on images resampled to one pixel size "
-                                                "(geometry target_um_per_px) and pass it as compare model"))
+        if bal < base + th.baseline_margin:
+            why = (f"the CNN ({bal:.2f}) does not beat the scale-only baseline ({base:.2f}) by {th.baseline_margin}: "
+                   "accuracy cannot separate structure from scale")
+        else:
+            why = (f"class and {by} are confounded and the fixed-pixel-size model loses {compare_drop:.2f} "
+                   f"(between {th.compare_keep} and {th.compare_drop})")
+        reasons.insert(0, why + ("" if compare else "; train a model on images resampled to one pixel size "
+                                                    "(geometry target_um_per_px) and pass it as compare model"))
     return ShortcutReport(model_id=model_id, dataset=dataset, kind="metadata", verdict=verdict, reasons=reasons,
                           n_samples=meta["n"], accuracy=meta["accuracy"], thresholds=asdict(th), metadata=meta,
                           compare=compare)
@@ -429,13 +455,15 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
 
 
 def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None, *,
-                    compare_model: str | None = None, by: str = schema.UM_PER_PX, bins: list[float] | None = None,
+                    compare_model: str | None = None, by: str | None = None, bins: list[float] | None = None,
                     split: str = "test", structure: tuple[str, ...] = ("structure",),
                     shortcut: tuple[str, ...] = ("shortcut",), thresholds: Thresholds | None = None) -> ShortcutReport:
     """Shortcut verdict for ``model_id`` on ``dataset`` (default: its training dataset).
 
     With ``masks/<dataset>``: mask mass, ablation and the ``has_shortcut`` split over the samples
-    with maps for every method. Without: metadata dependence on ``split`` (and ``compare_model``).
+    with maps for every method. Without: metadata dependence on ``split`` (and ``compare_model``);
+    ``by`` defaults to ``source_um_per_px`` (the original image's pixel size, the same for a model
+    trained on resampled images) when recorded, else ``um_per_px``.
     """
     workspace = str(workspace)
     th = thresholds or Thresholds()
@@ -445,6 +473,9 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
         raise ShortcutError(f"{workspace}: no dataset {dataset!r} (groups: {', '.join(store.list_groups(workspace))})")
     has_masks = store.group_exists(workspace, schema.group_path(schema.MASKS, dataset))
     has_maps = store.group_exists(workspace, saliency_group(dataset, model_id))
+    if by is None:
+        coords = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset)).coords
+        by = SOURCE_UM_PER_PX if SOURCE_UM_PER_PX in coords else schema.UM_PER_PX
     if has_masks:
         if not has_maps:
             raise ShortcutError(f"no saliency for dataset {dataset!r} and model {model_id!r}: the mask report needs "

@@ -1,0 +1,290 @@
+"""The HTML report of a model: what it looks at, how trustworthy the maps are, and the shortcut verdict.
+
+:func:`write_report` writes one folder: ``report.html`` (self-contained: every figure is
+embedded as a base64 PNG, so the file can be mailed or attached alone), the same figures as
+PNG files beside it, and ``shortcut.json`` (the verdict with its numbers). Sections:
+
+1. the model and its data (accuracy, methods, samples with maps);
+2. the shortcut verdict (:mod:`xaiflow.shortcut`) with its reasons, numbers and thresholds;
+3. example overlays: one explained sample per class, every method's map over the image;
+4. class-mean maps (mass-normalized), and per metadata bin where the data has no masks;
+5. metric tables with their spread over samples (mean ± std, median and 10-90% quantiles)
+   from ``metrics/<dataset>/<model>``, or a notice that they were not computed;
+6. method agreement (Spearman rank correlation and top-10% overlap of |maps|);
+7. mask agreement: relevance share per mask class against its area share.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from xaiflow import schema, store
+from xaiflow.aggregate import QueryError, group_maps, method_agreement
+from xaiflow.figures import group_map_grid, matrix_figure, saliency_grid, save_figure
+from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
+from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, shortcut_report
+
+REPORT_FILE = "report.html"
+
+
+class ReportError(ValueError):
+    """The report cannot be written (unknown model, no saliency, unknown method...)."""
+
+
+def default_out(workspace: str | os.PathLike[str], model_id: str) -> Path:
+    """``<workspace>.reports/<model_id>`` beside the store (folders inside it would join the Zarr hierarchy)."""
+    ws = Path(workspace)
+    return ws.with_name(ws.stem + ".reports") / model_id
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def metric_table(workspace: str | os.PathLike[str], dataset: str, model_id: str) -> list[dict[str, Any]] | None:
+    """Per method and metric: mean, std, median, 10% and 90% quantiles, n (done and finite
+    values over samples); None when no metrics were computed for these maps."""
+    group = schema.group_path(schema.METRICS, dataset, model_id)
+    if not store.group_exists(workspace, group):
+        return None
+    ds = store.open_group(workspace, group, check_complete=False)
+    values = np.where(np.asarray(ds["done"].values, bool), np.asarray(ds["value"].values, np.float64), np.nan)
+    outputs = ds.attrs.get("outputs", {})
+    rows = []
+    for mi, method in enumerate(store.strings(ds[METHOD].values)):
+        for ki, metric in enumerate(store.strings(ds["metric"].values)):
+            v = values[:, mi, ki]
+            v = v[np.isfinite(v)]
+            q = np.quantile(v, [0.1, 0.5, 0.9]) if len(v) else [np.nan] * 3
+            rows.append({"method": str(method), "metric": str(metric), "n": int(len(v)),
+                         "mean": float(v.mean()) if len(v) else np.nan,
+                         "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
+                         "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
+                         "higher_is_better": outputs.get(str(metric), {}).get("higher_is_better")})
+    return rows
+
+
+def _examples(ds: xr.Dataset, n: int) -> list[str]:
+    """Up to ``n`` explained samples, one per class first (in class order), then the next ones."""
+    ids = store.strings(ds[schema.SAMPLE].values)
+    labels = store.strings(ds[schema.LABEL].values)
+    picked: list[str] = []
+    for c in dict.fromkeys(ds.attrs.get(schema.ATTR_CLASSES, [])):
+        hit = np.flatnonzero(labels == c)
+        if len(hit) and len(picked) < n:
+            picked.append(str(ids[hit[0]]))
+    picked += [str(i) for i in ids if str(i) not in picked][: n - len(picked)]
+    return picked
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def bin_accuracy_figure(meta: dict[str, Any], path: Path, compare: dict[str, Any] | None = None) -> Path:
+    """Per-bin accuracy beside the bin's majority-class share (what always guessing it would score)."""
+    rows = meta["per_bin"]
+    fig = Figure(figsize=(1.6 + 1.1 * len(rows), 3.6))
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["accuracy"] for r in rows], 0.4, label="model accuracy", color="tab:blue")
+    ax.bar(x + 0.2, [r["majority_share"] for r in rows], 0.4, label="majority-class share", color="tab:gray")
+    if compare:
+        acc = {r["bin"]: r["accuracy"] for r in compare["per_bin"]}
+        ax.plot(x, [acc.get(r["bin"], np.nan) for r in rows], "o", color="tab:orange",
+                label=f"{compare['model_id']} (one pixel size)")
+    for i, r in enumerate(rows):
+        ax.text(i, 1.02, f"n={r['n']}\n{r['majority_class']}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, [r["bin"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.25)
+    ax.set_xlabel(f"{meta['by']} bin")
+    ax.set_ylabel("fraction")
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))
+    ax.set_title(f"accuracy per {meta['by']} bin ({meta['split']} split) vs class mix", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _ratio_matrix(rows: list[dict[str, Any]]) -> xr.DataArray:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    classes = list(dict.fromkeys(r["mask_class"] for r in rows))
+    values = np.full((len(methods), len(classes)), np.nan)
+    for r in rows:
+        values[methods.index(r["method"]), classes.index(r["mask_class"])] = r["ratio"]
+    return xr.DataArray(values, dims=(METHOD, "mask_class"), coords={METHOD: methods, "mask_class": classes})
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+_CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.verdict{font-size:1.3em;font-weight:bold;padding:.3em .6em;border-radius:4px;display:inline-block}
+.shortcut{background:#f8d0d0}.structure{background:#d0f0d0}.inconclusive{background:#f0ecc8}
+.note{color:#555;font-size:13px}"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "–" if not np.isfinite(v) else f"{v:.3f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x}" for k, x in v.items())
+    return html.escape("" if v is None else str(v))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p class='note'>(no rows)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+
+
+def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
+    parts = [f"<p><span class='verdict {rep.verdict}'>{rep.verdict}</span> "
+             f"<span class='note'>({rep.kind} evidence, {rep.n_samples} samples, accuracy {rep.accuracy:.3f})</span></p>",
+             "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rep.reasons) + "</ul>"]
+    if rep.kind == "masks":
+        abl = [{"pixels removed": k, "accuracy": v["accuracy"], "balanced accuracy": v["balanced_accuracy"],
+                "drop": rep.ablation["drop"].get(k, 0.0)} for k, v in rep.ablation.items() if isinstance(v, dict)
+               and "accuracy" in v]
+        parts += ["<h3>Ablation: accuracy with mask regions filled with the matrix level</h3>", _table(abl)]
+        if rep.shortcut_split:
+            parts += ["<h3>Accuracy with and without the shortcut (has_shortcut)</h3>", _table([rep.shortcut_split])]
+    else:
+        meta = rep.metadata
+        base = meta["scale_baseline"]
+        summary = [{"model": rep.model_id, "dataset": rep.dataset, "balanced accuracy": meta["balanced_accuracy"],
+                    "scale-only baseline": base["balanced_accuracy"], "V(bin, label)": meta["cramers_v_label"],
+                    "V(bin, prediction)": meta["cramers_v_predicted"], "n": meta["n"]}]
+        if rep.compare:
+            c = rep.compare
+            summary.append({"model": c["model_id"], "dataset": c["dataset"], "balanced accuracy": c["balanced_accuracy"],
+                            "scale-only baseline": c["scale_baseline"]["balanced_accuracy"],
+                            "V(bin, label)": c["cramers_v_label"], "V(bin, prediction)": c["cramers_v_predicted"],
+                            "n": c["n"]})
+        parts += [f"<h3>Dependence on {html.escape(meta['by'])}</h3>", _table(summary),
+                  "<p class='note'>Scale-only baseline: a depth-3 decision tree predicting the class from "
+                  f"log10 {html.escape(meta['by'])} alone, fit on the train split. Cramer's V: association of the "
+                  "bin with the true label and with the model's prediction (0 none, 1 complete).</p>",
+                  _table(meta["per_bin"], ["bin", "n", "accuracy", "majority_class", "majority_share", "classes"])]
+        if rep.compare:
+            parts += [f"<p>Per bin for {html.escape(rep.compare['model_id'])}:</p>",
+                      _table(rep.compare["per_bin"], ["bin", "n", "accuracy", "majority_class", "majority_share"])]
+        if "bins" in figures:
+            parts.append(_img(figures["bins"], "accuracy per bin"))
+        if meta.get("attribution_by_bin"):
+            rows: dict[str, dict[str, Any]] = {}
+            for r in meta["attribution_by_bin"]:
+                rows.setdefault(r["method"], {"method": r["method"]})[f"{r['bin']} (n={r['n']})"] = r["top10_share"]
+            parts += ["<p>Share of relevance in each map's top 10% pixels, mean per bin (how concentrated the "
+                      "evidence is; 0.1 = uniform):</p>", _table(list(rows.values()))]
+    parts.append("<details><summary>thresholds</summary>" + _table([rep.thresholds]) + "</details>")
+    return "".join(parts)
+
+
+def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str) -> str:
+    if rows is None:
+        return (f"<p><b>Metrics were not computed</b> for these maps (no <code>metrics/{dataset}/{model_id}</code>). "
+                f"Run <code>xaiflow evaluate W --dataset {dataset} --model {model_id}</code> and re-write the report.</p>")
+    for r in rows:
+        r["mean ± std"] = f"{r['mean']:.3f} ± {r['std']:.3f}" if np.isfinite(r["mean"]) else "–"
+        r["median [p10, p90]"] = (f"{r['median']:.3f} [{r['p10']:.3f}, {r['p90']:.3f}]"
+                                  if np.isfinite(r["median"]) else "–")
+        r["better"] = {True: "higher", False: "lower"}.get(r["higher_is_better"], "")
+    return ("<p class='note'>Over samples with a done, finite value; – where undefined.</p>"
+            + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better"]))
+
+
+def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
+                 out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
+                 methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
+                 n_examples: int = 4) -> Path:
+    """Write the report folder of ``model_id`` on ``dataset`` (default: its training dataset)
+    into ``out`` (default :func:`default_out`); returns the path of ``report.html``."""
+    workspace = str(workspace)
+    try:
+        dataset = dataset or model_dataset(workspace, model_id)
+        if not store.group_exists(workspace, saliency_group(dataset, model_id)):
+            raise ReportError(f"no saliency computed for dataset {dataset!r} and model {model_id!r} in {workspace}; "
+                              "run `xaiflow attribute` first")
+        ds = open_saliency(workspace, dataset, model_id, methods)
+        done = ds["done"].all(METHOD).values
+        if not done.any():
+            raise ReportError(f"{saliency_group(dataset, model_id)}: no sample has maps for every method yet")
+        ds = ds.isel({schema.SAMPLE: np.flatnonzero(done)})
+        rep = shortcut_report(workspace, model_id, dataset, compare_model=compare_model, by=by, bins=bins)
+    except (ShortcutError, SaliencyQueryError) as e:
+        raise ReportError(str(e)) from None
+    folder = Path(out) if out is not None else default_out(workspace, model_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shortcut.json").write_text(rep.to_json())
+    names = [str(m) for m in ds[METHOD].values]
+    classes = list(ds.attrs.get(schema.ATTR_CLASSES, []))
+    figures: dict[str, Path] = {}
+    try:
+        figures["examples"] = saliency_grid(ds, _examples(ds, n_examples), folder / "examples.png")
+        figures["class_means"] = group_map_grid(group_maps(ds, by=schema.LABEL).compute(), folder / "class_means.png",
+                                                f"{model_id}: mean map per true class")
+        if rep.kind == "metadata":
+            by = rep.metadata["by"]
+            figures["bin_means"] = group_map_grid(
+                group_maps(ds, by=by, bins=rep.metadata["bins"]).compute(), folder / "bin_means.png",
+                f"{model_id}: mean map per {by} bin")
+            figures["bins"] = bin_accuracy_figure(rep.metadata, folder / "bin_accuracy.png", rep.compare or None)
+        agree = method_agreement(ds).compute()
+        n_agree = agree.attrs["n_samples"]
+        figures["spearman"] = matrix_figure(agree.spearman, folder / "agreement_spearman.png",
+                                            f"Spearman rank correlation of |maps| (mean of {n_agree} samples)")
+        figures["overlap"] = matrix_figure(agree.top_overlap, folder / "agreement_top10.png",
+                                           f"overlap of top-10% pixels (mean of {n_agree} samples)", vmin=0)
+        if rep.kind == "masks":
+            ratio = _ratio_matrix(rep.mask_mass)
+            figures["mask"] = matrix_figure(ratio, folder / "mask_ratio.png",
+                                            "relevance share / area share per mask class\n(1 = as uniform; "
+                                            "blank: class absent)", vmin=0, vmax=float(np.nanmax(ratio.values)))
+    except QueryError as e:
+        raise ReportError(str(e)) from None
+    metrics = metric_table(workspace, dataset, model_id)
+    attrs = ds.attrs
+    header = [{"model": model_id, "dataset": dataset, "checkpoint sha256": str(attrs.get("checkpoint_sha256", ""))[:12],
+               "maps explain": attrs.get("target", ""), "samples with maps": int(ds.sizes[schema.SAMPLE]),
+               "classes": ", ".join(classes), "methods": ", ".join(names)}]
+    body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _table(header),
+            "<h2>1. Shortcut verdict</h2>", _shortcut_html(rep, figures),
+            "<h2>2. Example overlays</h2><p class='note'>One explained sample per class; each map scaled by its "
+            "99th percentile; red/blue for signed methods (for/against the explained class).</p>",
+            _img(figures["examples"], "examples"),
+            "<h2>3. Class-mean maps</h2><p class='note'>Mean of mass-normalized |maps| (each sums to 1) over the "
+            "samples of each true class.</p>", _img(figures["class_means"], "class means")]
+    if "bin_means" in figures:
+        body += [f"<h3>Mean maps per {html.escape(str(by))} bin</h3>", _img(figures["bin_means"], "bin means")]
+    body += ["<h2>4. Metrics</h2>", _metrics_html(metrics, dataset, model_id),
+             "<h2>5. Method agreement</h2>", _img(figures["spearman"], "spearman"), _img(figures["overlap"], "overlap"),
+             "<h2>6. Mask agreement</h2>"]
+    if rep.kind == "masks":
+        body += ["<p class='note'>Share of each map's relevance inside each mask class, against the class's share of "
+                 "the image area (mean over samples where the class is present).</p>",
+                 _table(rep.mask_mass, ["method", "mask_class", "relevance_share", "area_share", "ratio", "n_samples"]),
+                 _img(figures["mask"], "mask ratio")]
+    else:
+        body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    path = folder / REPORT_FILE
+    path.write_text(page)
+    return path

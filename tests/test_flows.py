@@ -1,5 +1,8 @@
 """Flows under Prefect's test harness (one harness per session: it takes ~13 s to start)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -63,3 +66,112 @@ def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
     assert bool(ds.done.all()) and ds.attrs["status"] == "complete"
     again = attribute_flow_on("threads")(config_path=str(config), workspace=str(ws))
     assert again["chunks_run"] == 0 and again["chunks_skipped"] == 3
+
+
+def _artifacts(flow_run_id) -> dict[str, list[dict]]:
+    """Artifacts of a flow run, read back through the server's REST API (as the UI does): type -> artifacts.
+    (Prefect 3.8's client.read_artifacts sends limit=None, which its own server answers with HTTP 422.)"""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200, "offset": 0,
+            "sort": "CREATED_DESC"}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    response.raise_for_status()
+    out: dict[str, list[dict]] = {}
+    for a in response.json():
+        out.setdefault(a["type"], []).append(a)
+    return out
+
+
+def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_path):
+    from flows.attribute import attribute_flow_on
+    from flows.evaluate import evaluate_flow_on
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+    from xaiflow import store
+
+    config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
+                                                          "splits": ["test"], "device": "cpu"})
+    ws = str(tmp_path / "ws.zarr")
+    ingest_flow(config_path=str(config), workspace=ws, cluster="threads")
+    (row,) = train_flow(config_path=str(config), workspace=ws, cluster="threads")
+    attribute_flow_on("threads")(config_path=str(config), workspace=ws)
+    state = evaluate_flow_on("threads")(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"],
+                                        device="cpu", return_state=True)
+    res = state.result()
+    n_test = 2 * int((store.open_group(ws, "images/syn").split.values == "test").sum())  # maps of 2 methods
+    assert res["chunks_run"] >= 1 and res["computed"] == {"deletion": n_test, "sparseness": n_test}
+    values = store.open_group(ws, f"metrics/syn/{row['model_id']}")
+    assert values.attrs["status"] == "complete"
+    test = values.split.values == "test"
+    assert bool(values["done"].values[test].all()) and not bool(values["done"].values[~test].any())
+    rows = {(r["method"], r["metric"]): r for r in res["summary"]}
+    outputs = ("deletion", "deletion_random", "sparseness")
+    assert set(rows) == {(m, k) for m in ("saliency", "grad_cam") for k in outputs}
+    assert all(r["n"] == int(test.sum()) and 0 <= r["mean"] <= 1 for r in rows.values())
+
+    arts = _artifacts(state.state_details.flow_run_id)
+    (table,) = [a for a in arts["table"] if a["key"] == "metrics-means"]
+    assert {(r["method"], r["metric"]) for r in json.loads(table["data"])} == set(rows)
+    (progress,) = arts["progress"]
+    assert progress["data"] == 100.0
+    (summary,) = arts["markdown"]
+    assert "saliency deletion" in summary["data"] and str(tmp_path) in summary["data"]
+
+    again = evaluate_flow_on("threads")(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"],
+                                        device="cpu")
+    assert again["chunks_run"] == 0
+
+
+def test_pipeline_parameters_are_a_typed_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import STAGES, pipeline_flow
+
+    schema = parameter_schema(pipeline_flow.fn).model_dump()
+    assert list(schema["properties"]) == ["params"]
+    form = schema["definitions"]["PipelineParams"]["properties"]
+    assert form["config_path"]["default"] == "configs/quickstart.yaml" and form["config_path"]["description"]
+    assert form["stages"]["default"] == list(STAGES)
+    assert form["stages"]["items"]["enum"] == list(STAGES) or "$ref" in form["stages"]["items"]
+    assert form["device"]["pattern"] and form["cluster"]["default"] == "local"
+    assert all(f.get("description") for f in form.values())
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_path):
+    from flows.pipeline import STAGES, PipelineParams, pipeline_flow
+    from xaiflow import store
+
+    config = write_tiny_run_config(
+        tmp_path,
+        attribution={"dataset": "syn", "methods": ["saliency"], "splits": ["test"], "device": "cpu"},
+        features={"dataset": "syn", "extractors": [{"name": "glcm", "params": {"distances": [1, 2]}}]},
+        studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
+                 "feature_sets": {"texture": ["glcm"]},
+                 "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}})
+    ws = str(tmp_path / "ws.zarr")
+    params = PipelineParams(config_path=str(config), workspace=ws, cluster="threads", device="cpu",
+                            metrics=["sparseness", "entropy"], report_out=str(tmp_path / "report"))
+    state = pipeline_flow(params, return_state=True)
+    first = state.result()
+    assert [(r["stage"], r["status"]) for r in first["stages"]] == [(s, "done") for s in STAGES]
+    model = first["results"]["train"][0]["model_id"]
+    for group in ("images/syn", f"predictions/syn/{model}", "features/syn/glcm", "studies/syn/reduction",
+                  f"saliency/syn/{model}", f"metrics/syn/{model}"):
+        assert store.group_exists(ws, group), group
+    report = first["results"]["report"]
+    assert Path(report["report"]).is_file() and report["figures"] and report["verdict"]
+    assert all(Path(f).parent == tmp_path / "report" for f in report["figures"])
+    arts = _artifacts(state.state_details.flow_run_id)
+    (stages,) = [a for a in arts["table"] if a["key"] == "pipeline-stages"]
+    assert [r["stage"] for r in json.loads(stages["data"])] == list(STAGES)
+    assert len(arts["image"]) == len(report["figures"])  # the report's figures, from the report subflow
+    (summary,) = arts["markdown"]
+    assert f"{model} test balanced accuracy" in summary["data"] and "saliency sparseness" in summary["data"]
+
+    again = pipeline_flow(params)["results"]
+    assert again["ingest"][0]["status"] == "up-to-date" and again["train"][0]["reused"]
+    assert again["predict"][0]["reused"]
+    assert again["attribute"]["chunks_run"] == 0 and again["evaluate"]["chunks_run"] == 0

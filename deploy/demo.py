@@ -1,0 +1,79 @@
+"""``make demo``: the whole pipeline on the quick-start data, visible in a Prefect UI started for it.
+
+Starts, all on loopback: a Prefect server (``prefect server start``, its database under
+``workspace/prefect-home``), a local Dask cluster sized to the machine, and a static file
+server for the report's figures; prints the UI, run and dashboard addresses; runs the
+pipeline flow (:mod:`flows.pipeline`); prints the stage table and headline numbers; stops
+everything. ``KEEP_SERVER=1`` (or ``--keep``) keeps the servers up until Ctrl-C, to browse
+the run in the UI.
+
+    python deploy/demo.py [--config configs/quickstart.yaml] [--workspace workspace/quickstart.zarr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from local import figure_server, prefect_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    parser.add_argument("--workspace", default=str(REPO / "workspace" / "quickstart.zarr"))
+    parser.add_argument("--port", type=int, default=None, help="Prefect server port (default: a free one)")
+    parser.add_argument("--keep", action="store_true", default=os.environ.get("KEEP_SERVER", "") not in ("", "0"),
+                        help="keep the servers running until Ctrl-C (also KEEP_SERVER=1)")
+    args = parser.parse_args()
+    workspace = Path(args.workspace).resolve()
+    home = workspace.parent / "prefect-home"
+    tick = time.perf_counter()
+
+    with prefect_server(args.port, home=home, log=home / "server.log") as ui, figure_server(workspace.parent) as files:
+        print(f"Prefect UI:         {ui}  (server log {home / 'server.log'})", flush=True)
+        from flows.pipeline import PipelineParams, pipeline_flow  # after PREFECT_API_URL is set
+        from xaiflow.runtime import dask_client
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the terminal for the run's own log
+
+        with dask_client("local") as client:
+            print(f"Dask dashboard:     {client.dashboard_link}", flush=True)
+            print(f"Figures served at:  {files}", flush=True)
+            params = PipelineParams(config_path=args.config, workspace=str(workspace),
+                                    cluster=client.scheduler.address)
+            state = pipeline_flow(params, return_state=True)
+            print(f"Flow run:           {ui}/runs/flow-run/{state.state_details.flow_run_id}", flush=True)
+            if not state.is_completed():
+                print(f"pipeline {state.type.value}: {state.message}", file=sys.stderr)
+                return 1
+            result = state.result()
+        print()
+        print(f"{'stage':<10} {'status':<28} {'seconds':>8}  result")
+        for row in result["stages"]:
+            print(f"{row['stage']:<10} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
+        for r in result["results"].get("evaluate", {}).get("summary", []):
+            if r["metric"] in ("deletion", "insertion", "relevance_mass_accuracy"):
+                print(f"  {r['method']:<22} {r['metric']:<24} {r['mean']:.3f} ± {r['std']:.3f}")
+        if "report" in result["results"]:
+            print(f"Report:             {result['results']['report']['report']}")
+        print(f"Workspace:          {workspace}")
+        print(f"Total:              {time.perf_counter() - tick:.0f} s", flush=True)
+        if args.keep:
+            print(f"Servers kept up: open {ui} ; Ctrl-C stops them.", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect_dask import DaskTaskRunner
 
-from xaiflow.runtime import ClusterConfig, configure_dask, load_cluster_profile
+from xaiflow.runtime import ClusterConfig, cluster_spec, configure_dask, load_cluster_profile
 
 
 def dask_task_runner(profile: str | ClusterConfig | None) -> DaskTaskRunner:
-    """A DaskTaskRunner for a profile: ``threads``, ``local`` (worker processes) or a scheduler address."""
+    """A DaskTaskRunner for any profile kind: the scheduler address of ``address`` profiles,
+    else the profile's cluster class and arguments (prefect-dask starts and closes it)."""
     cfg = profile if isinstance(profile, ClusterConfig) else load_cluster_profile(profile)
+    spec = cluster_spec(cfg)
     configure_dask()
-    if cfg.kind == "address":
-        return DaskTaskRunner(address=cfg.address)
-    processes = cfg.kind == "local"
-    n_workers = cfg.n_workers or (max(1, (os.cpu_count() or 1) // cfg.threads_per_worker) if processes else 1)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-        "n_workers": n_workers, "threads_per_worker": cfg.threads_per_worker, "processes": processes,
-        "dashboard_address": cfg.dashboard_address})
+    if spec.address:
+        return DaskTaskRunner(address=spec.address)
+    return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=spec.kwargs, adapt_kwargs=spec.adapt)

@@ -2,7 +2,8 @@
 
 All parallelism in xaiflow comes from Dask. Library functions take an optional
 ``distributed.Client``; without one they use the current default client, or start a
-small in-process cluster for the call.
+small in-process cluster for the call. Which cluster a profile starts is defined in
+:mod:`xaiflow.clusters` (``configs/cluster/*.yaml``).
 
 Environment fix applied before any cluster starts (see :func:`configure_dask`): Dask's
 nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in worker processes (and in the client's own
@@ -14,83 +15,60 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import dask
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+
+from xaiflow.clusters import (  # noqa: F401  (profiles are part of the runtime's API)
+    BUILTIN_PROFILES,
+    ClusterConfig,
+    ClusterProfileError,
+    ClusterSpec,
+    cluster_spec,
+    load_cluster_profile,
+)
 
 log = logging.getLogger("xaiflow")
 
 ProgressFn = Callable[[str, int, int], None]
 
 
-class ClusterConfig(BaseModel):
-    """A cluster profile. ``threads``: in-process (tests, tiny jobs); ``local``: a
-    LocalCluster of worker processes sized to the machine; ``address``: an existing
-    scheduler (``dask scheduler`` + ``dask worker``, SLURM, Kubernetes...)."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["threads", "local", "address"] = "local"
-    n_workers: int | None = Field(None, ge=1, description="worker processes (default: one per core)")
-    threads_per_worker: int = Field(1, ge=1, description="threads per worker; torch threads follow it")
-    memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'")
-    address: str | None = Field(None, description="scheduler address for kind=address, e.g. tcp://10.0.0.5:8786")
-    dashboard_address: str | None = Field("127.0.0.1:0", description="bind the dashboard to loopback by default")
-
-
-BUILTIN_PROFILES = {
-    "threads": ClusterConfig(kind="threads"),
-    "local": ClusterConfig(kind="local"),
-}
-
-
-def load_cluster_profile(spec: str | None) -> ClusterConfig:
-    """A profile by name (``local``, ``threads``), scheduler address (``tcp://...``) or YAML path."""
-    if spec is None:
-        return BUILTIN_PROFILES["local"]
-    if spec in BUILTIN_PROFILES:
-        return BUILTIN_PROFILES[spec]
-    if "://" in spec:
-        return ClusterConfig(kind="address", address=spec)
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(
-            f"unknown cluster profile {spec!r}: use one of {sorted(BUILTIN_PROFILES)}, "
-            "a scheduler address like tcp://host:8786, or a YAML file"
-        )
-    return ClusterConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-
-
 def configure_dask() -> None:
-    """Dask settings xaiflow relies on; must run before the first cluster starts."""
+    """Dask settings xaiflow relies on; must run before the first cluster starts (the nanny
+    reads them when it is created, and writes them into this process's own environment)."""
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
 
 
+def start_cluster(spec: ClusterSpec) -> Any:
+    """Start the cluster of a :class:`ClusterSpec` (not for ``address`` specs)."""
+    import importlib
+
+    module, _, name = spec.cluster_class.rpartition(".")
+    cluster = getattr(importlib.import_module(module), name)(**spec.kwargs)
+    if spec.adapt:
+        cluster.adapt(**spec.adapt)
+    return cluster
+
+
 @contextmanager
 def dask_client(profile: ClusterConfig | str | None = None) -> Iterator[Any]:
-    """A ``distributed.Client`` for a profile; clusters it starts are closed on exit."""
-    from distributed import Client, LocalCluster
+    """A ``distributed.Client`` for a profile (name, address, YAML path or ClusterConfig);
+    clusters it starts are closed on exit."""
+    from distributed import Client
 
     cfg = profile if isinstance(profile, ClusterConfig) else load_cluster_profile(profile)
+    spec = cluster_spec(cfg)
     configure_dask()
-    if cfg.kind == "address":
-        if not cfg.address:
-            raise ValueError("cluster profile kind=address needs an address")
-        with Client(cfg.address) as client:
+    if spec.address:
+        with Client(spec.address) as client:
             yield client
         return
-    processes = cfg.kind == "local"
-    n_workers = cfg.n_workers or (max(1, (os.cpu_count() or 1) // cfg.threads_per_worker) if processes else 1)
-    with LocalCluster(
-        n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=processes,
-        memory_limit=cfg.memory_limit if processes else None,
-        dashboard_address=cfg.dashboard_address, silence_logs=logging.WARNING,
-    ) as cluster, Client(cluster) as client:
-        log.info("dask cluster: %d workers x %d threads, dashboard %s",
-                 n_workers, cfg.threads_per_worker, client.dashboard_link)
+    if spec.cluster_class == "distributed.LocalCluster":
+        spec.kwargs["silence_logs"] = logging.WARNING
+    with start_cluster(spec) as cluster, Client(cluster) as client:
+        log.info("dask cluster (%s): %s workers x %d threads, dashboard %s", cfg.kind,
+                 spec.adapt or spec.n_workers, cfg.threads_per_worker, client.dashboard_link)
         yield client
 
 

@@ -96,7 +96,8 @@ def test_local_profile_never_oversubscribes_the_cores():
 
 
 def test_local_profile_runs_tasks_on_two_worker_processes_without_malloc_trim():
-    cfg = load_cluster_profile("local").model_copy(update={"n_workers": 2})
+    """Two threads per worker so the thread variables differ from Dask's default of 1."""
+    cfg = load_cluster_profile("local").model_copy(update={"n_workers": 2, "threads_per_worker": 2})
     with dask_client(cfg) as client:
         facts = map_tasks(worker_facts, list(range(6)), client=client)
         per_worker = client.run(worker_facts)
@@ -104,7 +105,7 @@ def test_local_profile_runs_tasks_on_two_worker_processes_without_malloc_trim():
     assert os.getpid() not in {f["pid"] for f in facts}
     for f in list(facts) + list(per_worker.values()):
         assert f["MALLOC_TRIM_THRESHOLD_"] is None  # Dask's nanny would set 65536
-        assert f["OMP_NUM_THREADS"] == "1" and f["nthreads"] == 1
+        assert f["OMP_NUM_THREADS"] == "2" and f["nthreads"] == 2
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
 
 

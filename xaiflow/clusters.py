@@ -129,13 +129,6 @@ class ClusterConfig(_Section):
             raise ValueError("kind kubernetes needs a 'kubernetes' section with the DaskCluster 'manifest'")
         return self
 
-    @property
-    def gpus_per_worker(self) -> int:
-        """The ``GPU`` resource each worker of this profile declares (0: none)."""
-        if self.kind == "slurm":
-            return self.slurm.gpus_per_job
-        return 1 if self.kind == "gpu-local" else 0
-
 
 BUILTIN_PROFILES = {
     "threads": ClusterConfig(kind="threads"),
@@ -257,7 +250,6 @@ class ClusterSpec(BaseModel):
     """How to start (or join) the cluster of a profile: ``cluster_class(**kwargs)`` then
     ``cluster.adapt(**adapt)`` when adaptive; or ``address`` of a running scheduler."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
     address: str | None = None
     cluster_class: str | None = None
     kwargs: dict[str, Any] = {}

@@ -447,6 +447,17 @@ def _process_chunks(tasks: list[ChunkTask], plan: AttributionPlan, warm_only: bo
     return timed(lambda: [run_chunk(t, plan) for t in tasks])
 
 
+def cheapest_row(engine: dict[str, dict[str, float]], noop_per_chunk: float, n_chunks: int) -> list[list[str]]:
+    """The scheduling overhead against a chunk of the cheapest method of section 1 (if it ran)."""
+    if not engine:
+        return []
+    cheapest = min(engine, key=lambda m: engine[m]["engine_s"])
+    chunk = engine[cheapest]["engine_s"] / n_chunks
+    return [[f"same, vs a chunk of the cheapest method ({cheapest}, section 1)",
+             f"{100 * noop_per_chunk / chunk:.1f}% (/ {chunk:.2f} s)", "< 1%",
+             verdict(noop_per_chunk / chunk, 0.01, higher_is_better=False)]]
+
+
 def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) -> dict[str, float]:
     plan = b.method_plan(name)
     print(f"\n## 3. Scaling: {name}, {b.n} images in {len(b.tasks)} chunks; 2 Dask workers x 1 thread vs one "
@@ -503,8 +514,6 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
     busy = float(np.mean([sum(c) for c in computes])) / (2 * mean["Dask 2 workers x 1 thread"])
     solo_chunk = mean["plain, 1 thread"] / len(b.tasks)
     cpu_ratio = float(np.mean(plain_cpu) / np.mean(worker_cpu))
-    cheapest = min(engine, key=lambda m: engine[m]["engine_s"])
-    cheapest_chunk = engine[cheapest]["engine_s"] / len(b.tasks)
     table("Wall time of the whole run (s)", ["run", "seconds", "images/s", "speedup vs best plain"],
           [[k, f"{v:.2f}", f"{b.n / v:.2f}", f"{mean[best_plain_key] / v:.2f}x"] for k, v in mean.items()])
     table("Scaling targets", ["measure", "value", "target", ""], [
@@ -514,9 +523,7 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
         ["scheduling overhead per chunk (no-op task round trip / chunk compute)",
          f"{100 * noop_per_chunk / chunk_compute:.2f}% ({1e3 * noop_per_chunk:.1f} ms / {chunk_compute:.2f} s)",
          "< 1%", verdict(noop_per_chunk / chunk_compute, 0.01, higher_is_better=False)],
-        [f"same, vs a chunk of the cheapest method ({cheapest}, section 1)",
-         f"{100 * noop_per_chunk / cheapest_chunk:.1f}% (/ {cheapest_chunk:.2f} s)", "< 1%",
-         verdict(noop_per_chunk / cheapest_chunk, 0.01, higher_is_better=False)],
+        *cheapest_row(engine, noop_per_chunk, len(b.tasks)),
         ["worker busy fraction (sum of task compute / (2 x wall))", f"{100 * busy:.1f}%", "-", ""],
         ["chunk compute on a worker vs alone in this process (1 thread)", f"{chunk_compute / solo_chunk:.2f}x",
          "-", ""],
@@ -711,7 +718,13 @@ def main() -> None:
     ap.add_argument("--lime-images", type=int, default=3, help="images of the lime comparison (default 3)")
     ap.add_argument("--scaling-method", default="integrated_gradients", choices=list(METHOD_PARAMS),
                     help="method of the Dask scaling run (default integrated_gradients)")
+    ap.add_argument("--sections", default="1,2,3,4,5,6",
+                    help="comma-separated sections to run (default all; 4 needs 1): e.g. --sections 3 to repeat "
+                         "the scaling run on an idle machine")
     args = ap.parse_args()
+    sections = {int(x) for x in args.sections.split(",") if x.strip()}
+    if 4 in sections and 1 not in sections:
+        ap.error("section 4 (cost per image) uses the engine timings of section 1: add 1")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHOD_PARAMS))
     if unknown:
@@ -727,12 +740,15 @@ def main() -> None:
         return out
 
     b = setup(args)
-    engine = run(section_engine, b, args.methods)
-    lime = run(section_lime, b, args.lime_images) if "lime" in args.methods else None
-    scaling = run(section_scaling, b, args.scaling_method, engine)
-    run(section_cost, b, args.methods, engine)
-    storage = run(section_storage, b, args.methods)  # before section 5, whose partial chunks leave NaN maps
-    run(section_memory, b, args.methods)
+    engine = run(section_engine, b, args.methods) if 1 in sections else {}
+    lime = run(section_lime, b, args.lime_images) if 2 in sections and "lime" in args.methods else None
+    scaling = run(section_scaling, b, args.scaling_method, engine) if 3 in sections else None
+    if 4 in sections:
+        run(section_cost, b, args.methods, engine)
+    if 6 in sections:  # before section 5, whose partial chunks leave NaN maps
+        storage = run(section_storage, b, args.methods)
+    if 5 in sections:
+        run(section_memory, b, args.methods)
 
     rows = [[f"engine/plain throughput, {m}", f"{r['ratio']:.3f} (wall {r['wall_ratio']:.3f})", ">= 0.9",
              verdict(r["ratio"], 0.9)] for m, r in engine.items()]
@@ -741,14 +757,16 @@ def main() -> None:
                   verdict(lime["ratio"], 1.0)],
                  ["LIME weights, max abs difference", f"{lime['max_diff']:.1e}", "<= 1e-6",
                   verdict(-lime["max_diff"], -1e-6)]]
-    rows += [[f"Dask 2x1 vs best plain ({args.scaling_method})", f"{scaling['speedup']:.2f}x", ">= 1.8x",
-              verdict(scaling["speedup"], 1.8)],
-             ["same, 2 plain processes without Dask (machine ceiling)", f"{scaling['ceiling']:.2f}x", "-", ""],
-             ["same, expected on 2 idle cores (CPU-time model)", f"{scaling['expected']:.2f}x", ">= 1.8x",
-              verdict(scaling["expected"], 1.8)],
-             ["scheduling overhead per chunk", f"{100 * scaling['overhead']:.2f}%", "< 1%",
-              verdict(scaling["overhead"], 0.01, higher_is_better=False)],
-             ["float16 cast, raw / scaled-first time (worst method)", f"{storage['f16_slowdown']:.1f}x", "-", ""]]
+    if scaling is not None:
+        rows += [[f"Dask 2x1 vs best plain ({args.scaling_method})", f"{scaling['speedup']:.2f}x", ">= 1.8x",
+                  verdict(scaling["speedup"], 1.8)],
+                 ["same, 2 plain processes without Dask (machine ceiling)", f"{scaling['ceiling']:.2f}x", "-", ""],
+                 ["same, expected on 2 idle cores (CPU-time model)", f"{scaling['expected']:.2f}x", ">= 1.8x",
+                  verdict(scaling["expected"], 1.8)],
+                 ["scheduling overhead per chunk", f"{100 * scaling['overhead']:.2f}%", "< 1%",
+                  verdict(scaling["overhead"], 0.01, higher_is_better=False)]]
+    if 6 in sections:
+        rows.append(["float16 cast, raw / scaled-first time (worst method)", f"{storage['f16_slowdown']:.1f}x", "-", ""])
     table(f"Summary ({time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f} at the end)",
           ["measure", "value", "target", ""], rows)
 

@@ -5,8 +5,7 @@
 * a Dask scheduler (``dask scheduler``) and two workers (``dask worker --nthreads 1 --nworkers 1``)
   on loopback, pointed at that Prefect server (tasks that Prefect's DaskTaskRunner sends them
   report to it; without ``PREFECT_API_URL`` each worker would start a temporary server of its own);
-* a served deployment: a process serving a flow against the server, as a user does with
-  ``prefect flow serve`` or ``deploy/serve.py``.
+* ``deploy/serve.py``: every flow served as a deployment on that server, as a user runs it.
 
 Every process runs in a session (process group) of its own, writes its output to a log file in
 the session's tmp dir, and is killed with its whole group at teardown, on failure too. A process
@@ -213,29 +212,47 @@ class Deployment:
 
 
 def api_json(method: str, url: str, **kwargs) -> Any:
-    response = httpx.request(method, url, timeout=30, **kwargs)
+    """One REST call; retried on 503, which the server answers while its SQLite database is busy
+    (e.g. while serve.py registers its deployments), as Prefect's own client does."""
+    for attempt in range(10):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(0.5 * (attempt + 1))
     if response.is_error:
         raise AssertionError(f"{method} {url} -> {response.status_code}: {response.text[:2000]}")
     return response.json() if response.content else None
 
 
-@pytest.fixture(scope="session")
-def served_deployment(processes, prefect_server, dask_cluster, tmp_path_factory) -> Deployment:
-    """The ingest flow served as deployment ``xaiflow-ingest/e2e`` (``prefect flow serve``), its default
-    parameters set to a tiny run config, a fresh workspace and the test's Dask scheduler."""
+def tiny_pipeline_config(work: Path) -> Path:
+    """A run config of 24 synthetic 32 px images with every pipeline stage configured, small and fast."""
     from conftest import write_tiny_run_config
 
+    return write_tiny_run_config(
+        work,
+        attribution={"dataset": "syn", "methods": ["saliency"], "splits": ["test"], "device": "cpu"},
+        features={"dataset": "syn", "extractors": [{"name": "glcm", "params": {"distances": [1, 2]}}]},
+        studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
+                 "feature_sets": {"texture": ["glcm"]},
+                 "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}})
+
+
+@pytest.fixture(scope="session")
+def served_deployment(processes, prefect_server, dask_cluster, tmp_path_factory) -> Deployment:
+    """``deploy/serve.py`` serving every flow on the test server; the pipeline deployment's default
+    parameters (what "Quick run" uses) set, as a user would in the UI's deployment form, to a tiny
+    run config, a fresh workspace and the separately started Dask scheduler."""
     work = tmp_path_factory.mktemp("e2e-run")
-    config = write_tiny_run_config(work)
     workspace = work / "ws.zarr"
-    parameters = {"config_path": str(config), "workspace": str(workspace), "cluster": dask_cluster.address}
+    parameters = {"params": {"config_path": str(tiny_pipeline_config(work)), "workspace": str(workspace),
+                             "cluster": dask_cluster.address, "device": "cpu",
+                             "metrics": ["sparseness", "entropy"], "report_out": str(work / "report")}}
     env = {**prefect_server.client_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    proc = processes.start("serve", [str(BIN / "prefect"), "flow", "serve", "flows/ingest.py:ingest_flow",
-                                     "--name", "e2e"], env)
-    name = "xaiflow-ingest/e2e"
+    proc = processes.start("serve", [sys.executable, str(REPO / "deploy" / "serve.py"), "--cluster",
+                                     dask_cluster.address], env)
+    name = "xaiflow-pipeline/pipeline"
     deployment = wait_until(lambda: httpx.get(f"{prefect_server.api}/deployments/name/{name}", timeout=5)
                             .raise_for_status().json(), 120, f"deployment {name}", proc)
-    # the defaults a user would set in the UI's deployment form; "Quick run" runs with them
     api_json("PATCH", f"{prefect_server.api}/deployments/{deployment['id']}", json={"parameters": parameters})
     return Deployment(deployment["id"], name, parameters, workspace, proc.log)
 

@@ -1,11 +1,15 @@
-"""The served deployment, triggered through the REST call of the UI's "Run" button, runs against a
-separately started Dask scheduler and two workers, fills the workspace and publishes artifacts."""
+"""The served pipeline deployment, triggered through the REST call of the UI's "Run" button, runs
+every stage against a separately started Dask scheduler and two workers, fills the workspace and
+publishes artifacts."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from distributed import Client
 
+from flows.pipeline import STAGES
 from xaiflow import store
 
 from .conftest import api_json, wait_for_flow_run
@@ -13,24 +17,45 @@ from .conftest import api_json, wait_for_flow_run
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_ui_run_call_completes_on_the_dask_cluster(prefect_server, dask_cluster, served_deployment):
+def _artifacts(api: str, flow_run_ids: list[str]) -> list[dict]:
+    body = {"artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
+    return api_json("POST", f"{api}/artifacts/filter", json=body)
+
+
+def _subflow_runs(api: str, parent_id: str) -> list[dict]:
+    body = {"flow_runs": {"parent_flow_run_id": {"operator": "and_", "any_": [parent_id]}}, "limit": 100}
+    return api_json("POST", f"{api}/flow_runs/filter", json=body)
+
+
+def test_ui_run_call_runs_the_pipeline_on_the_dask_cluster(prefect_server, dask_cluster, served_deployment):
     api, dep = prefect_server.api, served_deployment
-    # what the UI posts for "Run > Custom run" (parameters given) and "Quick run" (the defaults)
+    # the UI's "Run > Custom run" posts the form's parameters here ("Quick run" posts none: the defaults)
     run = api_json("POST", f"{api}/deployments/{dep.id}/create_flow_run",
                    json={"parameters": dep.parameters, "state": {"type": "SCHEDULED"}})
     run = wait_for_flow_run(prefect_server, dep, run["id"])
     assert run["deployment_id"] == dep.id and run["parameters"] == dep.parameters
 
-    assert store.list_groups(dep.workspace) == ["images/syn", "masks/syn"]
-    # the ingest chunk tasks ran on the separately started workers (the scheduler keeps per-prefix counts)
-    with Client(dask_cluster.address, timeout=10) as client:
-        done = client.run_on_scheduler(lambda dask_scheduler: {
-            name: p.state_counts.get("memory", 0) + p.state_counts.get("released", 0) + p.state_counts.get("forgotten", 0)
-            for name, p in dask_scheduler.task_prefixes.items()})
-    assert sum(done.values()) > 0, done
+    (model,) = [g.rsplit("/", 1)[1] for g in store.list_groups(dep.workspace) if g.startswith("predictions/")]
+    assert store.list_groups(dep.workspace) == [
+        "features/syn/glcm", "images/syn", "masks/syn", f"metrics/syn/{model}", f"predictions/syn/{model}",
+        f"saliency/syn/{model}", "studies/syn/classification", "studies/syn/reduction"]
 
-    body = {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 50, "offset": 0, "sort": "CREATED_DESC"}
-    artifacts = api_json("POST", f"{api}/artifacts/filter", json=body)
-    by_key = {a["key"]: a for a in artifacts}
-    assert by_key["workspace-summary"]["type"] == "markdown"
-    assert "images/syn" in by_key["workspace-summary"]["data"]
+    # the stages' Dask work ran on the separately started scheduler's workers
+    with Client(dask_cluster.address, timeout=10) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: {
+            name for name, p in dask_scheduler.task_prefixes.items() if p.state_counts.get("memory", 0) > 0})
+    expected = {"write_chunk", "train_task", "predict_chunk", "extract_chunk", "cv_task", "reduction_task",
+                "attribute_chunk", "metrics_chunk"}  # the last two: Prefect tasks sent by DaskTaskRunner
+    assert expected <= ran, expected - ran
+
+    subflows = _subflow_runs(api, run["id"])
+    assert len(subflows) == 8  # ingest, train, predict, features, reduction, attribute, evaluate, report
+    artifacts = {a["key"]: a for a in _artifacts(api, [run["id"]] + [r["id"] for r in subflows])}
+    stages = json.loads(artifacts["pipeline-stages"]["data"])
+    assert [(r["stage"], r["status"]) for r in stages] == [(s, "done") for s in STAGES]
+    assert artifacts["pipeline-summary"]["type"] == "markdown"
+    assert str(dep.workspace) in artifacts["pipeline-summary"]["data"]
+    assert f"{model} test balanced accuracy" in artifacts["pipeline-summary"]["data"]
+    assert artifacts["trained-models"]["type"] == "table" and artifacts["attribution-progress"]["type"] == "progress"
+    assert float(artifacts["attribution-progress"]["data"]) == 100.0
+    assert any(a["type"] == "image" for a in artifacts.values())

@@ -1,0 +1,91 @@
+"""Headless Chromium drives the Prefect UI: open the served deployment, "Run > Quick run", see the
+run finish. Debian's chromium + chromedriver (``.ci/run`` installs them); in CI a missing browser
+fails, elsewhere it skips with the reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, api_json, wait_for_flow_run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--window-size=1400,1000"]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        msg = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _click(driver, xpath: str, timeout: float = 60):
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = WebDriverWait(driver, timeout).until(ec.element_to_be_clickable(("xpath", xpath)))
+    element.click()
+    return element
+
+
+def _deployment_runs(api: str, deployment_id: str) -> list[dict]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC",
+            "limit": 50}
+    return api_json("POST", f"{api}/flow_runs/filter", json=body)
+
+
+def test_quick_run_from_the_ui_completes(prefect_server, served_deployment, browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api, dep = prefect_server.api, served_deployment
+    before = {r["id"] for r in _deployment_runs(api, dep.id)}
+
+    browser.get(f"{prefect_server.url}/deployments/deployment/{dep.id}")
+    _click(browser, "//button[normalize-space()='Run']")
+    _click(browser, "//*[normalize-space()='Quick run']")
+
+    deadline = time.monotonic() + 30
+    new = []
+    while not new and time.monotonic() < deadline:
+        new = [r for r in _deployment_runs(api, dep.id) if r["id"] not in before]
+        time.sleep(0.5)
+    assert len(new) == 1, f"the Quick run click created {len(new)} flow runs"
+    run = wait_for_flow_run(prefect_server, dep, new[0]["id"])
+    assert run["parameters"] == dep.parameters  # Quick run: the deployment's defaults
+
+    # the run's page in the UI shows it finished
+    browser.get(f"{prefect_server.url}/runs/flow-run/{run['id']}")
+    WebDriverWait(browser, 60).until(lambda d: all(text in d.page_source for text in (
+        run["name"], "Completed", "report: done in")))  # the state badge and the run's logs
+    shot = tmp_path / "e2e-ui.png"
+    browser.save_screenshot(str(shot))
+    copy = REPO / "workspace" / "e2e-ui.png"
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, copy)
+    print(f"\nUI screenshot: {shot} (copied to {copy})")
+    assert shot.stat().st_size > 10_000

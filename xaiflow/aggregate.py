@@ -132,7 +132,9 @@ def method_agreement(ds: xr.Dataset, top_fraction: float = 0.1, split: str | Non
     the overlap of their top ``top_fraction`` pixels. Computed block by block (lazy)."""
     ds = _selected(ds, split)
     sal = ds["saliency"].transpose(schema.SAMPLE, METHOD, *PIXELS).data
-    sal = sal.rechunk({1: -1, 2: -1, 3: -1})
+    # all methods of a sample in one block, few samples per block: memory per task stays small
+    # (ranks are float64, so a block needs ~5x its size) whatever the array's size
+    sal = sal.rechunk({0: min(8, sal.chunksize[0]), 1: -1, 2: -1, 3: -1})
     per_sample = da.map_blocks(_agreement_block, sal, top_fraction, dtype=np.float32,
                                chunks=(sal.chunks[0], (2,), (sal.shape[1],), (sal.shape[1],)))
     mean = da.nanmean(per_sample, axis=0)

@@ -101,12 +101,13 @@ def bin_accuracy_figure(meta: dict[str, Any], path: Path, compare: dict[str, Any
         ax.plot(x, [acc.get(r["bin"], np.nan) for r in rows], "o", color="tab:orange",
                 label=f"{compare['model_id']} (one pixel size)")
     for i, r in enumerate(rows):
-        ax.text(i, 1.02, f"n={r['n']}\n{r['majority_class']}", ha="center", va="bottom", fontsize=6)
+        ax.text(i, 1.02, f"n={r['n']}\n" + r["majority_class"].replace("+", "+\n"), ha="center", va="bottom",
+                fontsize=6)
     ax.set_xticks(x, [r["bin"] for r in rows], rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1.25)
     ax.set_xlabel(f"{meta['by']} bin")
     ax.set_ylabel("fraction")
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"accuracy per {meta['by']} bin ({meta['split']} split) vs class mix", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -213,7 +214,7 @@ def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str
 def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
                  out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
                  methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
-                 n_examples: int = 4) -> Path:
+                 n_examples: int | None = None) -> Path:
     """Write the report folder of ``model_id`` on ``dataset`` (default: its training dataset)
     into ``out`` (default :func:`default_out`); returns the path of ``report.html``."""
     workspace = str(workspace)
@@ -237,6 +238,7 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     classes = list(ds.attrs.get(schema.ATTR_CLASSES, []))
     figures: dict[str, Path] = {}
     try:
+        n_examples = n_examples or min(len(classes), 6) or 4  # one per class by default
         figures["examples"] = saliency_grid(ds, _examples(ds, n_examples), folder / "examples.png")
         figures["class_means"] = group_map_grid(group_maps(ds, by=schema.LABEL).compute(), folder / "class_means.png",
                                                 f"{model_id}: mean map per true class")

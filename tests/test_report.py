@@ -1,0 +1,82 @@
+"""HTML report and shortcut command on a real tiny workspace: sections, embedded figures, metric
+spread, and clear errors (unknown model, no saliency, method not computed)."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xaiflow.attribution.engine import run_attribution
+from xaiflow.config import AttributionConfig, TrainConfig, parse_config
+from xaiflow.ingest import ingest_dataset
+from xaiflow.metrics.runner import run_metrics
+from xaiflow.report import ReportError, metric_table, write_report
+from xaiflow.training import train_model
+
+pytestmark = pytest.mark.slow  # trains, attributes and runs the CLI twice: ~100 s of CPU
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "xaiflow.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, client):
+    ws = tmp_path_factory.mktemp("report") / "ws.zarr"
+    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 2,
+                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"],
+                                     "shortcut": {"probability": 0.8}},
+           "geometry": {"size": [32, 32]}, "chunk_size": 6}
+    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
+    row = train_model(ws, TrainConfig(dataset="syn", epochs=1, model_params={"widths": [8, 8]}, device="cpu",
+                                      threads=1, augment={"crop": None}))
+    run_attribution(ws, AttributionConfig(dataset="syn", model=row["model_id"], device="cpu",
+                                          methods=["saliency", "grad_cam"]), client=client)
+    return ws, row["model_id"]
+
+
+def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
+    ws, model = tiny
+    path = write_report(ws, model, out=tmp_path / "r1")
+    page = path.read_text()
+    for title in ("Shortcut verdict", "Example overlays", "Class-mean maps", "Metrics", "Method agreement",
+                  "Mask agreement"):
+        assert title in page
+    assert "Metrics were not computed" in page
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 5  # examples, means, 2 agreement, mask
+    assert {"examples.png", "class_means.png", "mask_ratio.png", "shortcut.json"} <= {p.name for p in path.parent.iterdir()}
+    verdict = json.loads((path.parent / "shortcut.json").read_text())["verdict"]
+    assert f"class='verdict {verdict}'" in page
+
+    run_metrics(ws, "syn", model, ["sparseness", "entropy"], device="cpu", client=client)
+    rows = metric_table(ws, "syn", model)
+    sparse = next(r for r in rows if r["method"] == "saliency" and r["metric"] == "sparseness")
+    assert sparse["n"] == 18 and sparse["p10"] <= sparse["median"] <= sparse["p90"] and np.isfinite(sparse["std"])
+    page = write_report(ws, model, out=tmp_path / "r2").read_text()
+    assert "Metrics were not computed" not in page and f"{sparse['mean']:.3f} ± {sparse['std']:.3f}" in page
+
+
+def test_report_errors(tiny):
+    ws, model = tiny
+    with pytest.raises(ReportError, match="no trained model 'nope'"):
+        write_report(ws, "nope")
+    with pytest.raises(ReportError, match=r"method\(s\) \['lime'\] not computed"):
+        write_report(ws, model, methods=["lime"])
+    with pytest.raises(ReportError, match="no saliency computed for dataset 'other'"):
+        write_report(ws, model, dataset="other")
+
+
+def test_cli_report_and_shortcut(tiny, tmp_path):
+    ws, model = tiny
+    res = run("report", "-w", str(ws), "--model", model, "--out", str(tmp_path / "cli"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cli" / "report.html").is_file()
+    js = run("shortcut", "-w", str(ws), "--model", model, "--json")
+    assert js.returncode == 0, js.stderr
+    data = json.loads(js.stdout)
+    assert data["kind"] == "masks" and data["verdict"] in {"shortcut", "structure", "inconclusive"}
+    bad = run("report", "-w", str(ws), "--model", "nope")
+    assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 import xaiflow
+from xaiflow.cli_studies import CLUSTER_HELP
 
 app = typer.Typer(help="xaiflow: what did the network learn from these micrographs?", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -72,7 +73,7 @@ def ingest(
     workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace datasets ingested with another config"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="override the data folder of file sources"),
-    cluster: str = typer.Option("local", "--cluster", help="cluster profile: threads, local, tcp://host:port or YAML"),
+    cluster: str = typer.Option("local", "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Ingest the datasets of CONFIG into the workspace, then print its summary."""
     from xaiflow.config import ConfigError, load_config
@@ -115,7 +116,7 @@ def train(
     folds: Optional[int] = typer.Option(None, "--folds", help="train k models on specimen-grouped folds (Dask tasks)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: one model each (Dask tasks)"),
     force: bool = typer.Option(False, "--force", help="retrain even if a checkpoint with this config exists"),
-    cluster: str = typer.Option("local", "--cluster", help="cluster profile for several runs"),
+    cluster: str = typer.Option("local", "--cluster", help=CLUSTER_HELP + " (for several runs)"),
     predict: bool = typer.Option(True, "--predict/--no-predict", help="write predictions/<dataset>/<model>"),
 ) -> None:
     """Train the model of CONFIG (or several: --folds / --seeds), report test metrics, predict."""
@@ -201,7 +202,7 @@ def predict(
     model: str = typer.Option(..., "--model", "-m", help="model id (see `xaiflow models`)"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name"),
     device: str = typer.Option("cpu", "--device"),
-    cluster: str = typer.Option("local", "--cluster"),
+    cluster: str = typer.Option("local", "--cluster", help=CLUSTER_HELP),
 ) -> None:
     """Write predictions/<dataset>/<model> (logits, probabilities, predicted class)."""
     from xaiflow.models.checkpoint import CheckpointError
@@ -227,7 +228,7 @@ def attribute(
     workspace: Path = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE", help=WORKSPACE_HELP),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method names (default: config)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model id (default: config)"),
-    cluster: str = typer.Option("local", "--cluster", help="cluster profile: threads, local, tcp://host:port or YAML"),
+    cluster: str = typer.Option("local", "--cluster", help=CLUSTER_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="recompute maps stored with other parameters/model"),
 ) -> None:
     """Compute attribution maps chunk by chunk on Dask and store them beside the images."""
@@ -308,7 +309,7 @@ def evaluate(
     methods: Optional[str] = typer.Option(None, "--methods", help="saliency keys (default: all stored)"),
     mask_class: Optional[str] = typer.Option(None, "--mask-class", help="mask class for localization metrics"),
     device: str = typer.Option("auto", "--device"),
-    cluster: str = typer.Option("local", "--cluster"),
+    cluster: str = typer.Option("local", "--cluster", help=CLUSTER_HELP),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Score stored maps (faithfulness, randomization, localization, complexity) chunk by chunk."""

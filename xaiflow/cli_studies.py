@@ -14,7 +14,8 @@ from typing import Any, Optional
 import typer
 
 WORKSPACE_HELP = "workspace (a Zarr v3 store); env XAIFLOW_WORKSPACE"
-CLUSTER_HELP = "cluster profile: threads, local, tcp://host:port or YAML"
+CLUSTER_HELP = ("cluster profile: threads, local, address, slurm, kubernetes, gpu-local (configs/cluster/), "
+                "a scheduler address tcp://host:port, or a profile YAML")
 OUT_HELP = "folder for CSV tables and figures (default: <workspace parent>/<workspace stem>.figures/)"
 
 

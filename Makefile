@@ -14,11 +14,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-demo: setup  ## ingest the quick-start data, train, predict, attribute, draw the maps
-	$(BIN)/xaiflow ingest configs/quickstart.yaml --workspace $(WORKSPACE)
-	$(BIN)/xaiflow train configs/quickstart.yaml --workspace $(WORKSPACE)
-	$(BIN)/xaiflow attribute configs/quickstart.yaml --workspace $(WORKSPACE)
-	$(BIN)/xaiflow show $(WORKSPACE) --dataset synthetic --out workspace/quickstart-saliency.png
+demo: setup  ## the whole pipeline on the quick-start data, in a Prefect UI on loopback (KEEP_SERVER=1 keeps it up)
+	$(BIN)/python deploy/demo.py --config configs/quickstart.yaml --workspace $(WORKSPACE)
 
 test: setup  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -76,6 +76,8 @@ def prefect_server(port: int | None = None, home: str | os.PathLike[str] | None 
     try:
         wait_healthy(api, timeout, proc)
         os.environ["PREFECT_API_URL"] = api
+        if env.get("PREFECT_SERVER_API_AUTH_STRING"):  # a server with auth: this process's clients log in
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
         if home is not None:
             os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
         yield f"http://{host}:{port}"

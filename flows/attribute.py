@@ -15,6 +15,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
+from flows.artifacts import publish_summary
 from flows.runners import dask_task_runner
 from xaiflow.attribution.engine import AttributionPlan, ChunkTask, finalize, prepare, run_chunk
 from xaiflow.config import MethodSpec, load_config
@@ -53,6 +54,9 @@ def attribute_flow(config_path: str = "configs/quickstart.yaml", workspace: str 
                             "seconds_per_map": round(res.seconds[k] / max(n, 1), 4)}
                            for k, n in res.maps_computed.items()],
                           key="attribution-methods", description=f"maps computed in {plan.group}")
+    publish_summary(f"Attribution maps of {plan.group}", "attribution-summary", workspace,
+                    {"group": plan.group, "chunks computed": res.chunks_run, "chunks reused": res.chunks_skipped,
+                     **{f"{k} maps": n for k, n in res.maps_computed.items()}})
     return asdict(res)
 
 

@@ -8,6 +8,8 @@ import re
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from flows.artifacts import publish_figures, publish_summary
+
 from xaiflow.config import load_config
 from xaiflow.features.extract import extract_features
 from xaiflow.runtime import dask_client
@@ -25,12 +27,12 @@ def extract_task(config_path: str, workspace: str, dataset: str, key: str, overw
 
 
 @task(name="classify-features")
-def classify_task(config_path: str, workspace: str, dataset: str, out_dir: str | None, cluster: str) -> list[dict]:
+def classify_task(config_path: str, workspace: str, dataset: str, out_dir: str | None, cluster: str) -> dict:
     cfg = load_config(config_path)
     with dask_client(cluster) as client:
         result = classification_study(workspace, cfg.features, cfg.studies, dataset=dataset, out_dir=out_dir,
                                       client=client)
-    return result.headline.to_dict("records")
+    return {"table": result.headline.to_dict("records"), "files": [str(p) for p in result.files]}
 
 
 @flow(name="xaiflow-features")
@@ -46,10 +48,17 @@ def features_flow(config_path: str = "configs/uhcs_studies.yaml", workspace: str
         for spec in cfg.features.extractors:
             r = extract_task(config_path, workspace, dataset, spec.group_key, overwrite, cluster)
             logger.info("%s: %s, %d samples x %d features", r["group"], r["status"], r["n_samples"], r["n_features"])
-    tables = {}
+    tables, figures = {}, []
     for dataset in cfg.features.datasets if cv else []:
-        tables[dataset] = classify_task(config_path, workspace, dataset, out_dir, cluster)
+        out = classify_task(config_path, workspace, dataset, out_dir, cluster)
+        tables[dataset] = out["table"]
+        figures += [f for f in out["files"] if f.endswith(".png")]
         key = re.sub(r"[^a-z0-9-]", "-", f"feature-classification-{dataset}".lower())  # Prefect's key alphabet
         create_table_artifact(tables[dataset], key=key,
                               description=f"{dataset}: balanced accuracy, mean and std over specimen-grouped folds")
+    publish_figures(figures, "feature-classification-figure")
+    publish_summary("Features", "features-summary", workspace,
+                    {"feature groups": [f"features/{d}/{s.group_key}" for d in cfg.features.datasets
+                                        for s in cfg.features.extractors],
+                     "classification tables": list(tables)}, figures)
     return tables

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.artifacts import publish_table
+
 from xaiflow.config import load_config
 from xaiflow.ingest import ingest_dataset
 from xaiflow.runtime import dask_client
@@ -34,4 +36,5 @@ def ingest_flow(config_path: str = "configs/quickstart.yaml", workspace: str = "
         if g.table is not None:
             lines += ["", markdown_table(g.table), ""]
     create_markdown_artifact("\n".join(lines), key="workspace-summary", description="datasets in the workspace")
+    publish_table(results, key="ingested-datasets", description=f"datasets of {config_path} in {workspace}")
     return results

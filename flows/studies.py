@@ -6,6 +6,8 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
+from flows.artifacts import publish_figures, publish_summary
+
 from xaiflow.config import load_config
 from xaiflow.runtime import dask_client
 from xaiflow.studies.run import generalization_study, reduction_study
@@ -36,6 +38,7 @@ def generalization_flow(config_path: str = "configs/uhcs_studies.yaml", workspac
     result = generalization_task(config_path, workspace, out_dir, cluster)
     create_table_artifact(result["matrix"], key="generalization-matrix",
                           description="balanced accuracy per model, train domain and test domain")
+    _summary("Generalization study", "generalization-summary", workspace, result)
     return result
 
 
@@ -46,4 +49,11 @@ def reduction_flow(config_path: str = "configs/uhcs_studies.yaml", workspace: st
     result = reduction_task(config_path, workspace, out_dir, cluster)
     create_table_artifact(result["summary"], key="feature-reduction",
                           description="smallest k reaching the target fraction of the all-feature accuracy")
+    _summary("Feature-reduction study", "reduction-summary", workspace, result)
     return result
+
+
+def _summary(title: str, key: str, workspace: str, result: dict) -> None:
+    figures = [f for f in result["files"] if f.endswith(".png")]
+    publish_figures(figures, f"{key}-figure")
+    publish_summary(title, key, workspace, {"group": result["group"], "files": len(result["files"])}, figures)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from flows.artifacts import publish_summary
+
 from xaiflow.config import load_config
 from xaiflow.predict import current_predictions, predict_dataset
 from xaiflow.runtime import dask_client
@@ -42,6 +44,9 @@ def train_flow(config_path: str = "configs/quickstart.yaml", workspace: str = "w
                               row.get("test_balanced_accuracy", float("nan")),
                               row.get("test_majority_balanced_accuracy", float("nan")))
     create_table_artifact(rows, key="trained-models", description="balanced accuracy on held-out specimens")
+    publish_summary("Training", "training-summary", workspace,
+                    {f"{r['model_id']} {k}": r.get(k) for r in rows
+                     for k in ("test_balanced_accuracy", "test_majority_balanced_accuracy", "checkpoint", "reused")})
     return rows
 
 

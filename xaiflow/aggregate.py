@@ -74,6 +74,8 @@ def group_maps(ds: xr.Dataset, by: str = schema.LABEL, stat: str = "mean", bins:
     labels = grouping(ds, by, bins)
     norm = normalized(ds["saliency"], how)
     groups = [g for g in pd.unique(labels.values) if g != ""]
+    if bins is not None:  # bins in ascending order, not in order of appearance
+        groups = [g for g in (str(c) for c in pd.cut([], bins=bins).categories) if g in groups]
     if not groups:
         raise QueryError(f"grouping by {by!r} leaves no non-empty group")
     parts = []

@@ -338,13 +338,13 @@ def _scale_baseline(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.nd
             "n_train": int(tr.sum()), "n_test": int(te.sum()), "model": "decision tree (depth 3) on log10 value"}
 
 
-def _concentration_by_bin(ds: xr.Dataset, bins: np.ndarray) -> list[dict[str, Any]]:
-    """Per bin and method: mean share of relevance in each map's top 10% pixels (lazy per map)."""
+def _concentration_by_bin(ds: xr.Dataset, bins: np.ndarray, order: list[str]) -> list[dict[str, Any]]:
+    """Per bin (in ``order``) and method: mean share of relevance in each map's top 10% pixels."""
     norm = normalized(ds["saliency"], "mass")
     q = norm.quantile(0.9, dim=list(PIXELS)).drop_vars("quantile")
     top = norm.where(norm >= q).sum(list(PIXELS)).compute()
     rows = []
-    for b in [b for b in pd.unique(bins) if b != ""]:
+    for b in [b for b in order if (bins == b).any()]:
         sel = bins == b
         for m in store.strings(top[METHOD].values):
             rows.append({"bin": str(b), "method": str(m), "n": int(sel.sum()),
@@ -395,7 +395,8 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
     sample_bins = meta.pop("_sample_bins")
     if ds is not None:
         ids = store.strings(ds[schema.SAMPLE].values)
-        meta["attribution_by_bin"] = _concentration_by_bin(ds, np.array([sample_bins[i] for i in ids], object))
+        order = [str(b) for b in pd.cut([], bins=meta["bins"], include_lowest=True).categories]
+        meta["attribution_by_bin"] = _concentration_by_bin(ds, np.array([sample_bins[i] for i in ids], object), order)
     compare: dict[str, Any] = {}
     if compare_model:
         cds = model_dataset(workspace, compare_model)

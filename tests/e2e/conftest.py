@@ -275,8 +275,9 @@ def wait_for_flow_run(prefect_server: PrefectServer, deployment: Deployment, flo
         time.sleep(1)
         run = api_json("GET", f"{prefect_server.api}/flow_runs/{flow_run_id}")
     if run["state_type"] != "COMPLETED":
-        pytest.fail(f"flow run {run['name']} ({flow_run_id}) is {run['state_type']} "
-                    f"({(run.get('state') or {}).get('message')}) after {timeout:.0f} s\n"
+        waited = "" if run["state_type"] in TERMINAL else f" after {timeout:.0f} s"
+        pytest.fail(f"flow run {run['name']} ({flow_run_id}) is {run['state_type']}{waited} "
+                    f"({(run.get('state') or {}).get('message')})\n"
                     f"--- flow run logs ---\n{flow_run_logs(prefect_server.api, flow_run_id)}\n"
                     f"--- serve process log ({deployment.log}) ---\n{log_tail(deployment.log)}")
     return run

@@ -100,16 +100,23 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 @contextmanager
 def figure_server(root: str | os.PathLike[str], port: int = 0, host: str = LOOPBACK) -> Iterator[str]:
     """Serve ``root`` read-only over HTTP on loopback (a thread of this process) and point the flows'
-    image artifacts at it (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see flows/artifacts.py)."""
+    image artifacts at it (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see flows/artifacts.py,
+    restored on exit)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     server = ThreadingHTTPServer((host, port), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, name="xaiflow-figures", daemon=True)
     thread.start()
     url = f"http://{host}:{server.server_address[1]}"
+    saved = {k: os.environ.get(k) for k in ("XAIFLOW_FIGURES_URL", "XAIFLOW_FIGURES_ROOT")}
     os.environ["XAIFLOW_FIGURES_URL"], os.environ["XAIFLOW_FIGURES_ROOT"] = url, str(root)
     try:
         yield url
     finally:
         server.shutdown()
         server.server_close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -207,6 +207,7 @@ def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str
         r["median [p10, p90]"] = (f"{r['median']:.3f} [{r['p10']:.3f}, {r['p90']:.3f}]"
                                   if np.isfinite(r["median"]) else "–")
         r["better"] = {True: "higher", False: "lower"}.get(r["higher_is_better"], "")
+    rows = sorted(rows, key=lambda r: (r["metric"], r["method"]))
     return ("<p class='note'>Over samples with a done, finite value; – where undefined.</p>"
             + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better"]))
 

@@ -22,7 +22,7 @@ import tracemalloc
 import numpy as np
 import zarr
 
-from xaiflow import schema, store
+from xaiflow import schema
 from xaiflow.aggregate import PIXELS, group_maps, method_agreement
 from xaiflow.saliency import DONE_SUFFIX, METHOD, open_saliency, saliency_group
 

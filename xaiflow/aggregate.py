@@ -122,7 +122,8 @@ def _agreement_block(block: np.ndarray, top_fraction: float) -> np.ndarray:
         if not np.isfinite(flat[i]).all():
             continue
         ranks = np.apply_along_axis(rankdata, 1, flat[i])
-        out[i, 0] = np.corrcoef(ranks)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant map has no rank correlation: NaN
+            out[i, 0] = np.corrcoef(ranks)
         top = np.argpartition(-flat[i], k - 1, axis=1)[:, :k]
         sets = [set(t.tolist()) for t in top]
         out[i, 1] = [[len(a & b) / k for b in sets] for a in sets]

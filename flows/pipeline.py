@@ -148,7 +148,13 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
                 rows.append({"stage": stage, "status": f"skipped ({why})", "seconds": 0.0, "result": ""})
                 continue
             tick = time.perf_counter()
-            results[stage] = call()
+            try:
+                results[stage] = call()
+            except Exception as e:  # the stage table still shows how far the run got, then the run fails
+                rows.append({"stage": stage, "status": "failed", "seconds": round(time.perf_counter() - tick, 1),
+                             "result": f"{type(e).__name__}: {e}"[:500]})
+                publish_table(rows, key="pipeline-stages", description=f"stages of {cfg} on {ws} (failed)")
+                raise
             seconds = round(time.perf_counter() - tick, 1)
             rows.append({"stage": stage, "status": "done", "seconds": seconds,
                          "result": _headline(stage, results[stage])})

@@ -175,3 +175,17 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     assert again["ingest"][0]["status"] == "up-to-date" and again["train"][0]["reused"]
     assert again["predict"][0]["reused"]
     assert again["attribute"]["chunks_run"] == 0 and again["evaluate"]["chunks_run"] == 0
+
+
+def test_pipeline_failure_names_the_stage_in_its_table(prefect_harness, tmp_path):
+    from flows.pipeline import PipelineParams, pipeline_flow
+
+    config = write_tiny_run_config(tmp_path)
+    params = PipelineParams(config_path=str(config), workspace=str(tmp_path / "empty.zarr"), cluster="threads",
+                            stages=["train"])
+    state = pipeline_flow(params, return_state=True)
+    assert state.is_failed()
+    (table,) = [a for a in _artifacts(state.state_details.flow_run_id)["table"] if a["key"] == "pipeline-stages"]
+    rows = {r["stage"]: r for r in json.loads(table["data"])}
+    assert rows["ingest"]["status"] == "skipped (not selected)" and rows["train"]["status"] == "failed"
+    assert "images/syn" in rows["train"]["result"]

@@ -159,10 +159,13 @@ def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
              f"<span class='note'>({rep.kind} evidence, {rep.n_samples} samples, accuracy {rep.accuracy:.3f})</span></p>",
              "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rep.reasons) + "</ul>"]
     if rep.kind == "masks":
-        abl = [{"pixels removed": k, "accuracy": v["accuracy"], "balanced accuracy": v["balanced_accuracy"],
+        what = {"original": "images as stored", "structure": "structure pixels filled with the matrix level",
+                "shortcut": "shortcut pixels filled (reported, not decisive)",
+                "shortcut_moved": "shortcut moved to its mirrored positions (x, y, xy; mean)"}
+        abl = [{"edit": what.get(k, k), "accuracy": v["accuracy"], "balanced accuracy": v["balanced_accuracy"],
                 "drop": rep.ablation["drop"].get(k, 0.0)} for k, v in rep.ablation.items() if isinstance(v, dict)
                and "accuracy" in v]
-        parts += ["<h3>Ablation: accuracy with mask regions filled with the matrix level</h3>", _table(abl)]
+        parts += ["<h3>Ablation: accuracy on edited images</h3>", _table(abl)]
         if rep.shortcut_split:
             parts += ["<h3>Accuracy with and without the shortcut (has_shortcut)</h3>", _table([rep.shortcut_split])]
     else:

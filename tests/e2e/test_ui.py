@@ -34,6 +34,7 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for failure messages
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
@@ -66,6 +67,7 @@ def test_quick_run_from_the_ui_completes(prefect_server, served_deployment, brow
     before = {r["id"] for r in _deployment_runs(api, dep.id)}
 
     browser.get(f"{prefect_server.url}/deployments/deployment/{dep.id}")
+    WebDriverWait(browser, 60).until(lambda d: dep.name.split("/")[1] in d.find_element("tag name", "body").text)
     _click(browser, "//button[normalize-space()='Run']")
     _click(browser, "//*[normalize-space()='Quick run']")
 
@@ -74,7 +76,13 @@ def test_quick_run_from_the_ui_completes(prefect_server, served_deployment, brow
     while not new and time.monotonic() < deadline:
         new = [r for r in _deployment_runs(api, dep.id) if r["id"] not in before]
         time.sleep(0.5)
-    assert len(new) == 1, f"the Quick run click created {len(new)} flow runs"
+    if len(new) != 1:
+        shot = tmp_path / "quick-run-failed.png"
+        browser.save_screenshot(str(shot))
+        console = "\n".join(f"{e['level']} {e['message']}" for e in browser.get_log("browser"))
+        pytest.fail(f"the Quick run click created {len(new)} flow runs; screenshot {shot}\n"
+                    f"--- page text ---\n{browser.find_element('tag name', 'body').text[:3000]}\n"
+                    f"--- browser console ---\n{console[-3000:]}")
     run = wait_for_flow_run(prefect_server, dep, new[0]["id"])
     assert run["parameters"] == dep.parameters  # Quick run: the deployment's defaults
 

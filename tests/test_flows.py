@@ -69,8 +69,7 @@ def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
 
 
 def _artifacts(flow_run_id) -> dict[str, list[dict]]:
-    """Artifacts of a flow run, read back through the server's REST API (as the UI does): type -> artifacts.
-    (Prefect 3.8's client.read_artifacts sends limit=None, which its own server answers with HTTP 422.)"""
+    """Artifacts of a flow run, read back through the server's REST API (as the UI does): type -> artifacts."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 

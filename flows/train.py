@@ -64,9 +64,9 @@ def predict_flow(config_path: str = "configs/quickstart.yaml", workspace: str = 
     datasets = dict.fromkeys([cfg.train.dataset] + ([cfg.attribution.dataset] if cfg.attribution else []))
     rows = []
     for dataset in datasets:
-        reused = not force and current_predictions(workspace, model_id, dataset) is not None
-        group = (current_predictions(workspace, model_id, dataset) if reused
-                 else predict_task(workspace, model_id, dataset, cluster, device))
+        current = None if force else current_predictions(workspace, model_id, dataset)
+        reused = current is not None
+        group = current if reused else predict_task(workspace, model_id, dataset, cluster, device)
         rows.append({"model_id": model_id, "dataset": dataset, "group": group, "reused": reused})
     create_table_artifact(rows, key="predictions", description="prediction groups written or reused")
     return rows

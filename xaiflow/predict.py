@@ -52,14 +52,16 @@ def _predict_chunk(task: tuple[int, int, int], workspace: str, model_id: str, da
     return index
 
 
-def current_predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str) -> str | None:
+def current_predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str,
+                        sha256: str | None = None) -> str | None:
     """The predictions group if it is complete and was made by this checkpoint from these images
-    (so a pipeline re-run can skip predicting), else None."""
+    (so a pipeline re-run can skip predicting, and attribution can read the predicted class),
+    else None. ``sha256``: the checkpoint's weights hash when the caller has verified it already."""
     workspace = str(workspace)
     group = schema.group_path(schema.PREDICTIONS, dataset, model_id)
     if not store.group_exists(workspace, group):
         return None
-    sha = verify_checkpoint(checkpoint_dir(workspace, model_id)).weights_sha256
+    sha = sha256 or verify_checkpoint(checkpoint_dir(workspace, model_id)).weights_sha256
     images = store.group_attrs(workspace, schema.group_path(schema.IMAGES, dataset))
     attrs = store.group_attrs(workspace, group)
     made_by = attrs.get(schema.ATTR_PROVENANCE, {})

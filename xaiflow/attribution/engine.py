@@ -41,6 +41,7 @@ from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
 from xaiflow.models.cache import cached_model
 from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
+from xaiflow.predict import current_predictions
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
 from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX,
@@ -132,18 +133,6 @@ def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
             raise AttributionError(f"methods[{spec.variable}]: {e}") from None
 
 
-def _stored_predictions(workspace: str, dataset: str, model_id: str, sha256: str, images: Any) -> str | None:
-    """The predictions group if it is complete and made by this checkpoint from these images."""
-    group = schema.group_path(schema.PREDICTIONS, dataset, model_id)
-    if not store.group_exists(workspace, group):
-        return None
-    attrs = store.group_attrs(workspace, group)
-    made_by = attrs.get(schema.ATTR_PROVENANCE, {})
-    same = (attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE and made_by.get("checkpoint_sha256") == sha256
-            and made_by.get("images_config_hash") == images.attrs[schema.ATTR_PROVENANCE]["config_hash"])
-    return group if same else None
-
-
 def _planned_targets(workspace: str, target: str, predictions: str | None, images: Any) -> np.ndarray | None:
     """Every sample's class to explain when the store already knows it (so chunk tasks carry it)."""
     if target == "label":
@@ -213,7 +202,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     done = np.logical_and.reduce([np.asarray(root[m.variable + DONE_SUFFIX][:], bool) for m in cfg.methods])
     pending = selected & ~done
     n_chunks = math.ceil(n / chunk)
-    predictions = _stored_predictions(workspace, cfg.dataset, model_id, manifest.weights_sha256, images) \
+    predictions = current_predictions(workspace, model_id, cfg.dataset, manifest.weights_sha256) \
         if cfg.target == "predicted" else None
     known = _planned_targets(workspace, cfg.target, predictions, images)
     tasks = []

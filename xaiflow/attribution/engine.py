@@ -35,7 +35,7 @@ import torch
 import zarr
 
 import xaiflow
-from xaiflow import schema, store
+from xaiflow import regions, schema, store
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
@@ -48,6 +48,8 @@ from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, NONFINITE_S
                               group_template, method_template, saliency_group, stored_methods, write_template)
 
 log = logging.getLogger("xaiflow")
+#: the arrays of one method in a saliency group, by suffix: maps, targets, non-finite flags, done flags
+_METHOD_ARRAYS = ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)
 
 
 class AttributionError(ValueError):
@@ -294,11 +296,14 @@ def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
 def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[str, Any]:
     device = resolve_device(plan.device)
     model, _ = cached_model(plan.checkpoint, device)
-    root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)
-    group = root[plan.group]
     s0, s1 = task.start, task.stop
+    region = slice(s0, s1)
     local = np.array(task.selected) - s0
-    pixels = np.asarray(root[f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"][s0:s1])
+    # every array this chunk touches, opened and read together (see xaiflow.regions)
+    image_path = f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"
+    paths = {m.key: [f"{plan.group}/{m.key}{suffix}" for suffix in _METHOD_ARRAYS] for m in plan.methods}
+    arrays = regions.open_arrays(plan.workspace, [image_path, *(p for ps in paths.values() for p in ps)])
+    pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[-1]] for ps in paths.values())], region)
     batch = plan.batch_size or default_batch_size(device)
     per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
     cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
@@ -307,9 +312,9 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
     result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
                               "worker": worker.address if worker is not None else None}
 
-    for m in plan.methods:
-        arrays = {suffix: group[m.key + suffix] for suffix in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)}
-        done = np.asarray(arrays[DONE_SUFFIX][s0:s1], bool)
+    for m, done in zip(plan.methods, done_flags):
+        map_array, target_array, nonfinite_array, done_array = (arrays[p] for p in paths[m.key])
+        done = done.astype(bool)
         todo = local[~done[local]]
         if not len(todo):
             continue
@@ -317,11 +322,10 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
         batching = {} if METHODS.get(m.name).batch_param in m.params else choose_batching(m.name, batch, evals)
         method = make_method(m.name, model, **m.params, **batching)
         if done.any():  # keep the maps of samples done earlier
-            maps = np.asarray(arrays[""][s0:s1])
-            targets = np.asarray(arrays[TARGET_SUFFIX][s0:s1])
-            nonfinite = np.asarray(arrays[NONFINITE_SUFFIX][s0:s1], bool)
+            maps, targets, nonfinite = regions.read([map_array, target_array, nonfinite_array], region)
+            nonfinite = nonfinite.astype(bool)
         else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
-            maps = np.full((s1 - s0, *arrays[""].shape[1:]), np.nan, np.float32)
+            maps = np.full((s1 - s0, *map_array.shape[1:]), np.nan, np.float32)
             targets = np.full(s1 - s0, -1, np.int16)
             nonfinite = np.zeros(s1 - s0, bool)
         for b in range(0, len(todo), batch):
@@ -337,11 +341,9 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
                 targets[idx] = t
                 bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
             nonfinite[idx] = bad
-        arrays[""][s0:s1] = maps
-        arrays[TARGET_SUFFIX][s0:s1] = targets
-        arrays[NONFINITE_SUFFIX][s0:s1] = nonfinite
+        regions.write([map_array, target_array, nonfinite_array], region, [maps, targets, nonfinite])
         done[todo] = True
-        arrays[DONE_SUFFIX][s0:s1] = done  # last: a map is done only once it is stored
+        regions.write([done_array], region, [done])  # last: a map is done only once it is stored
         result["computed"][m.key] = int(len(todo))
         result["nonfinite"][m.key] = int(nonfinite[todo].sum())
         result["seconds"][m.key] = time.perf_counter() - tick

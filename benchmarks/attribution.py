@@ -6,9 +6,10 @@ when the UHCS folder is absent), trains small_cnn for a couple of epochs, then m
 by side in one run and prints each ratio beside its target:
 
 1. engine vs plain loop: per method, xaiflow's engine (``run_chunk`` called in this process
-   with 1 torch thread: read the chunk from Zarr, compute targets, attribute, write maps and
-   flags) vs the same Captum call (xaiflow's own method for LIME) in an in-memory loop over
-   the same images, batch sizes and parameters, the two interleaved chunk by chunk. In-process
+   with 1 torch thread: read the chunk from Zarr, attribute the planned targets, write maps and
+   flags) vs the same Captum call (xaiflow's own method for LIME) in a loop over the same
+   images held in memory (each batch standardised with ``to_input``, as both must), same batch
+   sizes and parameters, the two interleaved chunk by chunk. In-process
    calls isolate task/IO/storage overhead from Dask scheduling, which section 3 measures
    (a worker runs exactly this ``run_chunk`` with 1 thread). Target: throughput ratio >= 0.9;
 2. xaiflow ``lime`` vs ``lime.lime_image.LimeImageExplainer.explain_instance`` (its defaults,
@@ -58,7 +59,7 @@ from distributed import get_task_stream, get_worker
 from lime import lime_image
 from torch import Tensor
 
-from xaiflow import schema
+from xaiflow import regions, schema
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.attribution.engine import (AttributionPlan, ChunkTask, choose_batching, default_batch_size,
                                         evaluation_bytes, prepare, run_chunk)
@@ -165,6 +166,7 @@ class Bench:
     tasks: list[ChunkTask]  # the chunks holding the first n images, those images selected
     n: int
     model: torch.nn.Module
+    pixels: np.ndarray  # the n images as stored (what a plain loop over the images holds in memory)
     x: Tensor  # the n images as network input
     targets: Tensor  # predicted classes (what the engine explains)
     batch: int  # images per attribution call (the engine's CPU default)
@@ -225,7 +227,8 @@ def setup(args: argparse.Namespace) -> Bench:
     set_torch_threads(1)
     model, _ = cached_model(plan.checkpoint, "cpu")
     images = zarr.open_group(workspace, path=schema.group_path(schema.IMAGES, ds.name), mode="r", zarr_format=3)
-    x = to_input(np.asarray(images[schema.IMAGE][:n]))
+    pixels = np.asarray(images[schema.IMAGE][:n])
+    x = to_input(pixels)
     with torch.no_grad():
         targets = torch.cat([model(x[i:i + 32]).argmax(1) for i in range(0, n, 32)])
     device = torch.device("cpu")
@@ -234,7 +237,7 @@ def setup(args: argparse.Namespace) -> Bench:
     evals = int(max(1, min(plan.max_evals_per_pass["cpu"], plan.memory_budget_mb * 2**20 // per_eval)))
     batching = {m.key: choose_batching(m.name, batch, evals) for m in plan.methods}
     params = {m.key: METHODS.get(m.name).Params(**m.params, **batching[m.key]) for m in plan.methods}
-    return Bench(workspace, plan, tasks, n, model, x, targets, batch, batching, params)
+    return Bench(workspace, plan, tasks, n, model, pixels, x, targets, batch, batching, params)
 
 
 # ------------------------------------------------------------------ 1. engine vs plain loop
@@ -290,33 +293,31 @@ def plain_maps(b: Bench, name: str, idx: np.ndarray) -> np.ndarray:
     else:
         method = make_method(name, b.model, **p.model_dump())
         call = method.attribute
-    return np.concatenate([call(b.x[idx[i:i + b.batch]], b.targets[idx[i:i + b.batch]]).numpy()
+    # the plain loop prepares the network input from the images in memory, as any user loop must
+    return np.concatenate([call(to_input(b.pixels[idx[i:i + b.batch]]), b.targets[idx[i:i + b.batch]]).numpy()
                            for i in range(0, len(idx), b.batch)])
 
 
 def engine_overheads(b: Bench, name: str) -> dict[str, float]:
     """CPU seconds per chunk of the engine's steps around the computation, timed one by one."""
     ds_path = schema.group_path(schema.IMAGES, b.plan.dataset)
-    steps = {k: Clock() for k in ("model lookup (cached_model: sha256 check)", "open store, read chunk",
-                                  "targets (stored predictions)", "write the method's 4 arrays, read done flags")}
-    model, read, targets, io = steps.values()
-    assert b.plan.predictions, "the benchmark workspace has stored predictions"
+    # targets are not a step: prepare() plans them from the stored predictions, and tasks carry them
+    steps = {k: Clock() for k in ("model lookup (cached_model: sha256 check)",
+                                  "open arrays (cached per process), read the chunk and done flags",
+                                  "write maps, targets, non-finite flags; then done flags")}
+    model, read, io = steps.values()
+    keys = [f"{b.plan.group}/{name}{s}" for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
+    image_path = f"{ds_path}/{schema.IMAGE}"
     for task in b.tasks:
-        s0, s1 = task.start, task.stop
+        region = slice(task.start, task.stop)
         model(lambda: cached_model(b.plan.checkpoint, "cpu"))
-        root = read(lambda: zarr.open_group(b.workspace, mode="r+", zarr_format=3))
-        read(lambda: np.asarray(root[f"{ds_path}/{schema.IMAGE}"][s0:s1]))
-        targets(lambda: np.asarray(root[f"{b.plan.predictions}/predicted"][s0:s1]))
-        group = root[b.plan.group]
-        keys = [name + s for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
+        arrays = read(lambda: regions.open_arrays(b.workspace, [image_path, *keys]))  # as run_chunk: one call
+        read(lambda: regions.read([arrays[image_path], arrays[keys[-1]]], region))
+        values = regions.read([arrays[k] for k in keys], region)  # stored bytes: same cost as the engine's
 
-        values = {k: np.asarray(group[k][s0:s1]) for k in keys}  # stored bytes: same cost as the engine's
-
-        def write() -> None:  # what the engine does on a fresh chunk: read the flags, write 4 arrays
-            arrays = {k: group[k] for k in keys}
-            np.asarray(arrays[keys[-1]][s0:s1])
-            for k in keys:
-                arrays[k][s0:s1] = values[k]
+        def write() -> None:  # what the engine does after the computation: maps + targets + flags, then done
+            regions.write([arrays[k] for k in keys[:3]], region, values[:3])
+            regions.write([arrays[keys[-1]]], region, values[3:])
         io(write)
     return {k: c.cpu / len(b.tasks) for k, c in steps.items()}
 

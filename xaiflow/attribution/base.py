@@ -41,10 +41,11 @@ from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from xaiflow.models.base import MicrographModel
+from xaiflow.params import validate_params
 from xaiflow.registry import Registry
 
 #: A reference input: ``"zeros"`` (all-zero image), ``"mean"`` (each image's own per-channel
@@ -78,20 +79,7 @@ class AttributionMethod(ABC):
 
     @classmethod
     def _validate(cls, params: dict[str, Any]) -> MethodParams:
-        valid = ", ".join(cls.Params.model_fields) or "(none)"
-        try:
-            return cls.Params(**params)
-        except ValidationError as exc:
-            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
-            if unknown:
-                raise ValueError(
-                    f"attribution method {cls.name!r} got unknown parameter(s) "
-                    f"{', '.join(map(repr, unknown))}; valid parameters: {valid}"
-                ) from None
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
-            )
-            raise ValueError(f"attribution method {cls.name!r}: invalid parameters: {problems}") from None
+        return validate_params(cls.Params, params, f"attribution method {cls.name!r}")
 
     def attribute(self, x: Tensor, target: Tensor) -> Tensor:
         """Maps ``(B, H, W)`` float32 explaining class ``target[i]`` for image ``x[i]``."""

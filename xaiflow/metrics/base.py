@@ -58,11 +58,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from xaiflow.attribution.base import AttributionMethod
 from xaiflow.models.base import MicrographModel
+from xaiflow.params import validate_params
 from xaiflow.registry import Registry
 
 
@@ -117,17 +118,7 @@ class Metric(ABC):
 
     @classmethod
     def _validate(cls, params: dict[str, Any]) -> MetricParams:
-        valid = ", ".join(cls.Params.model_fields) or "(none)"
-        try:
-            return cls.Params(**params)
-        except ValidationError as exc:
-            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
-            if unknown:
-                raise ValueError(f"metric {cls.name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                                 f"valid parameters: {valid}") from None
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})"
-                                 for e in exc.errors())
-            raise ValueError(f"metric {cls.name!r}: invalid parameters: {problems}") from None
+        return validate_params(cls.Params, params, f"metric {cls.name!r}")
 
     def identity(self) -> dict[str, Any]:
         """Name and every parameter that changes the values (defaults filled in), JSON-ready."""

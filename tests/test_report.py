@@ -3,11 +3,10 @@ spread, and clear errors (unknown model, no saliency, method not computed)."""
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_run import run
 
 from xaiflow.attribution.engine import run_attribution
 from xaiflow.config import AttributionConfig, TrainConfig, parse_config
@@ -16,11 +15,7 @@ from xaiflow.metrics.runner import run_metrics
 from xaiflow.report import ReportError, metric_table, write_report
 from xaiflow.training import train_model
 
-pytestmark = pytest.mark.slow  # trains, attributes and runs the CLI twice: ~100 s of CPU
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "xaiflow.cli", *args], capture_output=True, text=True, timeout=300)
+pytestmark = pytest.mark.slow  # trains, attributes, computes metrics and renders reports
 
 
 @pytest.fixture(scope="module")

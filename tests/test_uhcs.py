@@ -1,8 +1,5 @@
 """The real UHCS micrographs: a specimen-stratified subset, and (slow) the full 598 via the CLI."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -10,6 +7,7 @@ import xaiflow
 from xaiflow import schema
 from xaiflow.config import load_config
 from xaiflow.ingest import ingest_dataset
+from cli_run import run
 from conftest import REPO
 
 pytestmark = pytest.mark.uhcs
@@ -35,18 +33,17 @@ def test_uhcs_subset(uhcs_dir, tmp_path, client):
 @pytest.mark.slow
 def test_cli_ingests_all_598_images(uhcs_dir, tmp_path):
     ws = tmp_path / "uhcs.zarr"
-    cmd = [sys.executable, "-m", "xaiflow.cli", "ingest", str(REPO / "configs/uhcs.yaml"), "-w", str(ws),
-           "--data-dir", str(uhcs_dir)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = ["ingest", REPO / "configs/uhcs.yaml", "-w", ws, "--data-dir", uhcs_dir]  # the default local cluster
+    res = run(*cmd)
     assert res.returncode == 0, res.stderr
     assert "598 samples, 6 classes, 37 specimens" in res.stdout
     ds = xaiflow.open_workspace(ws)["images/uhcs"].ds
     assert ds.sizes["sample"] == 598 and ds.image.shape[1:] == (192, 192)
     schema.check_specimen_split(ds)
     assert set(ds.split.values.tolist()) == {"train", "val", "test"}
-    info = subprocess.run([sys.executable, "-m", "xaiflow.cli", "info", str(ws)], capture_output=True, text=True)
+    info = run("info", ws)
     assert info.returncode == 0 and "spheroidite" in info.stdout and "pearlite+widmanstatten" in info.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run(*cmd)
     assert again.returncode == 0 and "up-to-date" in again.stdout
 
 

@@ -1,5 +1,6 @@
-"""`xaiflow features` and `xaiflow study ...` end to end (typer's runner, in-process threads cluster),
-with the clear errors the issue asks for: bad layer, one domain, NaN features, missing section."""
+"""`xaiflow features` and `xaiflow study ...` end to end (in-process via :mod:`cli_run`, threads
+cluster), with the clear errors the issue asks for: bad layer, one domain, NaN features, missing
+section. Results are checked on stdout, errors on stderr."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import pytest
 import torch
 import yaml
 import zarr
-from typer.testing import CliRunner
+from cli_run import run
 
 from xaiflow import store
-from xaiflow.cli import app
 from xaiflow.models import build_model
 from xaiflow.models.checkpoint import save_checkpoint
-
-runner = CliRunner()
 
 
 def synthetic(name: str, condition: dict) -> dict:
@@ -38,10 +36,6 @@ CONFIG = {
 }
 
 
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
 def write(path, config: dict):
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -51,29 +45,30 @@ def write(path, config: dict):
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     config, ws = write(tmp / "run.yaml", CONFIG), str(tmp / "ws.zarr")
-    assert invoke("ingest", config, "-w", ws, "--cluster", "threads").exit_code == 0
+    assert run("ingest", config, "-w", ws, "--cluster", "threads").returncode == 0
     return tmp, config, ws
 
 
 def test_features_and_studies_commands(setup):
     tmp, config, ws = setup
-    res = invoke("features", config, "-w", ws, "--cluster", "threads")
-    assert res.exit_code == 0, res.output
+    res = run("features", config, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 0, res.stderr
     for group in ("features/clean/lbp", "features/shifted/twopoint"):
-        assert group in res.output
-    assert "clean: balanced accuracy, mean ± std over 2 specimen-grouped folds" in res.output
-    assert "shifted: balanced accuracy" in res.output and "texture" in res.output
-    again = invoke("features", config, "-w", ws, "--cluster", "threads", "--no-cv")
-    assert again.exit_code == 0 and again.output.count("up-to-date") == 4 and "balanced accuracy" not in again.output
+        assert group in res.stdout
+    assert "clean: balanced accuracy, mean ± std over 2 specimen-grouped folds" in res.stdout
+    assert "shifted: balanced accuracy" in res.stdout and "texture" in res.stdout
+    again = run("features", config, "-w", ws, "--cluster", "threads", "--no-cv")
+    assert again.returncode == 0 and again.stdout.count("up-to-date") == 4
+    assert "balanced accuracy" not in again.stdout + again.stderr
 
-    gen = invoke("study", "generalization", config, "-w", ws, "--cluster", "threads")
-    assert gen.exit_code == 0, gen.output
-    assert "train \\ test" in gen.output and "in_domain" in gen.output and "*" in gen.output
+    gen = run("study", "generalization", config, "-w", ws, "--cluster", "threads")
+    assert gen.returncode == 0, gen.stderr
+    assert "train \\ test" in gen.stdout and "in_domain" in gen.stdout and "*" in gen.stdout
     assert store.open_group(ws, "studies/clean+shifted/generalization").attrs["status"] == "complete"
 
-    red = invoke("study", "reduction", config, "-w", ws, "--cluster", "threads", "--out", str(tmp / "figs"))
-    assert red.exit_code == 0, red.output
-    assert "smallest k reaching 95%" in red.output and "mutual_information" in red.output
+    red = run("study", "reduction", config, "-w", ws, "--cluster", "threads", "--out", str(tmp / "figs"))
+    assert red.returncode == 0, red.stderr
+    assert "smallest k reaching 95%" in red.stdout and "mutual_information" in red.stdout
     assert sorted(p.name for p in (tmp / "figs").iterdir()) == [
         "clean_reduction.png", "clean_reduction_curve.csv", "clean_reduction_families.csv",
         "clean_reduction_features.csv", "clean_reduction_summary.csv"]
@@ -86,22 +81,22 @@ def test_unknown_layer_lists_valid_layers(setup):
     save_checkpoint(store.models_dir(ws) / "tiny", build_model("small_cnn", 3, widths=[4, 8]), {"train": {}})
     config = write(tmp / "layer.yaml", {**CONFIG, "features": {
         "dataset": "clean", "model": "tiny", "extractors": [{"name": "cnn", "params": {"layers": ["conv9"]}}]}})
-    res = invoke("features", config, "-w", ws, "--cluster", "threads")
-    assert res.exit_code == 2 and "no layer 'conv9'; valid layers: block1, block2, pool, head" in res.output
-    assert "Traceback" not in res.output
+    res = run("features", config, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 2 and "no layer 'conv9'; valid layers: block1, block2, pool, head" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_one_domain_nan_features_and_missing_sections(setup, tmp_path):
     _, config, ws = setup
     one = write(tmp_path / "one.yaml", {**CONFIG, "studies": {"generalization": {"domains": [{"dataset": "clean"}]}}})
-    res = invoke("study", "generalization", one, "-w", ws, "--cluster", "threads")
-    assert res.exit_code == 2 and "studies.generalization.domains" in res.output
-    assert "at least two domains" in res.output
+    res = run("study", "generalization", one, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 2 and "studies.generalization.domains" in res.stderr
+    assert "at least two domains" in res.stderr
     bare = write(tmp_path / "bare.yaml", {"datasets": CONFIG["datasets"]})
-    res = invoke("study", "reduction", bare, "-w", ws)
-    assert res.exit_code == 2 and "no `studies.reduction:` section" in res.output
-    res = invoke("features", bare, "-w", ws)
-    assert res.exit_code == 2 and "no `features:` section" in res.output
+    res = run("study", "reduction", bare, "-w", ws)
+    assert res.returncode == 2 and "no `studies.reduction:` section" in res.stderr
+    res = run("features", bare, "-w", ws)
+    assert res.returncode == 2 and "no `features:` section" in res.stderr
     zarr.open_array(ws, path="features/clean/lbp/features", mode="r+")[0, 0] = np.nan
-    res = invoke("study", "reduction", config, "-w", ws, "--cluster", "threads")
-    assert res.exit_code == 2 and "features/clean/lbp has NaN/inf features in 1 of 18 samples" in res.output
+    res = run("study", "reduction", config, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 2 and "features/clean/lbp has NaN/inf features in 1 of 18 samples" in res.stderr

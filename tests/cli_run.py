@@ -63,10 +63,9 @@ def run(*args: str) -> CliResult:
         root.handlers[:] = handlers
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        _restore_environ(environ)
+        _restore_dict(os.environ, environ)
         os.chdir(cwd)
-        dask.config.config.clear()
-        dask.config.config.update(dask_cfg)
+        _restore_dict(dask.config.config, dask_cfg)  # key by key: cluster threads may be reading it
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     stderr = res.stderr
@@ -77,12 +76,13 @@ def run(*args: str) -> CliResult:
     return CliResult(argv, res.exit_code, res.stdout, stderr)
 
 
-def _restore_environ(saved: dict[str, str]) -> None:
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
+def _restore_dict(current, saved: dict) -> None:
+    """Make ``current`` (a dict or ``os.environ``) equal to ``saved`` without emptying it in between."""
+    for key in set(current) - set(saved):
+        del current[key]
     for key, value in saved.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+        if current.get(key) != value:
+            current[key] = value
 
 
 def _default_client():

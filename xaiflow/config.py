@@ -162,6 +162,9 @@ class AttributionConfig(StrictModel):
     target: Literal["predicted", "label", "all"] = Field(
         "predicted", description="explain the predicted class, the true label, or every class")
     splits: list[Literal["train", "val", "test"]] | None = Field(None, description="samples to explain (None: all)")
+    storage: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of stored maps; float16 halves their size: each map is divided by its largest "
+                               "absolute value (stored beside it) first, so no value becomes a float16 subnormal")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when the worker has it)")
     gpu: bool = Field(False, description="declare a GPU resource: tasks only run on workers started with GPU=1")
     batch_size: int | None = Field(None, ge=1, description="images per attribution call (None: 4 on CPU, 32 on GPU)")

@@ -8,13 +8,19 @@ One variable per method key, chunk-aligned with the images (``chunk_size`` sampl
 * ``<key>__done``    (sample) bool, per-sample completion flags: a re-run computes only
                      what is missing, and a killed run resumes.
 * ``<key>__nonfinite`` (sample) bool, maps that contained NaN/inf (stored, but flagged).
+* ``<key>__scale``   only with ``storage: float16``: (sample) or (sample, class) float32, the
+                     largest absolute value of each map; ``<key>`` then holds float16 maps divided
+                     by it (half the bytes). Raw float16 casts would turn most gradient values
+                     into slow, imprecise float16 subnormals; scaled maps lie in [-1, 1] and keep
+                     float16's relative precision (2**-11 of each value above 6e-5 of the peak).
 
-Variable attrs hold the method name, its parameters (the identity: a re-run with other
-parameters is refused), the batching chosen for the device, and library versions; group
+Variable attrs hold the method name, its parameters and the storage dtype (the identity: a
+re-run with other parameters or storage is refused), the batching chosen for the device, and library versions; group
 attrs hold the model id, the checkpoint sha256 and the target mode.
 
 :func:`open_saliency` assembles the stored variables into one lazily loaded
-``saliency(sample, xai_method, y, x)`` DataArray beside the images and their coordinates.
+``saliency(sample, xai_method, y, x)`` float32 DataArray beside the images and their
+coordinates (float16 maps are decoded there, and by :func:`decode_maps` for chunk readers).
 Raw maps are stored; normalize at query time.
 """
 
@@ -38,31 +44,61 @@ CLASS = "class"
 TARGET_SUFFIX = "__target"
 DONE_SUFFIX = "__done"
 NONFINITE_SUFFIX = "__nonfinite"
+SCALE_SUFFIX = "__scale"
 ATTR_PARAMS = "params"
 ATTR_METHOD = "method"
+ATTR_STORAGE = "storage"
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def saliency_group(dataset: str, model_id: str) -> str:
     return schema.group_path(schema.SALIENCY, dataset, model_id)
 
 
-def method_template(images: xr.Dataset, key: str, classes: list[str], all_targets: bool, attrs: dict[str, Any]) -> xr.Dataset:
+def method_template(images: xr.Dataset, key: str, classes: list[str], all_targets: bool, attrs: dict[str, Any],
+                    storage: str = "float32") -> xr.Dataset:
     """Empty (lazy) variables of one method key, to be appended to the saliency group."""
     n, h, w = images[schema.IMAGE].shape
     s = images[schema.IMAGE].data.chunksize[0]
+    dtype = STORAGE_DTYPES[storage]
     if all_targets:
-        data = da.full((n, len(classes), h, w), np.nan, dtype=np.float32, chunks=(s, 1, h, w))
+        data = da.full((n, len(classes), h, w), np.nan, dtype=dtype, chunks=(s, 1, h, w))
         dims: tuple[str, ...] = (schema.SAMPLE, CLASS, schema.Y, schema.X)
     else:
-        data = da.full((n, h, w), np.nan, dtype=np.float32, chunks=(s, h, w))
+        data = da.full((n, h, w), np.nan, dtype=dtype, chunks=(s, h, w))
         dims = (schema.SAMPLE, schema.Y, schema.X)
     ds = xr.Dataset({
-        key: (dims, data, attrs),
+        key: (dims, data, {**attrs, ATTR_STORAGE: storage}),
         key + TARGET_SUFFIX: ((schema.SAMPLE,), da.full(n, -1, dtype=np.int16, chunks=s)),
         key + DONE_SUFFIX: ((schema.SAMPLE,), da.zeros(n, dtype=bool, chunks=s)),
         key + NONFINITE_SUFFIX: ((schema.SAMPLE,), da.zeros(n, dtype=bool, chunks=s)),
     })
+    if storage == "float16":
+        ds[key + SCALE_SUFFIX] = (dims[:-2], da.full(data.shape[:-2], np.nan, dtype=np.float32, chunks=data.chunks[:-2]))
     return ds
+
+
+def storage_of(attrs: dict[str, Any]) -> str:
+    """A method variable's storage dtype (maps stored before the option existed are float32)."""
+    return str(attrs.get(ATTR_STORAGE, "float32"))
+
+
+def encode_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 maps (..., y, x) -> (float16 maps / scale, scale per map), scale = max |finite value|.
+
+    All-zero and all-NaN maps get scale 1; NaN/inf values stay NaN/inf (their maps are flagged)."""
+    finite = np.where(np.isfinite(maps), np.abs(maps), 0.0)
+    scale = finite.max(axis=(-2, -1)).astype(np.float32)
+    scale[~(scale > 0)] = 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (maps / scale[..., None, None]).astype(np.float16), scale
+
+
+def decode_maps(stored: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """Stored maps as float32: float16 maps times their scale; float32 maps as they are."""
+    if scale is None:
+        return np.asarray(stored, np.float32)
+    return stored.astype(np.float32) * np.asarray(scale, np.float32)[..., None, None]
 
 
 def group_template(images: xr.Dataset, classes: list[str], attrs: dict[str, Any]) -> xr.Dataset:
@@ -122,8 +158,14 @@ def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
         raise SaliencyQueryError(f"{group}: method(s) {missing} not computed; stored: {stored}")
     index = pd.Index(keys, name=METHOD)
 
+    def maps(k: str) -> xr.DataArray:
+        stored = raw[k].drop_attrs().rename(None)
+        if storage_of(raw[k].attrs) == "float16":
+            return stored.astype(np.float32) * raw[k + SCALE_SUFFIX].drop_attrs()
+        return stored
+
     def stack(suffix: str) -> xr.DataArray:
-        arrays = [raw[k + suffix].drop_attrs().rename(None) for k in keys]
+        arrays = [maps(k) if not suffix else raw[k + suffix].drop_attrs().rename(None) for k in keys]
         return xr.concat(arrays, dim=index, coords="minimal", compat="override").transpose(schema.SAMPLE, METHOD, ...)
 
     out = xr.Dataset({"saliency": stack(""), "target": stack(TARGET_SUFFIX), "done": stack(DONE_SUFFIX),

@@ -44,8 +44,9 @@ from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
 from xaiflow.predict import current_predictions
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
-from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX,
-                              group_template, method_template, saliency_group, stored_methods, write_template)
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, NONFINITE_SUFFIX, SCALE_SUFFIX,
+                              TARGET_SUFFIX, decode_maps, encode_maps, group_template, method_template,
+                              saliency_group, storage_of, stored_methods, write_template)
 
 log = logging.getLogger("xaiflow")
 #: the arrays of one method in a saliency group, by suffix: maps, targets, non-finite flags, done flags
@@ -73,6 +74,7 @@ class AttributionPlan:
     n_classes: int
     target: str
     methods: tuple[MethodRun, ...]
+    storage: str  # float32, or float16 maps with a per-map scale (xaiflow.saliency)
     device: str
     batch_size: int | None
     memory_budget_mb: int
@@ -179,9 +181,10 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
 
     stored = stored_methods(workspace, group)
     for spec in cfg.methods:
-        identity = {"method": spec.name, "params": _identity(spec.name, spec.params)}
+        identity = {"method": spec.name, "params": _identity(spec.name, spec.params), ATTR_STORAGE: cfg.storage}
         if spec.variable in stored:
-            before = {"method": stored[spec.variable][ATTR_METHOD], "params": stored[spec.variable][ATTR_PARAMS]}
+            attrs = stored[spec.variable]
+            before = {"method": attrs[ATTR_METHOD], "params": attrs[ATTR_PARAMS], ATTR_STORAGE: storage_of(attrs)}
             if before == json.loads(json.dumps(identity)):
                 continue
             if not overwrite:
@@ -189,11 +192,11 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
                     f"{group}: {spec.variable!r} is stored with {before}, this run asks for {identity}. "
                     f"Use another key (methods: [{{name: {spec.name}, key: {spec.name}_v2, params: ...}}]) "
                     "or --overwrite")
-            for suffix in ("", TARGET_SUFFIX, DONE_SUFFIX, NONFINITE_SUFFIX):
+            for suffix in _METHOD_ARRAYS + (SCALE_SUFFIX,):  # the scale exists with float16 storage only
                 store.delete_array(workspace, group, spec.variable + suffix)
         attrs = {ATTR_METHOD: spec.name, ATTR_PARAMS: identity["params"]}
-        write_template(workspace, group, method_template(images, spec.variable, classes, cfg.target == "all", attrs),
-                       mode="a")
+        write_template(workspace, group, method_template(images, spec.variable, classes, cfg.target == "all", attrs,
+                                                         cfg.storage), mode="a")
     # appending variables with xarray rewrites the group attrs: set them again
     store.set_attrs(workspace, group, **group_attrs, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
 
@@ -217,7 +220,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     plan = AttributionPlan(
         workspace=workspace, dataset=cfg.dataset, model_id=model_id, checkpoint=str(checkpoint),
         sha256=manifest.weights_sha256, n_classes=len(classes), target=cfg.target,
-        methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods),
+        methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods), storage=cfg.storage,
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
         max_evals_per_pass=dict(cfg.max_evals_per_pass), predictions=predictions)
     n_selected_chunks = sum(bool(selected[t * chunk:(t + 1) * chunk].any()) for t in range(n_chunks))
@@ -301,9 +304,12 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
     local = np.array(task.selected) - s0
     # every array this chunk touches, opened and read together (see xaiflow.regions)
     image_path = f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"
-    paths = {m.key: [f"{plan.group}/{m.key}{suffix}" for suffix in _METHOD_ARRAYS] for m in plan.methods}
+    suffixes = _METHOD_ARRAYS + ((SCALE_SUFFIX,) if plan.storage == "float16" else ())
+    paths = {m.key: [f"{plan.group}/{m.key}{suffix}" for suffix in suffixes] for m in plan.methods}
     arrays = regions.open_arrays(plan.workspace, [image_path, *(p for ps in paths.values() for p in ps)])
-    pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[-1]] for ps in paths.values())], region)
+    done_index = suffixes.index(DONE_SUFFIX)
+    pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[done_index]] for ps in paths.values())],
+                                       region)
     batch = plan.batch_size or default_batch_size(device)
     per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
     cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
@@ -313,7 +319,8 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
                               "worker": worker.address if worker is not None else None}
 
     for m, done in zip(plan.methods, done_flags):
-        map_array, target_array, nonfinite_array, done_array = (arrays[p] for p in paths[m.key])
+        method_arrays = dict(zip(suffixes, (arrays[p] for p in paths[m.key])))
+        data_arrays = [method_arrays[k] for k in suffixes if k != DONE_SUFFIX]  # maps, targets, non-finite[, scale]
         done = done.astype(bool)
         todo = local[~done[local]]
         if not len(todo):
@@ -322,10 +329,11 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
         batching = {} if METHODS.get(m.name).batch_param in m.params else choose_batching(m.name, batch, evals)
         method = make_method(m.name, model, **m.params, **batching)
         if done.any():  # keep the maps of samples done earlier
-            maps, targets, nonfinite = regions.read([map_array, target_array, nonfinite_array], region)
+            stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, region)
+            maps = decode_maps(stored_maps, scale[0] if scale else None)
             nonfinite = nonfinite.astype(bool)
         else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
-            maps = np.full((s1 - s0, *map_array.shape[1:]), np.nan, np.float32)
+            maps = np.full((s1 - s0, *method_arrays[""].shape[1:]), np.nan, np.float32)
             targets = np.full(s1 - s0, -1, np.int16)
             nonfinite = np.zeros(s1 - s0, bool)
         for b in range(0, len(todo), batch):
@@ -341,9 +349,13 @@ def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[
                 targets[idx] = t
                 bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
             nonfinite[idx] = bad
-        regions.write([map_array, target_array, nonfinite_array], region, [maps, targets, nonfinite])
+        if plan.storage == "float16":
+            scaled, scale = encode_maps(maps)
+            regions.write(data_arrays, region, [scaled, targets, nonfinite, scale])
+        else:
+            regions.write(data_arrays, region, [maps, targets, nonfinite])
         done[todo] = True
-        regions.write([done_array], region, [done])  # last: a map is done only once it is stored
+        regions.write([method_arrays[DONE_SUFFIX]], region, [done])  # last: a map is done only once it is stored
         result["computed"][m.key] = int(len(todo))
         result["nonfinite"][m.key] = int(nonfinite[todo].sum())
         result["seconds"][m.key] = time.perf_counter() - tick

@@ -54,8 +54,9 @@ from xaiflow.models.cache import cached_model
 from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
-from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX, TARGET_SUFFIX,
-                              group_template, saliency_group, stored_methods)
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX,
+                              SCALE_SUFFIX, TARGET_SUFFIX, decode_maps, group_template, saliency_group,
+                              storage_of, stored_methods)
 
 log = logging.getLogger("xaiflow")
 
@@ -268,7 +269,10 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
 
     identities = {k: _jsonable({**m.identity(), **({"mask_classes": mask_names} if m.needs_mask else {})})
                   for k, m in built.items()}
-    method_ids = {k: _jsonable({"method": computed[k][ATTR_METHOD], "params": computed[k][ATTR_PARAMS]}) for k in keys}
+    method_ids = {k: _jsonable({"method": computed[k][ATTR_METHOD], "params": computed[k][ATTR_PARAMS],
+                                # float16 maps score (slightly) differently; float32 keeps the older identity
+                                **({ATTR_STORAGE: "float16"} if storage_of(computed[k]) == "float16" else {})})
+                  for k in keys}
     group = metrics_group(dataset, model_id)
     old, stored = _reconcile(workspace, group, sha, identities, method_ids, overwrite)
     for key, outs in outputs.items():
@@ -403,7 +407,8 @@ def _compute_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
         mi = plan.stored_methods.index(m)
         ready = np.asarray(sal[m + DONE_SUFFIX][s0:s1], bool)
         nonfinite = ready & np.asarray(sal[m + NONFINITE_SUFFIX][s0:s1], bool)
-        maps = np.asarray(sal[m][s0:s1])
+        maps = decode_maps(np.asarray(sal[m][s0:s1]), np.asarray(sal[m + SCALE_SUFFIX][s0:s1])
+                           if storage_of(sal[m].attrs) == "float16" else None)
         targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
         method = None
         for run in plan.metrics:

@@ -9,8 +9,12 @@ from pathlib import Path
 from cli_run import run
 from conftest import folder_config, write_folder_dataset, write_tiny_run_config
 
+import pytest
 import xaiflow
 import yaml
+
+# the commands run in this process, without the per-call subprocess timeout they had before
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_installed_entry_point(tmp_path):

@@ -64,6 +64,7 @@ def test_report_errors(tiny):
         write_report(ws, model, dataset="other")
 
 
+@pytest.mark.timeout(300)  # the commands run in this process: no subprocess timeout
 def test_cli_report_and_shortcut(tiny, tmp_path):
     ws, model = tiny
     res = run("report", "-w", str(ws), "--model", model, "--out", str(tmp_path / "cli"))

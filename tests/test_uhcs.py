@@ -31,6 +31,7 @@ def test_uhcs_subset(uhcs_dir, tmp_path, client):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the commands run in this process: no subprocess timeout
 def test_cli_ingests_all_598_images(uhcs_dir, tmp_path):
     ws = tmp_path / "uhcs.zarr"
     cmd = ["ingest", REPO / "configs/uhcs.yaml", "-w", ws, "--data-dir", uhcs_dir]  # the default local cluster

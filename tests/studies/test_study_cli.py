@@ -15,6 +15,8 @@ from xaiflow import store
 from xaiflow.models import build_model
 from xaiflow.models.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.timeout(300)  # the commands run in this process: no subprocess timeout
+
 
 def synthetic(name: str, condition: dict) -> dict:
     return {"name": name, "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 2,

@@ -81,6 +81,10 @@ def test_attribute_and_show_commands(tmp_path):
     res = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
     assert res.returncode == 0, res.stderr
     assert "chunk(s) computed, 0 already complete" in res.stdout and "grad_cam" in res.stdout
+    n_chunks = int(res.stdout.split(" chunk(s) computed")[0].split()[-1])
+    # not a terminal (as in a batch job's log): one progress line per finished chunk task
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("syn chunks attribute: ")]
+    assert [ln.split(": ")[1].split()[0] for ln in lines] == [f"{i}/{n_chunks}" for i in range(1, n_chunks + 1)]
     model_id = res.stdout.split("saliency/syn/")[1].split(":")[0]
     again = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
     assert again.returncode == 0 and "0 chunk(s) computed" in again.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -57,9 +58,32 @@ class _RichProgress:
         self.progress.update(self.tasks[stage], completed=done)
 
 
+class _LoggedProgress(Progress):
+    """Rich bars on a terminal; elsewhere (a batch job's log file, CI, a pipe) one line per step.
+
+    Rich draws nothing live when its console is not a terminal, so a SLURM job's log would show
+    no progress until the command ends, and a killed run none at all. Times count from the
+    start of the command's work (a stage's bar is only added when its first task reports).
+    """
+
+    def __init__(self, *columns, **kwargs) -> None:  # noqa: ANN002, ANN003 - rich's signature
+        super().__init__(*columns, **kwargs)
+        self._started = time.monotonic()
+
+    def update(self, task_id, **kwargs) -> None:  # noqa: ANN001 - rich's signature
+        before = self._tasks[task_id].completed
+        super().update(task_id, **kwargs)
+        task = self._tasks[task_id]
+        if self.disable and task.completed != before:
+            total = f"/{task.total:g}" if task.total is not None else ""
+            elapsed = int(time.monotonic() - self._started)
+            self.console.print(f"{task.description}: {task.completed:g}{total} ({elapsed // 60}:{elapsed % 60:02d})",
+                               markup=False, highlight=False)
+
+
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return _LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, transient=False, disable=not console.is_terminal)
 
 
 def _fail(err: Exception) -> None:

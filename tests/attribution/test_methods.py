@@ -9,7 +9,7 @@ row exists).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,42 +33,15 @@ from captum.attr._utils.custom_modules import Addition_Module
 from lime import lime_image
 from torch import Tensor, nn
 
+from tiny_cnn import TinyCNN
 from xaiflow.attribution import METHODS, AttributionMethod, make_method
 from xaiflow.attribution.lime import LimeMethod
-from xaiflow.models.base import MicrographModel, UnknownLayerError
+from xaiflow.models.base import UnknownLayerError
 from xaiflow.registry import UnknownEntryError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ---------------------------------------------------------------- tiny model and data
-
-
-class TinyCNN(MicrographModel):
-    """Two conv layers, separate ReLU modules, max-pool, global average pool, linear head."""
-
-    arch = "tiny_test_cnn"
-    cam_layer = "conv2"
-    _named = ("conv1", "conv2", "pool", "head")
-
-    def __init__(self, num_classes: int = 3, in_channels: int = 1) -> None:
-        super().__init__(num_classes, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.down = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu2(self.conv2(self.down(self.relu1(self.conv1(x)))))
-        return self.head(torch.flatten(self.pool(x), 1))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tiny_cnn import TinyCNN
 from xaiflow.attribution import make_method
 from xaiflow.attribution.base import AttributionMethod
 from xaiflow.metrics import METRICS, make_metric
@@ -37,28 +38,6 @@ CASES: dict[str, dict] = {
     "sparseness": {},
     "entropy": {},
 }
-
-
-class TinyCNN(MicrographModel):
-    """conv - relu - pool - conv - relu - global pool - linear: three layers with parameters."""
-
-    arch = "tiny_metrics_cnn"
-    cam_layer = "conv2"
-    _named = ("conv1", "conv2", "pool", "head")
-
-    def __init__(self, num_classes: int = 2, in_channels: int = 1) -> None:
-        super().__init__(num_classes, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.down = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.down(self.relu1(self.conv1(x)))
-        return self.head(torch.flatten(self.pool(self.relu2(self.conv2(x))), 1))
 
 
 class RegionModel(MicrographModel):
@@ -97,7 +76,7 @@ def sigmoid(v):
 def batch():
     """Three 32x32 inputs, random maps, square masks, an untrained tiny CNN and its saliency method."""
     torch.manual_seed(0)
-    model = TinyCNN().eval()
+    model = TinyCNN(num_classes=2).eval()
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(3, 1, 32, 32)).astype(np.float32))
     maps = rng.normal(size=(3, 32, 32)).astype(np.float32)
@@ -183,7 +162,7 @@ def test_unknown_metric_lists_valid_ones():
 def test_bad_maps_and_training_mode_are_refused(batch):
     with pytest.raises(ValueError, match=r"maps must be a float array \(B, H, W\)"):
         make_metric("sparseness").compute(batch["maps"][0])
-    model = TinyCNN().train()
+    model = TinyCNN(num_classes=2).train()
     with pytest.raises(ValueError, match="eval mode"):
         make_metric("deletion").compute(batch["maps"], batch["x"], batch["targets"], model=model)
 
@@ -320,7 +299,7 @@ def trained_tiny_cnn() -> tuple[TinyCNN, Tensor, Tensor]:
         col = 4 if y[i] == 0 else 20
         row = int(torch.randint(4, 20, (1,), generator=gen))
         x[i, 0, row:row + 8, col:col + 8] += 2.0
-    model = TinyCNN()
+    model = TinyCNN(num_classes=2)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(25):
         opt.zero_grad()
@@ -402,7 +381,7 @@ def test_localization_matches_quantus(quantus):
 def test_deletion_curve_matches_quantus_pixel_flipping(quantus):
     """Quantus' PixelFlipping (constant baseline, equal steps) gives our deletion curve after the first point."""
     torch.manual_seed(0)
-    model = TinyCNN().eval()
+    model = TinyCNN(num_classes=2).eval()
     x, y, maps, _ = quantus_inputs(2)
     n_steps = 8
     flipping = quantus.PixelFlipping(features_in_step=16 * 16 // n_steps, perturb_baseline=0.0, disable_warnings=True)

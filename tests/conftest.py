@@ -1,4 +1,4 @@
-"""Shared fixtures: data paths, a real Dask cluster (worker processes), tiny datasets on disk."""
+"""Shared fixtures: data paths, a real Dask cluster (worker processes), tiny datasets and models on disk."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def uhcs_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return UHCS_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytest.mark.usefixtures("one_torch_thread")``): its tests
+    train or compare small models beside the client's two worker processes on two cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +98,41 @@ def write_tiny_run_config(tmp_path: Path, **sections) -> Path:
         "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"},
         **sections}))
     return config
+
+
+#: the synthetic source's classes most tests use (its default has a fourth)
+SYN_CLASSES = ("particles", "lamellae", "network")
+
+
+def synthetic_dataset(name: str = "syn", *, size: int = 32, chunk_size: int = 6, specimens_per_class: int = 3,
+                      images_per_specimen: int = 3, classes: tuple[str, ...] | None = SYN_CLASSES,
+                      split: dict | None = None, **source) -> dict:
+    """A dataset config mapping of the synthetic source (square images with structure masks);
+    ``source`` adds source keys (``shortcut``, ``condition``, ...), ``classes=None`` keeps its default."""
+    src = {"kind": "synthetic", "specimens_per_class": specimens_per_class,
+           "images_per_specimen": images_per_specimen, "size": [size, size], **source}
+    if classes is not None:
+        src["classes"] = list(classes)
+    cfg = {"name": name, "source": src, "geometry": {"size": [size, size]}, "chunk_size": chunk_size}
+    if split is not None:
+        cfg["split"] = split
+    return cfg
+
+
+def ingest_synthetic(workspace: Path, client, **dataset) -> Path:
+    """Ingest :func:`synthetic_dataset` (same keywords) into ``workspace`` on the Dask ``client``."""
+    from xaiflow.config import parse_config
+    from xaiflow.ingest import ingest_dataset
+
+    ingest_dataset(parse_config({"datasets": [synthetic_dataset(**dataset)]}).datasets[0], workspace, client=client)
+    return workspace
+
+
+def train_tiny(workspace: Path, dataset: str = "syn", **train) -> str:
+    """Train a small CNN on the CPU with one thread (1 epoch, widths 8/16 unless ``train`` says
+    otherwise, any ``TrainConfig`` field); returns its model id."""
+    from xaiflow.config import TrainConfig
+    from xaiflow.training import train_model
+
+    base = {"dataset": dataset, "epochs": 1, "model_params": {"widths": [8, 16]}, "device": "cpu", "threads": 1}
+    return train_model(workspace, TrainConfig(**{**base, **train}))["model_id"]

@@ -4,28 +4,22 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.aggregate import QueryError, group_maps, mask_mass, method_agreement, normalized
 from xaiflow.attribution.engine import run_attribution
-from xaiflow.config import AttributionConfig, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig
 from xaiflow.saliency import METHOD, open_saliency
-from xaiflow.training import train_model
 
 
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("agg") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 3,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"],
-                                     "shortcut": {"probability": 1.0}},
-           "geometry": {"size": [32, 32]}, "chunk_size": 6}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=2, model_params={"widths": [8, 16]}, device="cpu",
-                                      threads=1, augment={"crop": None}))
-    run_attribution(ws, AttributionConfig(dataset="syn", model=row["model_id"], device="cpu",
+    ingest_synthetic(ws, client, shortcut={"probability": 1.0})
+    model_id = train_tiny(ws, epochs=2)
+    run_attribution(ws, AttributionConfig(dataset="syn", model=model_id, device="cpu",
                                           methods=["saliency", "grad_cam", "input_x_gradient"]), client=client)
-    return ws, open_saliency(ws, "syn", row["model_id"])
+    return ws, open_saliency(ws, "syn", model_id)
 
 
 def test_group_maps_lazy_and_equal_to_numpy(explained):

@@ -1,6 +1,5 @@
 """Ingestion into a real Zarr workspace through a real Dask cluster (worker processes)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,13 +7,12 @@ import re
 import numpy as np
 import pytest
 from cli_run import run
+from conftest import ingest_synthetic, train_tiny
 
 from xaiflow.attribution.engine import run_attribution
-from xaiflow.config import AttributionConfig, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig
 from xaiflow.metrics.runner import run_metrics
 from xaiflow.report import ReportError, metric_table, write_report
-from xaiflow.training import train_model
 
 pytestmark = pytest.mark.slow  # trains, attributes, computes metrics and renders reports
 
@@ -21,16 +20,11 @@ pytestmark = pytest.mark.slow  # trains, attributes, computes metrics and render
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("report") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 2,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"],
-                                     "shortcut": {"probability": 0.8}},
-           "geometry": {"size": [32, 32]}, "chunk_size": 6}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=1, model_params={"widths": [8, 8]}, device="cpu",
-                                      threads=1, augment={"crop": None}))
-    run_attribution(ws, AttributionConfig(dataset="syn", model=row["model_id"], device="cpu",
+    ingest_synthetic(ws, client, images_per_specimen=2, shortcut={"probability": 0.8})
+    model_id = train_tiny(ws, model_params={"widths": [8, 8]})
+    run_attribution(ws, AttributionConfig(dataset="syn", model=model_id, device="cpu",
                                           methods=["saliency", "grad_cam"]), client=client)
-    return ws, row["model_id"]
+    return ws, model_id
 
 
 def test_report_sections_figures_and_metrics(tiny, client, tmp_path):

@@ -14,28 +14,22 @@ import json
 import numpy as np
 import pytest
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution.engine import run_attribution
-from xaiflow.config import AttributionConfig, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig
 from xaiflow.shortcut import SHORTCUT, STRUCTURE, ShortcutError, shortcut_report
-from xaiflow.training import train_model
 
 pytestmark = pytest.mark.slow  # three trainings + attribution: ~60 s at load 7
 
 
 def _trained(ws, shortcut, client):
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 6, "images_per_specimen": 3,
-                                     "size": [48, 48], "classes": ["particles", "lamellae", "network"],
-                                     "shortcut": shortcut},
-           "geometry": {"size": [48, 48]}, "chunk_size": 16}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=12, batch_size=8, lr=0.005, patience=20, device="cpu",
-                                      threads=1, model_params={"widths": [8, 16, 32]},
-                                      augment={"crop": None, "flips": False, "rot90": False}))
-    run_attribution(ws, AttributionConfig(dataset="syn", model=row["model_id"], device="cpu",
+    ingest_synthetic(ws, client, specimens_per_class=6, size=48, chunk_size=16, shortcut=shortcut)
+    model_id = train_tiny(ws, epochs=12, batch_size=8, lr=0.005, patience=20, model_params={"widths": [8, 16, 32]},
+                          augment={"crop": None, "flips": False, "rot90": False})
+    run_attribution(ws, AttributionConfig(dataset="syn", model=model_id, device="cpu",
                                           methods=["saliency", "input_x_gradient"]), client=client)
-    return row["model_id"]
+    return model_id
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ingest_synthetic
 from xaiflow import store
 from xaiflow.config import TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
 from xaiflow.models.checkpoint import CheckpointError, load_checkpoint
 from xaiflow.predict import PredictionError, predict_dataset
 from xaiflow.registry import UnknownEntryError
@@ -19,11 +19,8 @@ from xaiflow.training import TrainingError, classification_report, expand_runs, 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("train") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 5, "images_per_specimen": 3,
-                                     "size": [48, 48], "classes": ["particles", "lamellae", "network"]},
-           "geometry": {"size": [48, 48]}, "chunk_size": 8, "split": {"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}}}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    return ws
+    return ingest_synthetic(ws, client, specimens_per_class=5, size=48, chunk_size=8,
+                            split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
 
 
 def small(**kw) -> TrainConfig:

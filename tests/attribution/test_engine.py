@@ -5,16 +5,15 @@ import pytest
 import torch
 import zarr
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.attribution.engine import AttributionError, run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig, MethodSpec
 from xaiflow.models.checkpoint import load_checkpoint, save_checkpoint
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import TaskError
 from xaiflow.saliency import METHOD, open_saliency
-from xaiflow.training import train_model
 
 #: cheap parameters per method so every registered method runs in the engine tests
 FAST = {
@@ -27,13 +26,8 @@ DETERMINISTIC = ["saliency", "input_x_gradient", "integrated_gradients", "deepli
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("attr") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"]},
-           "geometry": {"size": [32, 32]}, "chunk_size": 6}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=3, model_params={"widths": [8, 16]}, device="cpu",
-                                      threads=1, augment={"crop": None}))
-    return ws, row["model_id"]
+    ingest_synthetic(ws, client, specimens_per_class=4)
+    return ws, train_tiny(ws, epochs=3)
 
 
 def config(model_id, methods, **kw):
@@ -146,9 +140,7 @@ def test_bad_parameter_and_layer(ws, client):
 
 def test_class_count_mismatch_and_unknown_model(ws, client, tmp_path):
     ws, model_id = ws
-    four = {"name": "four", "source": {"kind": "synthetic", "specimens_per_class": 1, "images_per_specimen": 2,
-                                       "size": [32, 32]}, "geometry": {"size": [32, 32]}}
-    ingest_dataset(parse_config({"datasets": [four]}).datasets[0], ws, client=client)
+    ingest_synthetic(ws, client, name="four", specimens_per_class=1, images_per_specimen=2, classes=None)
     with pytest.raises(AttributionError, match="3 outputs but dataset 'four' has 4 classes"):
         run_attribution(ws, AttributionConfig(dataset="four", model=model_id), client=client)
     with pytest.raises(AttributionError, match="no trained model 'nope'"):
@@ -192,7 +184,6 @@ def test_gpu_resource_tasks_only_run_on_workers_that_declare_it(ws, tmp_path):
     """A real scheduler, one plain worker and one worker started with --resources GPU=1."""
     import subprocess
     import sys
-    import time
 
     from distributed import Client, LocalCluster
 

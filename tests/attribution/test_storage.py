@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution.engine import AttributionError, run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig, MethodSpec
 from xaiflow.metrics.runner import metrics_group, run_metrics
 from xaiflow.saliency import DONE_SUFFIX, SCALE_SUFFIX, decode_maps, encode_maps, open_saliency, saliency_group
-from xaiflow.training import train_model
 
 METHODS = {"saliency": {}, "occlusion": {"window": 8, "stride": 8}, "grad_cam": {}}
 
@@ -19,13 +18,8 @@ METHODS = {"saliency": {}, "occlusion": {"window": 8, "stride": 8}, "grad_cam": 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("storage") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 3,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"]},
-           "geometry": {"size": [32, 32]}, "chunk_size": 6}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=2, model_params={"widths": [8, 16]}, device="cpu",
-                                      threads=1, augment={"crop": None}))
-    return ws, row["model_id"]
+    ingest_synthetic(ws, client)
+    return ws, train_tiny(ws, epochs=2)
 
 
 def config(model_id, storage, suffix=""):

@@ -7,40 +7,26 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import schema, store
-from xaiflow.config import TrainConfig, parse_config
 from xaiflow.features import FEATURES, FeatureError, build_extractor
 from xaiflow.features.extract import extract_features, make_extractor
-from xaiflow.ingest import ingest_dataset
-from xaiflow.training import train_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, client):
-    ws = tmp_path_factory.mktemp("features") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"]},
-           "geometry": {"size": [32, 32]}, "chunk_size": 8}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    return ws
+    return ingest_synthetic(tmp_path_factory.mktemp("features") / "ws.zarr", client, specimens_per_class=4,
+                            chunk_size=8)
 
 
 @pytest.fixture(scope="module")
 def model_id(workspace):
-    cfg = TrainConfig(dataset="syn", epochs=3, batch_size=8, lr=3e-3, model_params={"widths": [8, 16]},
-                      device="cpu", threads=1)
-    return train_model(workspace, cfg)["model_id"]
+    return train_tiny(workspace, epochs=3, batch_size=8, lr=3e-3)
 
 
 def params_for(name: str, model_id: str) -> dict:

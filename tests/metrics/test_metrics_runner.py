@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import schema, store
 from xaiflow.attribution import make_method
 from xaiflow.attribution.engine import run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec, TrainConfig, parse_config
-from xaiflow.ingest import ingest_dataset
+from xaiflow.config import AttributionConfig, MethodSpec
 from xaiflow.metrics import make_metric
 from xaiflow.metrics.runner import MetricsError, metrics_group, run_metrics
 from xaiflow.models.checkpoint import load_checkpoint
 from xaiflow.preprocess import to_input
 from xaiflow.saliency import open_saliency
-from xaiflow.training import train_model
 
 METRICS = [
     {"name": "deletion", "params": {"n_steps": 4}},
@@ -32,17 +31,12 @@ METRICS = [
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("metrics") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 2,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"],
-                                     "shortcut": {"probability": 1.0}},
-           "geometry": {"size": [32, 32]}, "chunk_size": 6}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
-    row = train_model(ws, TrainConfig(dataset="syn", epochs=1, model_params={"widths": [8, 16]}, device="cpu",
-                                      threads=1, augment={"crop": None}))
+    ingest_synthetic(ws, client, images_per_specimen=2, shortcut={"probability": 1.0})
+    model_id = train_tiny(ws)
     methods = [MethodSpec(name="saliency"), MethodSpec(name="grad_cam")]
-    run_attribution(ws, AttributionConfig(dataset="syn", model=row["model_id"], device="cpu", methods=methods,
+    run_attribution(ws, AttributionConfig(dataset="syn", model=model_id, device="cpu", methods=methods,
                                           splits=["test"]), client=client)
-    return ws, row["model_id"]
+    return ws, model_id
 
 
 def copy_of(ws, tmp_path):

@@ -35,12 +35,7 @@ SMALL: dict[str, dict] = {"resnet18": {"width": 0.25}, "backbone": {"name": "res
 CONFIG = {"dataset": "uhcs", "epochs": 2, "lr": 1e-3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_like(arch: str = "small_cnn", seed: int = 0):

@@ -28,13 +28,7 @@ SMALL: dict[str, dict] = {
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tests run beside other work on 2 cores (oversubscription is slow)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(arch: str, **overrides) -> nn.Module:

@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 import zarr
 
+from conftest import ingest_synthetic
 from xaiflow import store
-from xaiflow.config import parse_config
 from xaiflow.features.config import FeaturesConfig
 from xaiflow.features.extract import extract_all
-from xaiflow.ingest import ingest_dataset
 from xaiflow.studies.classify import CLASSIFIERS, balanced_accuracy, fit_predict, grouped_folds
 from xaiflow.studies.config import CVConfig, StudyConfig
 from xaiflow.studies.data import StudyError, load_feature_table
@@ -63,10 +62,7 @@ def test_grouped_folds_keep_specimens_apart_and_handle_small_classes(caplog):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("classify") / "ws.zarr"
-    cfg = {"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
-                                     "size": [40, 40], "classes": ["particles", "lamellae", "network"]},
-           "geometry": {"size": [40, 40]}, "chunk_size": 12}
-    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, client=client)
+    ingest_synthetic(ws, client, specimens_per_class=4, size=40, chunk_size=12)
     features = FeaturesConfig(dataset="syn", extractors=[{"name": "glcm"}, {"name": "lbp"},
                                                          {"name": "twopoint", "params": {"r_max": 12}}])
     extract_all(ws, features, client=client)

@@ -6,19 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pydantic import ValidationError
 
-from conftest import folder_config, write_folder_dataset
+from conftest import folder_config, synthetic_dataset, train_tiny, write_folder_dataset
 from xaiflow import store
-from xaiflow.config import TrainConfig, parse_config
+from xaiflow.config import parse_config
 from xaiflow.features.extract import extract_features
 from xaiflow.ingest import ingest_dataset
 from xaiflow.studies.config import CVConfig, DomainSpec, GeneralizationConfig, StudyConfig
 from xaiflow.studies.data import StudyError, select_domain
 from xaiflow.studies.generalization import run_generalization, summary_table
 from xaiflow.studies.run import generalization_study
-from xaiflow.training import train_model
 
 TEXTURE = {"texture": ["glcm", "lbp", "twopoint"]}
 #: a strong acquisition change: 2x magnification, blur, noise, lower contrast, brighter
@@ -26,18 +24,11 @@ SHIFT = {"scale": 2.0, "blur_sigma": 1.0, "noise_std": 0.1, "contrast": 0.7, "br
 
 
 def synthetic(name: str, condition: dict) -> dict:
-    return {"name": name, "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
-                                     "size": [48, 48], "classes": ["particles", "lamellae", "network"],
-                                     "condition": condition, "condition_name": name},
-            "geometry": {"size": [48, 48]}, "chunk_size": 12}
+    return synthetic_dataset(name, specimens_per_class=4, size=48, chunk_size=12, condition=condition,
+                             condition_name=name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +72,7 @@ def test_in_domain_beats_cross_domain_under_a_known_shift(workspace, client, tmp
 
 
 def test_cnn_rows_use_held_out_specimens_and_reuse_predictions(workspace, client):
-    ids = {}
-    for d in ("clean", "shifted"):
-        cfg = TrainConfig(dataset=d, epochs=3, batch_size=8, lr=3e-3, model_params={"widths": [8, 16]},
-                          device="cpu", threads=1)
-        ids[d] = train_model(workspace, cfg)["model_id"]
+    ids = {d: train_tiny(workspace, d, epochs=3, batch_size=8, lr=3e-3) for d in ("clean", "shifted")}
     cfg = two_domains(feature_sets=[], cnn_models={"clean": [ids["clean"]], "shifted": [ids["shifted"]]})
     ds = run_generalization(workspace, cfg, CVConfig(folds=4), client=client)
     assert list(ds.model.values) == ["cnn"]

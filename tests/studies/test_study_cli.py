@@ -11,6 +11,7 @@ import yaml
 import zarr
 from cli_run import run
 
+from conftest import synthetic_dataset
 from xaiflow import store
 from xaiflow.models import build_model
 from xaiflow.models.checkpoint import save_checkpoint
@@ -19,10 +20,7 @@ pytestmark = pytest.mark.timeout(300)  # the commands run in this process: no su
 
 
 def synthetic(name: str, condition: dict) -> dict:
-    return {"name": name, "source": {"kind": "synthetic", "specimens_per_class": 3, "images_per_specimen": 2,
-                                     "size": [32, 32], "classes": ["particles", "lamellae", "network"],
-                                     "condition": condition, "condition_name": name},
-            "geometry": {"size": [32, 32]}, "chunk_size": 6}
+    return synthetic_dataset(name, images_per_specimen=2, condition=condition, condition_name=name)
 
 
 CONFIG = {

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from conftest import synthetic_dataset
 from xaiflow import store
 
 pytestmark = pytest.mark.prefect
 
 CONFIG = {
-    "datasets": [{"name": n, "source": {"kind": "synthetic", "specimens_per_class": 2, "images_per_specimen": 2,
-                                        "size": [32, 32], "classes": ["particles", "network"], "condition": c,
-                                        "condition_name": n}, "geometry": {"size": [32, 32]}, "chunk_size": 4}
+    "datasets": [synthetic_dataset(n, specimens_per_class=2, images_per_specimen=2, classes=("particles", "network"),
+                                   chunk_size=4, condition=c, condition_name=n)
                  for n, c in (("a", {}), ("b", {"scale": 2.0}))],
     "features": {"dataset": ["a", "b"], "extractors": [{"name": "lbp", "params": {"radii": [1]}}]},
     "studies": {"dataset": "a", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},

@@ -71,10 +71,9 @@ class _LoggedProgress(Progress):
         self._started = time.monotonic()
 
     def update(self, task_id, **kwargs) -> None:  # noqa: ANN001 - rich's signature
-        before = self._tasks[task_id].completed
         super().update(task_id, **kwargs)
-        task = self._tasks[task_id]
-        if self.disable and task.completed != before:
+        if self.disable and "completed" in kwargs:
+            task = next(t for t in self.tasks if t.id == task_id)
             total = f"/{task.total:g}" if task.total is not None else ""
             elapsed = int(time.monotonic() - self._started)
             self.console.print(f"{task.description}: {task.completed:g}{total} ({elapsed // 60}:{elapsed % 60:02d})",

@@ -29,8 +29,9 @@ def uhcs_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """Torch on one thread for a module (``pytest.mark.usefixtures("one_torch_thread")``): its tests
-    train or compare small models beside the client's two worker processes on two cores."""
+    """Torch on one thread for a module (``pytest.mark.usefixtures("one_torch_thread")``), restored
+    afterwards: small models gain nothing from threads, and the session's two Dask worker
+    processes already use both cores."""
     import torch
 
     before = torch.get_num_threads()
@@ -88,18 +89,6 @@ def folder_config(root: Path, name: str = "tiny", **overrides) -> dict:
     return cfg
 
 
-def write_tiny_run_config(tmp_path: Path, **sections) -> Path:
-    """A run config with a 24-image synthetic dataset (32 px), a 2-epoch training section, and ``sections``."""
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 3,
-                                                 "images_per_specimen": 2, "size": [32, 32]},
-                      "geometry": {"size": [32, 32]}, "chunk_size": 8}],
-        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"},
-        **sections}))
-    return config
-
-
 #: the synthetic source's classes most tests use (its default has a fourth)
 SYN_CLASSES = ("particles", "lamellae", "network")
 
@@ -117,6 +106,16 @@ def synthetic_dataset(name: str = "syn", *, size: int = 32, chunk_size: int = 6,
     if split is not None:
         cfg["split"] = split
     return cfg
+
+
+def write_tiny_run_config(tmp_path: Path, **sections) -> Path:
+    """A run config with a 24-image synthetic dataset (32 px), a 2-epoch training section, and ``sections``."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "datasets": [synthetic_dataset(images_per_specimen=2, chunk_size=8, classes=None)],
+        "train": {"dataset": "syn", "epochs": 2, "model_params": {"widths": [8, 8]}, "device": "cpu"},
+        **sections}))
+    return config
 
 
 def ingest_synthetic(workspace: Path, client, **dataset) -> Path:

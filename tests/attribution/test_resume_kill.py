@@ -13,6 +13,7 @@ import pytest
 import yaml
 import zarr
 
+from conftest import synthetic_dataset
 from xaiflow import store
 from xaiflow.saliency import open_saliency
 
@@ -26,8 +27,7 @@ def cli(*args, **kw):
 def test_killed_run_resumes_only_missing_chunks(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
-        "datasets": [{"name": "syn", "source": {"kind": "synthetic", "specimens_per_class": 4, "images_per_specimen": 3,
-                                                 "size": [48, 48]}, "geometry": {"size": [48, 48]}, "chunk_size": 4}],
+        "datasets": [synthetic_dataset(specimens_per_class=4, size=48, chunk_size=4, classes=None)],
         "train": {"dataset": "syn", "epochs": 1, "model_params": {"widths": [8, 16]}, "device": "cpu"},
         "attribution": {"dataset": "syn", "device": "cpu", "batch_size": 1,
                         "methods": [{"name": "integrated_gradients", "params": {"n_steps": 150}}]}}))

@@ -16,15 +16,17 @@ would be the reason to switch.
 Limits, checked at construction with a clear error rather than a silently wrong map:
 
 * every leaf module must be of a type Captum has a rule for (``Conv2d``, ``Linear``,
-  ``MaxPool1d/2d/3d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm2d``, captum's
-  ``Addition_Module``, and the pass-through ``ReLU``, ``Dropout``, ``Tanh``), or carry a
-  custom ``rule`` attribute; e.g. ``nn.Identity``, ``nn.Flatten``, ``nn.GELU`` are refused
-  (use ``torch.flatten`` in ``forward``, leave identity shortcuts out of the module tree);
+  ``MaxPool1d/2d/3d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``, ``BatchNorm2d``, and the
+  pass-through ``ReLU``, ``Dropout``, ``Tanh``), or carry a
+  custom ``rule`` attribute, as :class:`xaiflow.models.layers.Addition` does; e.g.
+  ``nn.Identity``, ``nn.Flatten``, ``nn.GELU`` are refused (use ``torch.flatten`` in
+  ``forward``, leave identity shortcuts out of the module tree);
 * Captum sees modules only, so adding, subtracting or multiplying two activations in
-  ``forward`` (a residual connection written ``out + x``) would lose the relevance of one
-  branch: such operations are found by tracing the model with ``torch.fx`` and refused;
-  residual sums must go through ``captum.attr._utils.custom_modules.Addition_Module``.
-  Models ``torch.fx`` cannot trace are accepted with a warning that this check was skipped.
+  ``forward`` (a residual connection written ``out + x``) would give each branch the whole
+  relevance of the result, counting it twice: such operations are found by tracing the model
+  with ``torch.fx`` and refused; residual sums must go through
+  :class:`xaiflow.models.layers.Addition`. Models ``torch.fx`` cannot trace are accepted
+  with a warning that this check was skipped.
 
 BatchNorm is treated as one more affine layer under the epsilon rule (not fused into the
 preceding convolution), and residual sums split relevance between branches by the epsilon
@@ -39,7 +41,6 @@ from typing import Any
 
 import torch
 from captum.attr import LRP
-from captum.attr._utils.custom_modules import Addition_Module
 from torch import Tensor, fx, nn
 
 from xaiflow.attribution.base import METHODS, AttributionMethod
@@ -55,7 +56,6 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.BatchNorm2d,
-    Addition_Module,
     nn.ReLU,
     nn.Dropout,
     nn.Tanh,
@@ -68,17 +68,20 @@ _SHAPE_METHODS = {"size", "dim"}
 
 
 class _Tracer(fx.Tracer):
-    """Keeps modules Captum treats as one layer (rule holders, ``Addition_Module``) opaque."""
+    """Keeps modules Captum treats as one layer (rule holders such as ``Addition``) opaque."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, Addition_Module) or hasattr(m, "rule") or super().is_leaf_module(m, module_qualified_name)
+        return hasattr(m, "rule") or super().is_leaf_module(m, module_qualified_name)
 
 
 def _unsupported_layers(model: nn.Module) -> list[str]:
     return [
         f"{name} ({type(module).__name__})"
         for name, module in model.named_modules()
-        if name and not list(module.children()) and not hasattr(module, "rule") and type(module) not in SUPPORTED_LAYERS
+        if name
+        and not list(module.children())
+        and not hasattr(module, "rule")
+        and type(module) not in SUPPORTED_LAYERS
     ]
 
 
@@ -109,7 +112,8 @@ def check_lrp_support(model: nn.Module) -> None:
         valid = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
         raise ValueError(
             f"lrp: Captum has no LRP rule for layer(s) {', '.join(unsupported)}; "
-            f"supported layer types: {valid} (or set a captum PropagationRule as module.rule)"
+            f"supported layer types: {valid}, xaiflow.models.layers.Addition "
+            "(or set a captum PropagationRule as module.rule)"
         )
     try:
         arithmetic = _activation_arithmetic(model)
@@ -123,8 +127,8 @@ def check_lrp_support(model: nn.Module) -> None:
     if arithmetic:
         raise ValueError(
             f"lrp: the model combines activations outside modules ({', '.join(arithmetic)}; e.g. a residual "
-            "'out + x'); Captum's LRP would drop the relevance of one branch. Use "
-            "captum.attr._utils.custom_modules.Addition_Module for sums, or another attribution method"
+            "'out + x'); Captum's LRP would give each branch the whole relevance of the result. Use "
+            "xaiflow.models.layers.Addition for sums, or another attribution method"
         )
 
 

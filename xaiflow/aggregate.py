@@ -12,6 +12,8 @@ the saliency array. Raw maps are normalized here, at query time:
 
 from __future__ import annotations
 
+import os
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -19,12 +21,13 @@ import xarray as xr
 from scipy.stats import rankdata
 
 from xaiflow import schema
+from xaiflow.errors import XaiflowError
 from xaiflow.saliency import METHOD
 
 PIXELS = (schema.Y, schema.X)
 
 
-class QueryError(ValueError):
+class QueryError(XaiflowError):
     """A query cannot be answered (empty group, unknown coordinate, missing masks...)."""
 
 
@@ -110,6 +113,16 @@ def mask_mass(ds: xr.Dataset, masks: xr.Dataset) -> xr.Dataset:
     area = xr.concat([(mask == k).mean(PIXELS) for k in range(len(classes))], dim=pd.Index(classes, name="mask_class"))
     return xr.Dataset({"mass": mass.transpose(schema.SAMPLE, METHOD, "mask_class"),
                        "area": area.transpose(schema.SAMPLE, "mask_class")})
+
+
+def mean_mask_mass(workspace: str | os.PathLike[str], dataset: str, ds: xr.Dataset) -> xr.Dataset:
+    """:func:`mask_mass` against ``masks/<dataset>``, averaged over the samples with maps for every
+    method of ``ds`` (computed)."""
+    from xaiflow import store
+
+    done = np.flatnonzero(ds["done"].all(METHOD).values)
+    masks = store.open_group(workspace, schema.group_path(schema.MASKS, dataset)).isel({schema.SAMPLE: done})
+    return mask_mass(ds.isel({schema.SAMPLE: done}), masks).mean(schema.SAMPLE).compute()
 
 
 def _agreement_block(block: np.ndarray, top_fraction: float) -> np.ndarray:

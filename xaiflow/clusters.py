@@ -35,6 +35,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xaiflow.errors import XaiflowError
+
 KINDS = ("threads", "local", "address", "slurm", "kubernetes", "gpu-local")
 #: where ``--cluster NAME`` looks for ``NAME.yaml`` after the folders in $XAIFLOW_CLUSTER_DIR
 REPO_CLUSTER_DIR = Path(__file__).resolve().parents[1] / "configs" / "cluster"
@@ -49,7 +51,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 NANNY_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 
 
-class ClusterProfileError(ValueError):
+class ClusterProfileError(XaiflowError):
     """A cluster profile cannot be read, does not validate or cannot start here."""
 
 

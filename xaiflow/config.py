@@ -18,28 +18,27 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from xaiflow.errors import XaiflowError
 from xaiflow.features.config import FeaturesConfig
+from xaiflow.modelref import THIS, ModelRef, TrainRef
+from xaiflow.plugins import PluginSpec, unique_keys
 from xaiflow.schema import SPLITS
-from xaiflow.sources.folder import FolderConfig
-from xaiflow.sources.panorama import PanoramaConfig
-from xaiflow.sources.synthetic import SyntheticConfig
+from xaiflow.sources import SourceConfig
 from xaiflow.studies.config import StudyConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(XaiflowError):
     """A config file cannot be read or does not validate; names the file and the field."""
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-SourceConfig = Annotated[Union[FolderConfig, PanoramaConfig, SyntheticConfig], Field(discriminator="kind")]
 
 
 class GeometryConfig(StrictModel):
@@ -137,28 +136,16 @@ class TrainConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="torch threads (default: the worker's share)")
 
 
-class MethodSpec(StrictModel):
-    """One attribution method to run: registry name, parameters, and the stored variable name."""
-
-    name: str = Field(description="method name (xaiflow.attribution.METHODS)")
-    key: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
-                            description="variable name in the saliency group (default: name); use a new key "
-                                        "to store the same method with other parameters")
-    params: dict[str, Any] = Field(default_factory=dict, description="method parameters (see the method's docs)")
-
-    @property
-    def variable(self) -> str:
-        return self.key or self.name
-
-
 class AttributionConfig(StrictModel):
     """Attribution maps for a dataset and a trained model (``xaiflow attribute``)."""
 
     dataset: str = Field(description="images/<dataset> to explain")
-    model: str | None = Field(None, description="model id (default: the model of the `train:` section)")
-    methods: list[MethodSpec] = Field(
-        default_factory=lambda: [MethodSpec(name=n) for n in ("saliency", "integrated_gradients", "grad_cam")],
-        min_length=1)
+    model: ModelRef | None = Field(
+        None, description="the model to explain: an id (or unique prefix), 'latest', {train: this} or "
+                          "{train: other.yaml} (default: the model of this config's `train:` section)")
+    methods: list[PluginSpec] = Field(
+        default_factory=lambda: [PluginSpec(name=n) for n in ("saliency", "integrated_gradients", "grad_cam")],
+        min_length=1, description="attribution methods (xaiflow.attribution.METHODS): names or {name, key, params}")
     target: Literal["predicted", "label", "all"] = Field(
         "predicted", description="explain the predicted class, the true label, or every class")
     splits: list[Literal["train", "val", "test"]] | None = Field(None, description="samples to explain (None: all)")
@@ -174,18 +161,21 @@ class AttributionConfig(StrictModel):
         description="upper bound of evaluations per forward pass per device type (measured: on CPU, "
                     "8 per pass ran 2x faster than 50)")
 
-    @field_validator("methods", mode="before")
+    @field_validator("methods")
     @classmethod
-    def _names_as_specs(cls, v: Any) -> Any:
-        return [{"name": m} if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
+    def _unique_keys(cls, v: list[PluginSpec]) -> list[PluginSpec]:
+        unique_keys(v, "methods")
+        return v
 
-    @model_validator(mode="after")
-    def _unique_keys(self) -> "AttributionConfig":
-        keys = [m.variable for m in self.methods]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ValueError(f"methods store under the same key {dup}; give each a distinct `key`")
-        return self
+    def with_overrides(self, *, methods: list[str] | None = None, model: str | None = None,
+                       device: str | None = None) -> "AttributionConfig":
+        """This section with the methods (names, default parameters), model or device a command or
+        a flow run asks for instead; validated like the config."""
+        update = {k: v for k, v in {"methods": methods, "model": model, "device": device}.items() if v}
+        try:
+            return AttributionConfig.model_validate({**self.model_dump(), **update})
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "attribution (with the options given)")) from None
 
 
 class RunConfig(StrictModel):
@@ -196,6 +186,22 @@ class RunConfig(StrictModel):
     features: FeaturesConfig | None = Field(None, description="feature extraction (xaiflow features)")
     studies: StudyConfig | None = Field(None, description="feature studies (xaiflow study generalization|reduction)")
     attribution: AttributionConfig | None = Field(None, description="attribution maps (xaiflow attribute)")
+    _origin: str = PrivateAttr("<config>")
+
+    @property
+    def origin(self) -> str:
+        """Where the config came from (its file), for messages."""
+        return self._origin
+
+    def section(self, name: str) -> Any:
+        """The section ``name`` (``train``, ``features``, ``attribution``, ``studies.reduction``, ...);
+        a :class:`ConfigError` naming the file when the config has none."""
+        value: Any = self
+        for part in name.split("."):
+            value = getattr(value, part, None)
+            if value is None:
+                raise ConfigError(f"{self.origin}: no `{name}:` section")
+        return value
 
     @field_validator("datasets")
     @classmethod
@@ -253,11 +259,16 @@ def parse_config(data: dict[str, Any], origin: str = "<config>", base_dir: Path 
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, origin)) from None
+    cfg._origin = origin
     base = (base_dir or Path.cwd()).resolve()
     for d in cfg.datasets:
         root = getattr(d.source, "root", None)
         if root is not None and not Path(root).is_absolute():
             d.source.root = (base / root).resolve()
+    for section in (cfg.attribution, cfg.features):
+        ref = getattr(section, "model", None)
+        if isinstance(ref, TrainRef) and ref.train != THIS and not Path(ref.train).is_absolute():
+            ref.train = str((base / ref.train).resolve())
     return cfg
 
 
@@ -282,3 +293,8 @@ def load_config(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
             if hasattr(d.source, "root"):
                 d.source.root = Path(data_dir).resolve()
     return cfg
+
+
+def load_section(path: str | os.PathLike[str], name: str) -> Any:
+    """One section of a YAML run config (see :meth:`RunConfig.section`)."""
+    return load_config(path).section(name)

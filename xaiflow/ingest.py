@@ -1,27 +1,29 @@
 """Source -> fixed-shape samples -> chunked Zarr: the ``images/<dataset>`` (and ``masks/``) groups.
 
-Ingestion runs in three steps, each safe to interrupt:
+Ingestion runs in three steps, each safe to interrupt, the last two as chunked jobs
+(:mod:`xaiflow.jobs`):
 
 1. **list** the source (cheap, on the client): CSV rows, files, labels, ids;
-2. **scan** every sample as Dask tasks (decode, plan the window, check the mask), so that
-   every bad item is reported at once, *before anything is written*: with
-   ``on_error: raise`` nothing is written at all; with ``on_error: skip`` bad items are
-   left out and recorded in the ``skipped`` attribute;
-3. **write** one Dask task per chunk of ``chunk_size`` samples into a template created up
-   front, each task writing its own chunk-aligned region and flag. The group is marked
-   ``complete`` only at the end, so a failed ingest never looks complete, and re-running
-   the same config resumes the missing chunks. A finished ingest with the same config is a
-   no-op; a different config for an existing dataset is refused unless ``overwrite``.
+2. **scan** (:class:`ScanJob`, one task per batch of ``chunk_size`` samples): decode, plan the
+   window, check the mask, so that every bad item is reported at once, *before anything is
+   written*: with ``on_error: raise`` nothing is written at all; with ``on_error: skip`` bad
+   items are left out and recorded in the ``skipped`` attribute;
+3. **write** (:class:`WriteJob`, one task per chunk of ``chunk_size`` samples) into a template
+   created up front, each task writing its own chunk-aligned region and then its samples'
+   ``done`` flags. The group is marked ``complete`` only at the end, so a failed ingest never
+   looks complete, and re-running the same config resumes the missing chunks. A finished
+   ingest with the same config is a no-op; a different config for an existing dataset is
+   refused unless ``overwrite``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
@@ -30,15 +32,17 @@ import xarray as xr
 import xaiflow
 from xaiflow import schema, store
 from xaiflow.config import DatasetConfig, RunConfig
+from xaiflow.errors import XaiflowError
 from xaiflow.geometry import convert_dtype, plan_window, resample
-from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.runtime import ProgressFn
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError, Window
 from xaiflow.splits import assign_splits
 
 log = logging.getLogger("xaiflow")
 
 
-class IngestError(ValueError):
+class IngestError(XaiflowError):
     """Ingestion refused or failed; the message lists the items (file, row, reason)."""
 
 
@@ -55,54 +59,90 @@ def make_source(cfg: DatasetConfig) -> ImageSource:
     return SOURCES.get(cfg.source.kind)(cfg.source)
 
 
-# ---------------------------------------------------------------- scan (tasks)
+# ---------------------------------------------------------------- scan (job)
 
 def _name(ref: SampleRef) -> str:
     return f"{ref.origin}: {ref.uri}" if ref.origin and ref.origin != ref.uri else ref.uri
 
 
-def scan_batch(refs: list[SampleRef], source: ImageSource, cfg: DatasetConfig) -> list[Window | str]:
-    """Per sample: the window to cut (relative to ``source.read``), or the error message."""
-    out: list[Window | str] = []
-    for ref in refs:
-        if ref.problem:
-            out.append(f"{ref.origin}: {ref.problem}")
-            continue
-        try:
-            img = source.read(ref)
-            win = plan_window(img.shape[0], img.shape[1], ref.um_per_px, cfg.geometry, _name(ref))
-            mask = source.read_mask(ref)
-            if mask is not None and mask.shape != img.shape:
-                raise SourceError(f"{_name(ref)}: mask shape {mask.shape} differs from the image's {img.shape}")
-            out.append(win)
-        except SourceError as e:
-            msg = str(e)
-            out.append(msg if ref.origin in msg else f"{ref.origin}: {msg}")
-    return out
+@dataclass(frozen=True)
+class ScanJob(ChunkJob):
+    """Step 2: per sample, the window to cut (relative to ``source.read``) or the error message.
+
+    Writes nothing; chunk payloads are the sample refs (every listed sample, in order), and
+    :meth:`finalize` returns one entry per sample, in the same order.
+    """
+
+    stage = "scan"
+    cfg: DatasetConfig
+    source: ImageSource
+    state: str  # what the workspace holds for this dataset (see _existing_state)
+
+    def run_chunk(self, chunk: Chunk) -> list[Window | str]:
+        out: list[Window | str] = []
+        for ref in chunk.payload:
+            if ref.problem:
+                out.append(f"{ref.origin}: {ref.problem}")
+                continue
+            try:
+                img = self.source.read(ref)
+                win = plan_window(img.shape[0], img.shape[1], ref.um_per_px, self.cfg.geometry, _name(ref))
+                mask = self.source.read_mask(ref)
+                if mask is not None and mask.shape != img.shape:
+                    raise SourceError(f"{_name(ref)}: mask shape {mask.shape} differs from the image's {img.shape}")
+                out.append(win)
+            except SourceError as e:
+                msg = str(e)
+                out.append(msg if ref.origin in msg else f"{ref.origin}: {msg}")
+        return out
+
+    def finalize(self, results: list[list[Window | str]]) -> list[Window | str]:
+        return [w for batch in results for w in batch]
 
 
-# ---------------------------------------------------------------- write (tasks)
+# ---------------------------------------------------------------- write (job)
 
-def write_chunk(task: tuple[int, list[SampleRef], list[Window]], source: ImageSource, cfg: DatasetConfig,
-                workspace: str, with_masks: bool) -> int:
-    """Read, cut, resample and write one chunk of samples; flag it done. Returns the chunk index."""
-    index, refs, windows = task
-    size = cfg.geometry.size
-    images = np.empty((len(refs), *size), dtype=cfg.dtype)
-    masks = np.empty((len(refs), *size), dtype=np.uint8) if with_masks else None
-    for j, (ref, win) in enumerate(zip(refs, windows)):
-        images[j] = convert_dtype(resample(source.read(ref), win, size), cfg.dtype)
+@dataclass(frozen=True)
+class WriteJob(ChunkJob):
+    """Step 3: read, cut, resample and write each chunk of samples; payloads are (refs, windows)."""
+
+    stage = "write"
+    cfg: DatasetConfig
+    source: ImageSource
+    with_masks: bool
+    resumed: bool
+    n_samples: int
+    skipped_items: tuple[dict[str, str], ...]
+
+    def run_chunk(self, chunk: Chunk) -> int:
+        refs, windows = chunk.payload
+        size = self.cfg.geometry.size
+        images = np.empty((len(refs), *size), dtype=self.cfg.dtype)
+        masks = np.empty((len(refs), *size), dtype=np.uint8) if self.with_masks else None
+        for j, (ref, win) in enumerate(zip(refs, windows)):
+            images[j] = convert_dtype(resample(self.source.read(ref), win, size), self.cfg.dtype)
+            if masks is not None:
+                masks[j] = resample(self.source.read_mask(ref), win, size, nearest=True)
+        images_group = schema.group_path(schema.IMAGES, self.cfg.name)
+        store.write_region(self.workspace, images_group, schema.IMAGE, chunk.start, images)
         if masks is not None:
-            masks[j] = resample(source.read_mask(ref), win, size, nearest=True)
-    start = index * cfg.chunk_size
-    images_group = schema.group_path(schema.IMAGES, cfg.name)
-    store.write_region(workspace, images_group, schema.IMAGE, start, images)
-    if masks is not None:
-        masks_group = schema.group_path(schema.MASKS, cfg.name)
-        store.write_region(workspace, masks_group, schema.MASK, start, masks)
-        store.mark_chunk_done(workspace, masks_group, index)
-    store.mark_chunk_done(workspace, images_group, index)
-    return index
+            masks_group = schema.group_path(schema.MASKS, self.cfg.name)
+            store.write_region(self.workspace, masks_group, schema.MASK, chunk.start, masks)
+            store.mark_done(self.workspace, masks_group, chunk.start, chunk.stop)
+        store.mark_done(self.workspace, images_group, chunk.start, chunk.stop)
+        return chunk.index
+
+    def finalize(self, results: list[int]) -> IngestResult:
+        images_group = schema.group_path(schema.IMAGES, self.cfg.name)
+        if self.with_masks:
+            store.set_attrs(self.workspace, schema.group_path(schema.MASKS, self.cfg.name),
+                            **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+        store.set_attrs(self.workspace, images_group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+        schema.validate_images(store.open_group(self.workspace, images_group), images_group)
+        log.info("dataset %s: %d samples written, %d skipped", self.cfg.name, self.n_samples,
+                 len(self.skipped_items))
+        return IngestResult(self.cfg.name, "resumed" if self.resumed else "written", self.n_samples,
+                            len(self.skipped_items), list(self.skipped_items))
 
 
 # ---------------------------------------------------------------- orchestration (client)
@@ -218,18 +258,20 @@ def _format_errors(cfg: DatasetConfig, errors: list[str], limit: int = 20) -> st
     return "\n".join(lines)
 
 
-def ingest_dataset(cfg: DatasetConfig, workspace: str | os.PathLike[str], *, overwrite: bool = False,
-                   client: Any = None, progress: ProgressFn | None = None) -> IngestResult:
-    """Ingest one dataset into the workspace (see the module docstring for the guarantees)."""
+JobRunner = Callable[[ChunkJob], Any]
+
+
+def scan_job(cfg: DatasetConfig, workspace: str | os.PathLike[str], *,
+             overwrite: bool = False) -> ScanJob | IngestResult:
+    """Plan step 2: list the source and return the scan job; an :class:`IngestResult` instead when
+    the dataset is up to date (same config, complete)."""
     workspace = str(workspace)
     state = _existing_state(workspace, cfg, overwrite)
-    images_group = schema.group_path(schema.IMAGES, cfg.name)
     if state == "complete":
-        ds = store.open_group(workspace, images_group)
+        ds = store.open_group(workspace, schema.group_path(schema.IMAGES, cfg.name))
         log.info("dataset %s is up to date (%d samples); nothing to do", cfg.name, ds.sizes[schema.SAMPLE])
         return IngestResult(cfg.name, "up-to-date", ds.sizes[schema.SAMPLE],
                             n_skipped=len(ds.attrs.get(schema.ATTR_SKIPPED, [])))
-
     source = make_source(cfg)
     try:
         refs = source.list_samples()
@@ -238,62 +280,72 @@ def ingest_dataset(cfg: DatasetConfig, workspace: str | os.PathLike[str], *, ove
     if not refs:
         raise IngestError(f"dataset {cfg.name!r}: the source lists no samples ({source.describe()})")
     _check_ids(refs)
+    chunks = pending_chunks(np.ones(len(refs), bool), cfg.chunk_size, lambda a, b: refs[a:b])
+    return ScanJob(workspace, cfg, source, state, chunks=chunks, n_chunks=len(chunks))
 
-    batches = [refs[i:i + cfg.chunk_size] for i in range(0, len(refs), cfg.chunk_size)]
-    scanned = [w for batch in map_tasks(scan_batch, batches, client=client, progress=progress, stage="scan",
-                                        source=source, cfg=cfg) for w in batch]
+
+def write_job(scan: ScanJob, scanned: list[Window | str]) -> WriteJob:
+    """Plan step 3 from the scan's outcome: refuse (``raise``) or record (``skip``) bad items,
+    create the template (or resume a matching incomplete ingest), list the chunks to write."""
+    cfg, workspace, source = scan.cfg, scan.workspace, scan.source
+    listed = [r for chunk in scan.chunks for r in chunk.payload]
     errors = [w for w in scanned if isinstance(w, str)]
-    skipped: list[dict[str, str]] = []
     if errors and cfg.on_error == "raise":
         raise IngestError(_format_errors(cfg, errors))
-    kept = [(r, w) for r, w in zip(refs, scanned) if isinstance(w, Window)]
-    for r, w in zip(refs, scanned):
-        if isinstance(w, str):
-            skipped.append({"id": r.id, "file": r.uri, "reason": w})
-            log.warning("skipped %s: %s", r.id, w)
+    skipped = [{"id": r.id, "file": r.uri, "reason": w} for r, w in zip(listed, scanned) if isinstance(w, str)]
+    for item in skipped:
+        log.warning("skipped %s: %s", item["id"], item["reason"])
+    kept = [(r, w) for r, w in zip(listed, scanned) if isinstance(w, Window)]
     if not kept:
         raise IngestError(_format_errors(cfg, errors) + "\nno sample is left to ingest")
     refs, windows = [r for r, _ in kept], [w for _, w in kept]
 
     template = build_template(cfg, source, refs, windows, skipped)
-    n_chunks = math.ceil(len(refs) / cfg.chunk_size)
     with_masks = source.mask_classes is not None
-    masks_group = schema.group_path(schema.MASKS, cfg.name)
-    done = np.zeros(n_chunks, bool)
+    images_group, masks_group = (schema.group_path(kind, cfg.name) for kind in (schema.IMAGES, schema.MASKS))
+    state = scan.state
+    done = np.zeros(len(refs), bool)
     if state == "incomplete":
         old = store.open_group(workspace, images_group, check_complete=False)
         if list(old[schema.SAMPLE].values) == list(template[schema.SAMPLE].values):
-            done = store.chunks_done(workspace, images_group)
+            done = store.resume_flags(workspace, images_group)
             if with_masks and store.group_exists(workspace, masks_group):
-                done &= store.chunks_done(workspace, masks_group)
+                done &= store.resume_flags(workspace, masks_group)
         else:
             state = "absent"  # the source changed since the failed run: start over
     if state == "replace":
-        for kind in (schema.IMAGES, schema.MASKS):
-            store.delete_group(workspace, schema.group_path(kind, cfg.name))
+        for group in (images_group, masks_group):
+            store.delete_group(workspace, group)
     if state != "incomplete" or not done.any():
-        store.create_template(workspace, images_group, template, n_chunks)
+        store.create_template(workspace, images_group, template)
         if with_masks:
-            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes), n_chunks)
+            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes))
         done[:] = False
-
-    tasks = [(i, refs[i * cfg.chunk_size:(i + 1) * cfg.chunk_size], windows[i * cfg.chunk_size:(i + 1) * cfg.chunk_size])
-             for i in range(n_chunks) if not done[i]]
+    chunks = pending_chunks(~done, cfg.chunk_size, lambda a, b: (refs[a:b], windows[a:b]))
+    n_chunks = chunk_count(len(refs), cfg.chunk_size)
     if done.any():
-        log.info("dataset %s: resuming, %d of %d chunks already written", cfg.name, int(done.sum()), n_chunks)
-    map_tasks(write_chunk, tasks, client=client, progress=progress, stage="write",
-              source=source, cfg=cfg, workspace=workspace, with_masks=with_masks)
+        log.info("dataset %s: resuming, %d of %d chunks already written", cfg.name, n_chunks - len(chunks), n_chunks)
+    return WriteJob(workspace, cfg, source, with_masks, bool(done.any()), len(refs), tuple(skipped), chunks=chunks,
+                    n_chunks=n_chunks)
 
-    if with_masks:
-        store.set_attrs(workspace, masks_group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
-    store.set_attrs(workspace, images_group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
-    schema.validate_images(store.open_group(workspace, images_group), images_group)
-    log.info("dataset %s: %d samples written, %d skipped", cfg.name, len(refs), len(skipped))
-    return IngestResult(cfg.name, "resumed" if done.any() else "written", len(refs), len(skipped), skipped)
+
+def ingest_dataset(cfg: DatasetConfig, workspace: str | os.PathLike[str], *, overwrite: bool = False,
+                   client: Any = None, progress: ProgressFn | None = None,
+                   runner: JobRunner | None = None) -> IngestResult:
+    """Ingest one dataset into the workspace (see the module docstring for the guarantees).
+
+    ``runner`` runs a chunked job (default: :func:`xaiflow.jobs.run_job` on ``client``).
+    """
+    runner = runner or partial(run_job, client=client, progress=progress)
+    scan = scan_job(cfg, workspace, overwrite=overwrite)
+    if isinstance(scan, IngestResult):
+        return scan
+    return runner(write_job(scan, runner(scan)))
 
 
 def ingest(config: RunConfig, workspace: str | os.PathLike[str], *, overwrite: bool = False,
-           client: Any = None, progress: ProgressFn | None = None) -> list[IngestResult]:
+           client: Any = None, progress: ProgressFn | None = None,
+           runner: JobRunner | None = None) -> list[IngestResult]:
     """Ingest every dataset of a run config."""
-    return [ingest_dataset(d, workspace, overwrite=overwrite, client=client, progress=progress)
+    return [ingest_dataset(d, workspace, overwrite=overwrite, client=client, progress=progress, runner=runner)
             for d in config.datasets]

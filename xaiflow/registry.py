@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from xaiflow.errors import XaiflowError
+
 T = TypeVar("T")
 
 
-class UnknownEntryError(KeyError):
+class UnknownEntryError(XaiflowError, KeyError):
     """Raised when a name is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from xaiflow import schema, store
 from xaiflow.aggregate import QueryError, group_maps, method_agreement
+from xaiflow.errors import XaiflowError
 from xaiflow.figures import group_map_grid, matrix_figure, saliency_grid, save_figure
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
 from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, shortcut_report
@@ -35,7 +36,7 @@ from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, short
 REPORT_FILE = "report.html"
 
 
-class ReportError(ValueError):
+class ReportError(XaiflowError):
     """The report cannot be written (unknown model, no saliency, unknown method...)."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,6 +28,7 @@ from xaiflow.clusters import (  # noqa: F401  (profiles are part of the runtime'
     cluster_spec,
     load_cluster_profile,
 )
+from xaiflow.errors import XaiflowError
 
 log = logging.getLogger("xaiflow")
 
@@ -89,10 +91,11 @@ def client_or_default(client: Any = None) -> Iterator[Any]:
 
 def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = None,
               progress: ProgressFn | None = None, stage: str = "tasks",
-              resources: dict[str, float] | None = None, **kwargs: Any) -> list[Any]:
+              resources: dict[str, float] | None = None, name: str | None = None, **kwargs: Any) -> list[Any]:
     """Run ``fn(item, **kwargs)`` for every item as one Dask task each; results in item order.
 
-    ``resources`` (e.g. ``{"GPU": 1}``) restricts the tasks to workers that declare them.
+    ``resources`` (e.g. ``{"GPU": 1}``) restricts the tasks to workers that declare them; ``name``
+    is the tasks' name on the scheduler and dashboard (default: the function's).
 
     All tasks run to the end even if some fail, so every finished chunk is kept; the first
     error is raised afterwards with the count of failed tasks.
@@ -101,8 +104,10 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
 
     if not items:
         return []
-    with client_or_default(client) as c:
-        futures = c.map(fn, items, pure=False, resources=resources, **kwargs)
+    with client_or_default(client) as c, c.as_current():  # as_completed finds the current client
+        token = uuid.uuid4().hex
+        keys = [f"{name}-{token}-{i}" for i in range(len(items))] if name else None
+        futures = c.map(fn, items, key=keys, pure=False, resources=resources, **kwargs)
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, BaseException]] = []
@@ -148,5 +153,5 @@ def worker_compute() -> Iterator[Any]:
         yield worker
 
 
-class TaskError(RuntimeError):
+class TaskError(XaiflowError, RuntimeError):
     """One or more Dask tasks failed; finished tasks' work is kept."""

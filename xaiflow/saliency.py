@@ -36,6 +36,7 @@ import xarray as xr
 from zarr.codecs import BloscCodec
 
 from xaiflow import schema, store
+from xaiflow.errors import XaiflowError
 
 #: the method dimension; not "method", which would collide with ``.sel(method=...)``
 #: (xarray's nearest-neighbour argument) and silently select nothing
@@ -138,7 +139,7 @@ def stored_methods(workspace: str | os.PathLike[str], group: str) -> dict[str, d
     return {k: dict(ds[k].attrs) for k in ds.data_vars if ATTR_METHOD in ds[k].attrs}
 
 
-class SaliencyQueryError(ValueError):
+class SaliencyQueryError(XaiflowError):
     """The saliency group or a requested method/sample is missing."""
 
 
@@ -176,3 +177,18 @@ def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
         out["image"] = images[schema.IMAGE]
         out = out.assign_coords({k: images[k] for k in images.coords if k not in out.coords and k != schema.SAMPLE})
     return out
+
+
+def pick_samples(ds: xr.Dataset, ids: list[str] | None = None, n: int = 4) -> list[str]:
+    """Sample ids to show: ``ids`` (checked to exist), else the first ``n`` with maps for every method."""
+    known = store.strings(ds[schema.SAMPLE].values).tolist()
+    if ids:
+        unknown = sorted(set(ids) - set(known))
+        if unknown:
+            raise SaliencyQueryError(f"unknown sample id(s) {unknown}; ids look like {known[:3]}")
+        return list(ids)
+    done = np.asarray(ds["done"].all(METHOD).values)
+    chosen = [known[i] for i in np.flatnonzero(done)[:n]]
+    if not chosen:
+        raise SaliencyQueryError("no sample has maps for every method yet")
+    return chosen

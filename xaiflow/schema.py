@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from xaiflow.errors import XaiflowError
+
 SCHEMA_VERSION = 1
 
 # groups: <group>/<dataset>[/<model or extractor>]
@@ -26,12 +28,14 @@ STUDIES = "studies"
 SAMPLE = "sample"
 Y = "y"
 X = "x"
-CHUNK = "chunk"
 
 # variables
 IMAGE = "image"
 MASK = "mask"
-CHUNK_DONE = "chunk_done"
+#: per-sample completion flags of a group's output (see :mod:`xaiflow.jobs`)
+DONE = "done"
+#: per-chunk flags (dimension ``chunk``) of groups written before per-sample flags; read and converted
+LEGACY_CHUNK_DONE = "chunk_done"
 
 # per-sample coordinates every image dataset carries
 LABEL = "label"
@@ -62,7 +66,7 @@ STATUS_INCOMPLETE = "incomplete"
 IMAGE_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
-class SchemaError(ValueError):
+class SchemaError(XaiflowError):
     """A workspace group does not match the schema; names the group, variable and problem."""
 
     def __init__(self, group: str, variable: str | None, problem: str) -> None:

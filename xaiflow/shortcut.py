@@ -54,8 +54,10 @@ import xarray as xr
 
 from xaiflow import schema, store
 from xaiflow.aggregate import PIXELS, QueryError, mask_mass, normalized
-from xaiflow.models.checkpoint import load_checkpoint
-from xaiflow.predict import checkpoint_dir, current_predictions
+from xaiflow.errors import XaiflowError
+from xaiflow.models.catalog import ModelCatalog, ModelEntry
+from xaiflow.predict import current_predictions
+from xaiflow.scores import balanced_accuracy
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
 from xaiflow.training import predict_logits
 
@@ -64,7 +66,7 @@ SHORTCUT, STRUCTURE, INCONCLUSIVE = "shortcut", "structure", "inconclusive"
 SOURCE_UM_PER_PX = "source_um_per_px"
 
 
-class ShortcutError(ValueError):
+class ShortcutError(XaiflowError):
     """The report cannot be made (unknown model or dataset, no saliency, no predictions...)."""
 
 
@@ -134,35 +136,32 @@ def _jsonable(v: Any) -> Any:
 # ----------------------------------------------------------------------------- shared helpers
 
 
+def trained_model(workspace: str | os.PathLike[str], model_id: str) -> ModelEntry:
+    """The catalog entry of ``model_id`` (an id or unique prefix), which must record its training
+    dataset; unknown model -> ShortcutError."""
+    entry = ModelCatalog(workspace).get(model_id)
+    if entry.dataset is None:
+        raise ShortcutError(f"{entry.directory}: no training dataset recorded in its manifest (config.train.dataset)")
+    return entry
+
+
 def model_dataset(workspace: str | os.PathLike[str], model_id: str) -> str:
     """The dataset a model was trained on (from its manifest); unknown model -> ShortcutError."""
-    try:
-        directory = checkpoint_dir(workspace, model_id)
-    except ValueError as e:
-        raise ShortcutError(str(e)) from None
-    train = json.loads((directory / "manifest.json").read_text()).get("config", {}).get("train", {})
-    if "dataset" not in train:
-        raise ShortcutError(f"{directory}/manifest.json: no training dataset recorded (config.train.dataset)")
-    return str(train["dataset"])
+    return str(trained_model(workspace, model_id).dataset)
 
 
 def predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str) -> np.ndarray:
     """Predicted class index per sample of ``dataset``: the stored predictions group when it was
     made by this checkpoint from these images, else computed here (one forward pass per image)."""
-    group = current_predictions(workspace, model_id, dataset)
+    entry = ModelCatalog(workspace).get(model_id)
+    group = current_predictions(workspace, entry, dataset)
     if group is not None:
         return np.asarray(store.open_group(workspace, group)["predicted"].values, np.int64)
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))[schema.IMAGE]
-    model, _ = load_checkpoint(checkpoint_dir(workspace, model_id))
+    model = entry.load()
     with torch.no_grad():
         return np.concatenate([predict_logits(model, images[s:s + 64].values, torch.device("cpu")).argmax(1)
                                for s in range(0, images.shape[0], 64)]).astype(np.int64)
-
-
-def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y``."""
-    classes = np.unique(y)
-    return float(np.mean([(p[y == c] == c).mean() for c in classes])) if len(classes) else float("nan")
 
 
 def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
@@ -229,7 +228,7 @@ def _ablated_accuracy(workspace: str, model_id: str, images: xr.DataArray, masks
                       background: list[int]) -> dict[str, dict[str, Any]]:
     """Accuracy of the model on the images and on each edit: ``name -> (mask classes, mirrors)``;
     each mirror (or None: removal only) is one edited copy of every image, accuracies averaged."""
-    model, _ = load_checkpoint(checkpoint_dir(workspace, model_id))
+    model = ModelCatalog(workspace).get(model_id).load()
     out: dict[str, dict[str, Any]] = {}
     for name, (classes, mirrors) in {"original": ([], [None]), **edits}.items():
         accs, bals, first = [], [], None
@@ -501,8 +500,8 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
     """
     workspace = str(workspace)
     th = thresholds or Thresholds()
-    dataset = dataset or model_dataset(workspace, model_id)
-    model_dataset(workspace, model_id)  # unknown model -> clear error
+    entry = trained_model(workspace, model_id)  # unknown model -> clear error
+    model_id, dataset = entry.model_id, dataset or str(entry.dataset)
     if not store.group_exists(workspace, schema.group_path(schema.IMAGES, dataset)):
         raise ShortcutError(f"{workspace}: no dataset {dataset!r} (groups: {', '.join(store.list_groups(workspace))})")
     has_masks = store.group_exists(workspace, schema.group_path(schema.MASKS, dataset))

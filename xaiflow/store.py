@@ -1,13 +1,14 @@
 """The workspace: one Zarr (v3) store holding images, masks and everything derived from them.
 
 Reading goes through xarray (:func:`open_workspace` gives the whole store as a
-``DataTree``, :func:`open_group` one dataset). Writing follows one pattern everywhere:
+``DataTree``, :func:`open_group` one dataset). Writing follows one pattern everywhere (the
+chunked-job protocol of :mod:`xaiflow.jobs`):
 
-1. :func:`create_template` writes the metadata, the coordinates and empty data variables
-   of a group (``status: incomplete``);
-2. independent tasks fill chunk-aligned regions with :func:`write_region` and flag their
-   chunk in ``chunk_done`` (no two tasks touch one chunk, so retries and parallel writers
-   are safe, and a killed run resumes where it stopped);
+1. :func:`create_template` writes the metadata, the coordinates, empty data variables and
+   false per-sample ``done`` flags of a group (``status: incomplete``);
+2. independent tasks fill chunk-aligned regions with :func:`write_region` and then set their
+   samples' flags (:func:`mark_done`): no two tasks touch one chunk, so retries and parallel
+   writers are safe, and a killed run resumes where it stopped (:func:`resume_flags`);
 3. :func:`set_attrs` marks the group ``status: complete`` at the end.
 
 Readers refuse incomplete groups (see :mod:`xaiflow.schema`).
@@ -26,9 +27,10 @@ import xarray as xr
 import zarr
 
 from xaiflow import schema
+from xaiflow.errors import XaiflowError
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(XaiflowError):
     """The workspace or a group in it is missing or unusable; names the path and group."""
 
 
@@ -44,6 +46,11 @@ def models_dir(workspace: str | os.PathLike[str]) -> Path:
 
 def _path(workspace: str | os.PathLike[str]) -> Path:
     return Path(workspace)
+
+
+def is_workspace(workspace: str | os.PathLike[str]) -> bool:
+    """Whether ``workspace`` holds a Zarr v3 store (a workspace, possibly empty)."""
+    return (_path(workspace) / "zarr.json").is_file()
 
 
 def _root(workspace: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
@@ -135,16 +142,18 @@ def delete_array(workspace: str | os.PathLike[str], group: str, name: str) -> No
         shutil.rmtree(path)
 
 
-def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset, n_chunks: int) -> None:
+def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset) -> None:
     """Write coordinates, attrs and empty (lazy) data variables of ``group``, marked incomplete.
 
     ``ds``'s data variables should be dask arrays chunked as they are to be stored; only
-    their metadata is written here. A ``chunk_done`` flag per task chunk is added.
+    their metadata is written here. Per-sample ``done`` flags, false, chunked like the samples
+    of the data variables, are added.
     """
     ds = ds.copy()
-    ds[schema.CHUNK_DONE] = xr.DataArray(np.zeros(n_chunks, bool), dims=(schema.CHUNK,))
+    size = next(v.data.chunksize[0] for v in ds.data_vars.values() if v.dims[:1] == (schema.SAMPLE,))
+    ds[schema.DONE] = xr.DataArray(np.zeros(ds.sizes[schema.SAMPLE], bool), dims=(schema.SAMPLE,))
     ds.attrs[schema.ATTR_STATUS] = schema.STATUS_INCOMPLETE
-    encoding = {schema.CHUNK_DONE: {"chunks": (1,)}}
+    encoding = {schema.DONE: {"chunks": (size,)}}
     _root(workspace, mode="a")  # creates the workspace on first use
     ds.to_zarr(str(_path(workspace)), group=group, mode="w", compute=False, consolidated=False,
                zarr_format=3, encoding=encoding)
@@ -156,10 +165,35 @@ def write_region(workspace: str | os.PathLike[str], group: str, variable: str, s
     arr[start:start + len(data)] = data
 
 
-def mark_chunk_done(workspace: str | os.PathLike[str], group: str, index: int) -> None:
-    write_region(workspace, group, schema.CHUNK_DONE, index, np.ones(1, bool))
+def read_region(workspace: str | os.PathLike[str], path: str, start: int, stop: int) -> np.ndarray:
+    """``array[start:stop]`` of the array at ``path`` (e.g. ``images/uhcs/image``), read straight from
+    Zarr: a chunk task needs one array, and opening the whole xarray group (every coordinate) per
+    task can cost more than the task's own work."""
+    return np.asarray(zarr.open_array(str(_path(workspace)), path=path, mode="r", zarr_format=3)[start:stop])
 
 
-def chunks_done(workspace: str | os.PathLike[str], group: str) -> np.ndarray:
-    arr = zarr.open_array(str(_path(workspace)), path=f"{group}/{schema.CHUNK_DONE}", mode="r", zarr_format=3)
-    return np.asarray(arr[:], bool)
+def mark_done(workspace: str | os.PathLike[str], group: str, start: int, stop: int) -> None:
+    """Flag samples ``start:stop`` of ``group`` done (after their values are written)."""
+    write_region(workspace, group, schema.DONE, start, np.ones(stop - start, bool))
+
+
+def resume_flags(workspace: str | os.PathLike[str], group: str) -> np.ndarray:
+    """The per-sample ``done`` flags of an incomplete group a job is about to resume.
+
+    A group written with per-chunk flags (``chunk_done``, before per-sample flags) is converted
+    first: each sample gets its chunk's flag, chunked like the samples, and ``chunk_done`` is
+    removed; nothing else of the group changes.
+    """
+    root = zarr.open_group(str(_path(workspace)), path=group, mode="r+", zarr_format=3)
+    names = set(root.array_keys())
+    if schema.DONE not in names and schema.LEGACY_CHUNK_DONE in names:
+        chunk_flags = np.asarray(root[schema.LEGACY_CHUNK_DONE][:], bool)
+        first = next(root[k] for k in sorted(names) if root[k].metadata.dimension_names
+                     and root[k].metadata.dimension_names[0] == schema.SAMPLE and root[k].ndim > 1)
+        n, size = first.shape[0], first.chunks[0]
+        flags = np.repeat(chunk_flags, size)[:n]
+        root.create_array(schema.DONE, shape=(n,), chunks=(size,), dtype=bool, fill_value=False,
+                          dimension_names=(schema.SAMPLE,))[:] = flags
+        shutil.rmtree(_path(workspace) / group / schema.LEGACY_CHUNK_DONE)
+    return np.asarray(zarr.open_array(str(_path(workspace)), path=f"{group}/{schema.DONE}", mode="r",
+                                      zarr_format=3)[:], bool)

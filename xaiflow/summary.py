@@ -43,7 +43,7 @@ def describe_workspace(workspace: str | os.PathLike[str]) -> list[GroupSummary]:
     out = []
     for path in store.list_groups(workspace):
         ds = store.open_group(workspace, path, check_complete=False)
-        main = [v for v in ds.data_vars if v != schema.CHUNK_DONE]
+        main = [v for v in ds.data_vars if v not in (schema.DONE, schema.LEGACY_CHUNK_DONE)]
         shape = ", ".join(f"{v}{tuple(ds[v].shape)} {ds[v].dtype}" for v in main)
         summary = GroupSummary(path, shape, str(ds.attrs.get(schema.ATTR_STATUS, "")))
         if path.startswith(schema.IMAGES + "/") and schema.SPLIT in ds.coords:

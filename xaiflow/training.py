@@ -31,14 +31,16 @@ from torch import nn
 from xaiflow import schema, store
 from xaiflow.config import AugmentConfig, TrainConfig
 from xaiflow.device import resolve_device, set_torch_threads
+from xaiflow.errors import XaiflowError
 from xaiflow.models import build_model
-from xaiflow.models.checkpoint import save_checkpoint, verify_checkpoint
+from xaiflow.models.catalog import ModelCatalog
+from xaiflow.models.checkpoint import save_checkpoint
 from xaiflow.preprocess import to_input
 
 log = logging.getLogger("xaiflow")
 
 
-class TrainingError(ValueError):
+class TrainingError(XaiflowError):
     """Training cannot start or run (missing split, class without samples, ...)."""
 
 
@@ -67,8 +69,9 @@ def load_split_arrays(workspace: str | Path, cfg: TrainConfig) -> dict[str, Any]
     if missing:
         raise TrainingError(f"{group}: class(es) {missing} have no training sample (split 'train'); "
                             "change the split seed/fractions or drop the class")
-    return {"images": ds[schema.IMAGE].values, "labels": labels, "split": split, "classes": classes,
-            "groups": groups, "sample": store.strings(ds[schema.SAMPLE].values), "attrs": ds.attrs}
+    # read here, in this process: inside a Dask task there is no client to send a computation to
+    return {"images": ds[schema.IMAGE].data.compute(scheduler="synchronous"), "labels": labels, "split": split,
+            "classes": classes, "groups": groups, "sample": store.strings(ds[schema.SAMPLE].values), "attrs": ds.attrs}
 
 
 def fold_split(split: np.ndarray, groups: np.ndarray, labels: np.ndarray, k: int, fold: int, seed: int) -> np.ndarray:
@@ -185,12 +188,12 @@ def train_model(workspace: str | Path, cfg: TrainConfig, *, force: bool = False,
     """
     arrays = load_split_arrays(workspace, cfg)
     model_id = model_id_for(cfg, data_hash(arrays))
-    directory = store.models_dir(workspace) / model_id
-    if not force and (directory / "manifest.json").is_file():
-        verify_checkpoint(directory)
-        metrics = json.loads((directory / "metrics.json").read_text())
+    catalog = ModelCatalog(workspace)
+    directory = catalog.directory / model_id
+    if not force and model_id in catalog.ids():
+        entry = catalog.get(model_id)
         log.info("model %s exists; reusing it (use --force to retrain)", model_id)
-        return _summary(model_id, directory, cfg, metrics, reused=True)
+        return _summary(model_id, directory, cfg, entry.metrics, reused=True)
 
     set_torch_threads(cfg.threads)
     device = resolve_device(cfg.device)

@@ -11,14 +11,18 @@ Channel reduction: a method's input-space attribution ``(B, C, H, W)`` becomes t
 map by summing over the input channels, the usual convention for additive attributions
 (for grayscale micrographs, C = 1, this is only a squeeze).
 
-To add a method: subclass :class:`AttributionMethod`, set ``name`` and ``Params`` (a
-subclass of :class:`MethodParams` whose fields have defaults and ``Field(description=...)``),
-implement :meth:`AttributionMethod._attribute` (validated inputs in, an input-space
-attribution ``(B, C', H, W)`` out; the base class sums over ``C'``), and register the
-class with ``@METHODS.register(name)`` in a module imported by ``xaiflow.attribution``.
-The contract tests in ``tests/attribution/test_methods.py`` loop over :data:`METHODS`;
-they also require a reference entry (a direct call of the underlying library) for every
-registered name, so a new method is checked against its reference implementation.
+To add a method: subclass :class:`AttributionMethod` (a :class:`~xaiflow.plugins.Plugin`),
+set ``name`` and ``Params`` (a subclass of :class:`MethodParams` whose fields have defaults
+and ``Field(description=...)``), implement :meth:`AttributionMethod._attribute` (validated
+inputs in, an input-space attribution ``(B, C', H, W)`` out; the base class sums over
+``C'``), and register the class with ``@METHODS.register(name)`` in a module imported by
+``xaiflow.attribution`` (or by a plugin module named in ``$XAIFLOW_PLUGINS``). A method
+that evaluates the model more than once per image says so: ``batch_param`` names the
+parameter bounding the evaluations per forward pass, :meth:`AttributionMethod.cost` counts
+the evaluations per image, and :meth:`AttributionMethod.batching` turns a budget of
+evaluations per pass into that parameter's value; the engine, the benchmarks and memory
+estimates ask the method, never its name. The contract checks
+(:func:`xaiflow.testing.check_method`) then run for it on every registered architecture.
 
 A method object holds the model and its validated parameters (:attr:`params`, a
 ``Params`` instance recorded verbatim in :meth:`provenance`); it does not change the
@@ -33,19 +37,20 @@ at once; the seeded methods serialize their use of the global RNGs (see :func:`s
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from xaiflow.errors import XaiflowError
 from xaiflow.models.base import MicrographModel
-from xaiflow.params import validate_params
+from xaiflow.plugins import Plugin, PluginParams
 from xaiflow.registry import Registry
 
 #: A reference input: ``"zeros"`` (all-zero image), ``"mean"`` (each image's own per-channel
@@ -56,30 +61,49 @@ Baseline = Union[Literal["zeros", "mean"], float]
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-class MethodParams(BaseModel):
+class MethodError(XaiflowError):
+    """An attribution method's parameters are invalid; names the method, the parameter and the value."""
+
+
+class MethodParams(PluginParams):
     """Base of every method's ``Params``: unknown names are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+@dataclass(frozen=True)
+class Cost:
+    """Model evaluations a method runs per image, and of which kind (``fwd``: a forward pass
+    only; ``fwd+bwd``: a forward and a backward pass to the input; ``fwd+bwd to the layer``)."""
+
+    evaluations: int
+    kind: str = "fwd+bwd"
 
 
-class AttributionMethod(ABC):
+class AttributionMethod(Plugin):
     """Base class of all attribution methods (see the module docstring for the contract)."""
 
-    name: ClassVar[str]
-    Params: ClassVar[type[MethodParams]] = MethodParams
+    family = "attribution method"
+    error = MethodError
+    Params: ClassVar[type[PluginParams]] = MethodParams
     #: distributions whose versions change the maps; recorded in :meth:`provenance`
     libraries: ClassVar[tuple[str, ...]] = ("captum",)
-    #: the parameter that bounds how many model evaluations run in one forward pass
-    #: (memory-aware batching sets it; it changes speed and memory, not the maps)
-    batch_param: ClassVar[str | None] = None
 
     def __init__(self, model: MicrographModel, **params: Any) -> None:
         self.model = model
-        self.params = self._validate(params)
+        super().__init__(**params)
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        """Model evaluations per image of shape ``(C, H, W)`` with these parameters (default: one)."""
+        return Cost(1)
 
     @classmethod
-    def _validate(cls, params: dict[str, Any]) -> MethodParams:
-        return validate_params(cls.Params, params, f"attribution method {cls.name!r}")
+    def batching(cls, images_per_call: int, evals_per_pass: int) -> dict[str, int]:
+        """The value of :attr:`batch_param` that runs about ``evals_per_pass`` model evaluations per
+        forward pass when :meth:`attribute` gets ``images_per_call`` images ({} without one)."""
+        return {cls.batch_param: evals_per_pass} if cls.batch_param else {}
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        """Images the model sees per forward pass with these parameters (one pass per call by default)."""
+        return images_per_call
 
     def attribute(self, x: Tensor, target: Tensor) -> Tensor:
         """Maps ``(B, H, W)`` float32 explaining class ``target[i]`` for image ``x[i]``."""
@@ -109,10 +133,6 @@ class AttributionMethod(ABC):
         for dist in self.libraries:
             record[f"{dist.replace('-', '_')}_version"] = version(dist)
         return record
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
-        return f"{type(self).__name__}({args})"
 
 
 METHODS: Registry[type[AttributionMethod]] = Registry("attribution method")

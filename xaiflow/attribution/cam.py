@@ -22,7 +22,7 @@ from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam
 from pydantic import Field
 from torch import Tensor
 
-from xaiflow.attribution.base import METHODS, AttributionMethod, MethodParams
+from xaiflow.attribution.base import METHODS, AttributionMethod, Cost, MethodParams
 from xaiflow.models.base import MicrographModel
 
 _LAYER_DOC = "layer to explain, one of model.layer_names(); None: the model's cam_layer"
@@ -52,6 +52,9 @@ class GradCamMethod(_CamMethod):
     name = "grad_cam"
     Params = GradCamParams
     params: GradCamParams
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        return Cost(1, "fwd+bwd to the layer")
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         cam = LayerGradCam(self.model, self.layer).attribute(

@@ -11,11 +11,12 @@ chunk, so retries and parallel workers are safe and a killed run resumes where i
 
 Devices and memory: the device comes from the config (``auto`` picks CUDA on a worker that
 has it); torch threads follow the worker's thread count; the number of model evaluations per
-forward pass (Integrated Gradients' ``internal_batch_size``, SmoothGrad's
-``nt_samples_batch_size``, occlusion's ``perturbations_per_eval``, LIME's ``batch_size``) is
-chosen from the activation memory of one evaluation and the per-worker memory budget, capped
-per device type (on this CPU, small passes are faster). Batching changes speed and memory,
-not the maps, so it is recorded but is not part of a method's identity.
+forward pass is chosen from the activation memory of one evaluation and the per-worker
+memory budget, capped per device type (on this CPU, small passes are faster), and each
+method turns it into its own batching parameter
+(:meth:`~xaiflow.attribution.base.AttributionMethod.batching`: Integrated Gradients'
+``internal_batch_size``, occlusion's ``perturbations_per_eval``, ...). Batching changes speed
+and memory, not the maps, so it is recorded but is not part of a method's identity.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,11 +40,12 @@ from xaiflow import regions, schema, store
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
-from xaiflow.models.cache import cached_model
-from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
+from xaiflow.errors import XaiflowError
+from xaiflow.jobs import Chunk, ChunkJob, pending_chunks, run_job
+from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.predict import current_predictions
 from xaiflow.preprocess import to_input
-from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
+from xaiflow.runtime import ProgressFn, worker_compute
 from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, NONFINITE_SUFFIX, SCALE_SUFFIX,
                               TARGET_SUFFIX, decode_maps, encode_maps, group_template, method_template,
                               saliency_group, storage_of, stored_methods, write_template)
@@ -53,7 +55,7 @@ log = logging.getLogger("xaiflow")
 _METHOD_ARRAYS = ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)
 
 
-class AttributionError(ValueError):
+class AttributionError(XaiflowError):
     """Attribution cannot run as configured; the message names the method, parameter or value."""
 
 
@@ -62,41 +64,6 @@ class MethodRun:
     key: str
     name: str
     params: dict[str, Any]  # as configured: the method's identity (batching excluded)
-
-
-@dataclass(frozen=True)
-class AttributionPlan:
-    workspace: str
-    dataset: str
-    model_id: str
-    checkpoint: str
-    sha256: str
-    n_classes: int
-    target: str
-    methods: tuple[MethodRun, ...]
-    storage: str  # float32, or float16 maps with a per-map scale (xaiflow.saliency)
-    device: str
-    batch_size: int | None
-    memory_budget_mb: int
-    max_evals_per_pass: dict[str, int]
-    #: ``predictions/<dataset>/<model_id>`` when it holds this checkpoint's predictions of these
-    #: images: ``target: predicted`` then reads the stored class instead of a forward pass
-    predictions: str | None = None
-
-    @property
-    def group(self) -> str:
-        return saliency_group(self.dataset, self.model_id)
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    index: int
-    start: int
-    stop: int
-    selected: tuple[int, ...]  # sample indices (absolute) this run explains in the chunk
-    #: the class explained for each selected sample when known at planning (labels, stored
-    #: predictions); None: the worker predicts it
-    targets: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -112,29 +79,12 @@ class AttributionResult:
 
 # ------------------------------------------------------------------ planning (client)
 
-def _model_id(workspace: str, cfg: AttributionConfig, run: RunConfig | None) -> str:
-    if cfg.model:
-        return cfg.model
-    if run is None or run.train is None:
-        raise AttributionError("attribution.model is not set and the config has no `train:` section to derive it from")
-    from xaiflow.training import resolve_model_id
-
-    return resolve_model_id(workspace, run.train)
-
-
-def _identity(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter that changes the maps, defaults filled in (so {} == {n_steps: 32})."""
-    cls = METHODS.get(name)
-    full = cls.Params(**params).model_dump(mode="json")
-    return {k: v for k, v in full.items() if k != cls.batch_param}
-
-
 def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
     for spec in cfg.methods:
         try:
             make_method(spec.name, model, **spec.params)
         except (KeyError, ValueError) as e:
-            raise AttributionError(f"methods[{spec.variable}]: {e}") from None
+            raise AttributionError(f"methods[{spec.key}]: {e}") from None
 
 
 def _planned_targets(workspace: str, target: str, predictions: str | None, images: Any) -> np.ndarray | None:
@@ -147,24 +97,20 @@ def _planned_targets(workspace: str, target: str, predictions: str | None, image
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
-            overwrite: bool = False) -> tuple[AttributionPlan, list[ChunkTask], int]:
-    """Validate, create/extend the saliency group; return the plan, the pending tasks and the chunk count."""
+            overwrite: bool = False) -> AttributionJob:
+    """Validate, create/extend the saliency group; return the job with its pending chunks."""
     workspace = str(workspace)
-    model_id = _model_id(workspace, cfg, run)
-    checkpoint = store.models_dir(workspace) / model_id
-    if not (checkpoint / "manifest.json").is_file():
-        raise AttributionError(f"no trained model {model_id!r} in {store.models_dir(workspace)}; run `xaiflow train`")
-    manifest = verify_checkpoint(checkpoint)
+    entry = ModelCatalog(workspace).resolve(cfg.model, run=run, dataset=cfg.dataset)
+    model_id = entry.model_id
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, cfg.dataset))
     classes = list(images.attrs[schema.ATTR_CLASSES])
-    if manifest.hparams["num_classes"] != len(classes):
-        raise AttributionError(f"model {model_id} has {manifest.hparams['num_classes']} outputs but dataset "
+    if entry.num_classes != len(classes):
+        raise AttributionError(f"model {model_id} has {entry.num_classes} outputs but dataset "
                                f"{cfg.dataset!r} has {len(classes)} classes {classes}")
-    model, _ = load_checkpoint(checkpoint)
-    _check_methods(cfg, model)
+    _check_methods(cfg, entry.load())
 
     group = saliency_group(cfg.dataset, model_id)
-    group_attrs = {"model_id": model_id, "checkpoint_sha256": manifest.weights_sha256, "target": cfg.target}
+    group_attrs = {"model_id": model_id, "checkpoint_sha256": entry.sha256, "target": cfg.target}
     identity_keys = list(group_attrs)
     group_attrs.update({schema.ATTR_CLASSES: classes, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION})
     if store.group_exists(workspace, group):
@@ -181,21 +127,22 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
 
     stored = stored_methods(workspace, group)
     for spec in cfg.methods:
-        identity = {"method": spec.name, "params": _identity(spec.name, spec.params), ATTR_STORAGE: cfg.storage}
-        if spec.variable in stored:
-            attrs = stored[spec.variable]
+        identity = {"method": spec.name, "params": METHODS.get(spec.name).identity_of(spec.params),
+                    ATTR_STORAGE: cfg.storage}
+        if spec.key in stored:
+            attrs = stored[spec.key]
             before = {"method": attrs[ATTR_METHOD], "params": attrs[ATTR_PARAMS], ATTR_STORAGE: storage_of(attrs)}
             if before == json.loads(json.dumps(identity)):
                 continue
             if not overwrite:
                 raise AttributionError(
-                    f"{group}: {spec.variable!r} is stored with {before}, this run asks for {identity}. "
+                    f"{group}: {spec.key!r} is stored with {before}, this run asks for {identity}. "
                     f"Use another key (methods: [{{name: {spec.name}, key: {spec.name}_v2, params: ...}}]) "
                     "or --overwrite")
             for suffix in _METHOD_ARRAYS + (SCALE_SUFFIX,):  # the scale exists with float16 storage only
-                store.delete_array(workspace, group, spec.variable + suffix)
+                store.delete_array(workspace, group, spec.key + suffix)
         attrs = {ATTR_METHOD: spec.name, ATTR_PARAMS: identity["params"]}
-        write_template(workspace, group, method_template(images, spec.variable, classes, cfg.target == "all", attrs,
+        write_template(workspace, group, method_template(images, spec.key, classes, cfg.target == "all", attrs,
                                                          cfg.storage), mode="a")
     # appending variables with xarray rewrites the group attrs: set them again
     store.set_attrs(workspace, group, **group_attrs, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
@@ -204,197 +151,215 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     chunk = images[schema.IMAGE].data.chunksize[0]
     selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
     root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
-    done = np.logical_and.reduce([np.asarray(root[m.variable + DONE_SUFFIX][:], bool) for m in cfg.methods])
-    pending = selected & ~done
-    n_chunks = math.ceil(n / chunk)
-    predictions = current_predictions(workspace, model_id, cfg.dataset, manifest.weights_sha256) \
-        if cfg.target == "predicted" else None
+    done = np.logical_and.reduce([np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods])
+    predictions = current_predictions(workspace, entry, cfg.dataset) if cfg.target == "predicted" else None
     known = _planned_targets(workspace, cfg.target, predictions, images)
-    tasks = []
-    for i in range(n_chunks):
-        start, stop = i * chunk, min(n, (i + 1) * chunk)
-        if pending[start:stop].any():
-            chosen = np.flatnonzero(selected[start:stop]) + start
-            tasks.append(ChunkTask(i, start, stop, tuple(chosen.tolist()),
-                                   None if known is None else tuple(known[chosen].tolist())))
-    plan = AttributionPlan(
-        workspace=workspace, dataset=cfg.dataset, model_id=model_id, checkpoint=str(checkpoint),
-        sha256=manifest.weights_sha256, n_classes=len(classes), target=cfg.target,
-        methods=tuple(MethodRun(m.variable, m.name, dict(m.params)) for m in cfg.methods), storage=cfg.storage,
+
+    def payload(start: int, stop: int) -> Selection:
+        chosen = np.flatnonzero(selected[start:stop]) + start
+        return Selection(tuple(chosen.tolist()), None if known is None else tuple(known[chosen].tolist()))
+
+    chunks = pending_chunks(selected & ~done, chunk, payload)
+    n_selected_chunks = len(pending_chunks(selected, chunk))
+    return AttributionJob(
+        workspace=workspace, dataset=cfg.dataset, model=entry, n_classes=len(classes), target=cfg.target,
+        methods=tuple(MethodRun(m.key, m.name, dict(m.params)) for m in cfg.methods), storage=cfg.storage,
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
-        max_evals_per_pass=dict(cfg.max_evals_per_pass), predictions=predictions)
-    n_selected_chunks = sum(bool(selected[t * chunk:(t + 1) * chunk].any()) for t in range(n_chunks))
-    return plan, tasks, n_selected_chunks
+        max_evals_per_pass=dict(cfg.max_evals_per_pass), gpu=cfg.gpu, predictions=predictions, chunks=chunks,
+        n_chunks=n_selected_chunks)
 
 
 # ------------------------------------------------------------------ batching
 
-_ACTIVATION_BYTES: dict[tuple[str, tuple[int, ...], str], int] = {}
-
-
 def evaluation_bytes(model: torch.nn.Module, sha: str, shape: tuple[int, ...], device: torch.device) -> int:
-    """Memory of one model evaluation with gradients: activations, their gradients, headroom (x3)."""
-    key = (sha, shape, str(device))
-    if key not in _ACTIVATION_BYTES:
-        total = 0
+    """Memory of one model evaluation with gradients: activations, their gradients, headroom (x3).
 
-        def hook(_module: torch.nn.Module, _inp: Any, out: Any) -> None:
-            nonlocal total
-            if isinstance(out, torch.Tensor):
-                total += out.numel() * out.element_size()
-
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        try:
-            with torch.no_grad():
-                model(torch.zeros((1, *shape), device=device))
-        finally:
-            for h in handles:
-                h.remove()
-        _ACTIVATION_BYTES[key] = 3 * max(total, 1)
-    return _ACTIVATION_BYTES[key]
+    Measured once per (checkpoint, input shape, device) and process (a bounded cache: a worker
+    sees few models and shapes)."""
+    return _evaluation_bytes(model, sha, shape, str(device))
 
 
-def choose_batching(name: str, batch: int, evals_per_pass: int) -> dict[str, int]:
-    """The method's batching parameter for ``evals_per_pass`` evaluations per forward pass."""
-    param = METHODS.get(name).batch_param
-    if param is None:
-        return {}
-    if param == "perturbations_per_eval":  # counted per image of the batch
-        return {param: max(1, evals_per_pass // batch)}
-    if param == "nt_samples_batch_size":  # SmoothGrad explains one image per call (seeded per image)
-        return {param: evals_per_pass}
-    if param == "internal_batch_size":  # Captum needs at least one step for every image
-        return {param: max(batch, evals_per_pass)}
-    return {param: evals_per_pass}  # LIME: perturbed copies of one image per pass
+@lru_cache(maxsize=64)
+def _evaluation_bytes(model: torch.nn.Module, sha: str, shape: tuple[int, ...], device: str) -> int:
+    total = 0
+
+    def hook(_module: torch.nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return 3 * max(total, 1)
 
 
 def default_batch_size(device: torch.device) -> int:
     return 32 if device.type == "cuda" else 4
 
 
-# ------------------------------------------------------------------ one chunk (worker)
+# ------------------------------------------------------------------ the job
 
-def _chunk_targets(plan: AttributionPlan, task: ChunkTask, model: torch.nn.Module, pixels: np.ndarray,
-                   local: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
-    """The class each selected sample's maps explain, once per chunk for every method: planned
-    (labels, this checkpoint's stored predictions), else predicted here."""
-    targets = np.full(len(pixels), -1, np.int64)
-    if task.targets is not None:
-        targets[local] = task.targets
-    elif plan.target == "predicted":
-        with torch.no_grad():
-            for b in range(0, len(local), batch):
-                idx = local[b:b + batch]
-                targets[idx] = model(to_input(pixels[idx]).to(device)).argmax(1).cpu().numpy()
-    return targets
+@dataclass(frozen=True)
+class Selection:
+    """What the plan knows of one chunk: the samples (absolute indices) this run explains in it, and
+    the class to explain for each when known at planning (labels, stored predictions; else None:
+    the worker predicts it)."""
+
+    samples: tuple[int, ...]
+    targets: tuple[int, ...] | None = None
 
 
-def run_chunk(task: ChunkTask, plan: AttributionPlan) -> dict[str, Any]:
-    """Explain one chunk for every method of the plan and write its region and flags."""
-    with worker_compute() as worker:
-        return _compute_chunk(task, plan, worker)
+@dataclass(frozen=True)
+class AttributionJob(ChunkJob):
+    """Maps of every method for the selected samples of every pending image chunk (``n_chunks``:
+    the chunks holding a selected sample)."""
 
+    stage = "attribute"
+    dataset: str
+    model: ModelEntry
+    n_classes: int
+    target: str
+    methods: tuple[MethodRun, ...]
+    storage: str  # float32, or float16 maps with a per-map scale (xaiflow.saliency)
+    device: str
+    batch_size: int | None
+    memory_budget_mb: int
+    max_evals_per_pass: dict[str, int]
+    gpu: bool
+    #: ``predictions/<dataset>/<model_id>`` when it holds this checkpoint's predictions of these
+    #: images: ``target: predicted`` then reads the stored class instead of a forward pass
+    predictions: str | None
 
-def _compute_chunk(task: ChunkTask, plan: AttributionPlan, worker: Any) -> dict[str, Any]:
-    device = resolve_device(plan.device)
-    model, _ = cached_model(plan.checkpoint, device)
-    s0, s1 = task.start, task.stop
-    region = slice(s0, s1)
-    local = np.array(task.selected) - s0
-    # every array this chunk touches, opened and read together (see xaiflow.regions)
-    image_path = f"{schema.group_path(schema.IMAGES, plan.dataset)}/{schema.IMAGE}"
-    suffixes = _METHOD_ARRAYS + ((SCALE_SUFFIX,) if plan.storage == "float16" else ())
-    paths = {m.key: [f"{plan.group}/{m.key}{suffix}" for suffix in suffixes] for m in plan.methods}
-    arrays = regions.open_arrays(plan.workspace, [image_path, *(p for ps in paths.values() for p in ps)])
-    done_index = suffixes.index(DONE_SUFFIX)
-    pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[done_index]] for ps in paths.values())],
-                                       region)
-    batch = plan.batch_size or default_batch_size(device)
-    per_eval = evaluation_bytes(model, plan.sha256, (1, *pixels.shape[1:]), device)
-    cap = plan.max_evals_per_pass.get(device.type, plan.max_evals_per_pass.get("cpu", 8))
-    evals = int(max(1, min(cap, plan.memory_budget_mb * 2**20 // per_eval)))
-    chunk_targets = _chunk_targets(plan, task, model, pixels, local, batch, device)
-    result: dict[str, Any] = {"index": task.index, "computed": {}, "nonfinite": {}, "seconds": {}, "batching": {},
-                              "worker": worker.address if worker is not None else None}
+    @property
+    def group(self) -> str:
+        return saliency_group(self.dataset, self.model.model_id)
 
-    for m, done in zip(plan.methods, done_flags):
-        method_arrays = dict(zip(suffixes, (arrays[p] for p in paths[m.key])))
-        data_arrays = [method_arrays[k] for k in suffixes if k != DONE_SUFFIX]  # maps, targets, non-finite[, scale]
-        done = done.astype(bool)
-        todo = local[~done[local]]
-        if not len(todo):
-            continue
-        tick = time.perf_counter()
-        batching = {} if METHODS.get(m.name).batch_param in m.params else choose_batching(m.name, batch, evals)
-        method = make_method(m.name, model, **m.params, **batching)
-        if done.any():  # keep the maps of samples done earlier
-            stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, region)
-            maps = decode_maps(stored_maps, scale[0] if scale else None)
-            nonfinite = nonfinite.astype(bool)
-        else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
-            maps = np.full((s1 - s0, *method_arrays[""].shape[1:]), np.nan, np.float32)
-            targets = np.full(s1 - s0, -1, np.int16)
-            nonfinite = np.zeros(s1 - s0, bool)
-        for b in range(0, len(todo), batch):
-            idx = todo[b:b + batch]
-            x = to_input(pixels[idx]).to(device)
-            if plan.target == "all":
-                for k in range(plan.n_classes):
-                    maps[idx, k] = method.attribute(x, torch.full((len(idx),), k, device=device)).cpu().numpy()
-                bad = ~np.isfinite(maps[idx]).all(axis=(1, 2, 3))
+    @property
+    def resources(self) -> dict[str, float] | None:
+        return {"GPU": 1} if self.gpu else None
+
+    def run_chunk(self, chunk: Chunk) -> dict[str, Any]:
+        """Explain one chunk for every method and write its region and flags."""
+        with worker_compute() as worker:
+            return self._compute(chunk, chunk.payload, worker)
+
+    def _targets(self, chosen: Selection, model: torch.nn.Module, pixels: np.ndarray, local: np.ndarray,
+                 batch: int, device: torch.device) -> np.ndarray:
+        """The class each selected sample's maps explain, once per chunk for every method: planned
+        (labels, this checkpoint's stored predictions), else predicted here."""
+        targets = np.full(len(pixels), -1, np.int64)
+        if chosen.targets is not None:
+            targets[local] = chosen.targets
+        elif self.target == "predicted":
+            with torch.no_grad():
+                for b in range(0, len(local), batch):
+                    idx = local[b:b + batch]
+                    targets[idx] = model(to_input(pixels[idx]).to(device)).argmax(1).cpu().numpy()
+        return targets
+
+    def _compute(self, chunk: Chunk, chosen: Selection, worker: Any) -> dict[str, Any]:
+        device = resolve_device(self.device)
+        model = self.model.cached(device)
+        s0, s1 = chunk.start, chunk.stop
+        region = slice(s0, s1)
+        local = np.array(chosen.samples) - s0
+        # every array this chunk touches, opened and read together (see xaiflow.regions)
+        image_path = f"{schema.group_path(schema.IMAGES, self.dataset)}/{schema.IMAGE}"
+        suffixes = _METHOD_ARRAYS + ((SCALE_SUFFIX,) if self.storage == "float16" else ())
+        paths = {m.key: [f"{self.group}/{m.key}{suffix}" for suffix in suffixes] for m in self.methods}
+        arrays = regions.open_arrays(self.workspace, [image_path, *(p for ps in paths.values() for p in ps)])
+        done_index = suffixes.index(DONE_SUFFIX)
+        pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[done_index]] for ps in paths.values())],
+                                           region)
+        batch = self.batch_size or default_batch_size(device)
+        per_eval = evaluation_bytes(model, self.model.sha256, (1, *pixels.shape[1:]), device)
+        cap = self.max_evals_per_pass.get(device.type, self.max_evals_per_pass.get("cpu", 8))
+        evals = int(max(1, min(cap, self.memory_budget_mb * 2**20 // per_eval)))
+        chunk_targets = self._targets(chosen, model, pixels, local, batch, device)
+        result: dict[str, Any] = {"index": chunk.index, "computed": {}, "nonfinite": {}, "seconds": {},
+                                  "batching": {}, "worker": worker.address if worker is not None else None}
+
+        for m, done in zip(self.methods, done_flags):
+            method_arrays = dict(zip(suffixes, (arrays[p] for p in paths[m.key])))
+            data_arrays = [method_arrays[k] for k in suffixes if k != DONE_SUFFIX]  # maps, targets, non-finite[, scale]
+            done = done.astype(bool)
+            todo = local[~done[local]]
+            if not len(todo):
+                continue
+            tick = time.perf_counter()
+            cls = METHODS.get(m.name)
+            batching = {} if cls.batch_param in m.params else cls.batching(batch, evals)
+            method = make_method(m.name, model, **m.params, **batching)
+            if done.any():  # keep the maps of samples done earlier
+                stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, region)
+                maps = decode_maps(stored_maps, scale[0] if scale else None)
+                nonfinite = nonfinite.astype(bool)
+            else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
+                maps = np.full((s1 - s0, *method_arrays[""].shape[1:]), np.nan, np.float32)
+                targets = np.full(s1 - s0, -1, np.int16)
+                nonfinite = np.zeros(s1 - s0, bool)
+            for b in range(0, len(todo), batch):
+                idx = todo[b:b + batch]
+                x = to_input(pixels[idx]).to(device)
+                if self.target == "all":
+                    for k in range(self.n_classes):
+                        maps[idx, k] = method.attribute(x, torch.full((len(idx),), k, device=device)).cpu().numpy()
+                    bad = ~np.isfinite(maps[idx]).all(axis=(1, 2, 3))
+                else:
+                    t = chunk_targets[idx]
+                    maps[idx] = method.attribute(x, torch.from_numpy(t).to(device)).cpu().numpy()
+                    targets[idx] = t
+                    bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
+                nonfinite[idx] = bad
+            if self.storage == "float16":
+                scaled, scale = encode_maps(maps)
+                regions.write(data_arrays, region, [scaled, targets, nonfinite, scale])
             else:
-                t = chunk_targets[idx]
-                maps[idx] = method.attribute(x, torch.from_numpy(t).to(device)).cpu().numpy()
-                targets[idx] = t
-                bad = ~np.isfinite(maps[idx]).all(axis=(1, 2))
-            nonfinite[idx] = bad
-        if plan.storage == "float16":
-            scaled, scale = encode_maps(maps)
-            regions.write(data_arrays, region, [scaled, targets, nonfinite, scale])
-        else:
-            regions.write(data_arrays, region, [maps, targets, nonfinite])
-        done[todo] = True
-        regions.write([method_arrays[DONE_SUFFIX]], region, [done])  # last: a map is done only once it is stored
-        result["computed"][m.key] = int(len(todo))
-        result["nonfinite"][m.key] = int(nonfinite[todo].sum())
-        result["seconds"][m.key] = time.perf_counter() - tick
-        result["batching"][m.key] = {**batching, "images_per_call": batch, "device": str(device)}
-    return result
+                regions.write(data_arrays, region, [maps, targets, nonfinite])
+            done[todo] = True
+            regions.write([method_arrays[DONE_SUFFIX]], region, [done])  # last: a map is done only once it is stored
+            result["computed"][m.key] = int(len(todo))
+            result["nonfinite"][m.key] = int(nonfinite[todo].sum())
+            result["seconds"][m.key] = time.perf_counter() - tick
+            result["batching"][m.key] = {**batching, "images_per_call": batch, "device": str(device)}
+        return result
+
+    def finalize(self, results: list[dict[str, Any]]) -> AttributionResult:
+        """Record provenance, mark the group complete, and sum up (non-finite maps are reported)."""
+        out = AttributionResult(self.group, self.n_chunks, self.skipped, len(results))
+        batching: dict[str, Any] = {}
+        for r in results:
+            for k, v in r["computed"].items():
+                out.maps_computed[k] = out.maps_computed.get(k, 0) + v
+                out.nonfinite[k] = out.nonfinite.get(k, 0) + r["nonfinite"][k]
+                out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
+                batching[k] = r["batching"][k]
+        for k, n in out.nonfinite.items():
+            if n:
+                log.warning("%s: %d map(s) of %s contain NaN/inf; flagged in %s%s", self.group, n, k, k,
+                            NONFINITE_SUFFIX)
+        provenance = {
+            "xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__,
+            "captum_version": version("captum"), "checkpoint_sha256": self.model.sha256,
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "batching": batching,
+        }
+        store.set_attrs(self.workspace, self.group, **{schema.ATTR_PROVENANCE: provenance,
+                                                       schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+        return out
 
 
 # ------------------------------------------------------------------ whole run (client)
 
-def finalize(plan: AttributionPlan, results: list[dict[str, Any]], chunks_total: int, skipped: int) -> AttributionResult:
-    """Record provenance, mark the group complete, and sum up (non-finite maps are reported)."""
-    out = AttributionResult(plan.group, chunks_total, skipped, len(results))
-    batching: dict[str, Any] = {}
-    for r in results:
-        for k, v in r["computed"].items():
-            out.maps_computed[k] = out.maps_computed.get(k, 0) + v
-            out.nonfinite[k] = out.nonfinite.get(k, 0) + r["nonfinite"][k]
-            out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
-            batching[k] = r["batching"][k]
-    for k, n in out.nonfinite.items():
-        if n:
-            log.warning("%s: %d map(s) of %s contain NaN/inf; flagged in %s%s", plan.group, n, k, k, NONFINITE_SUFFIX)
-    provenance = {
-        "xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__, "captum_version": version("captum"),
-        "checkpoint_sha256": plan.sha256, "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "batching": batching,
-    }
-    store.set_attrs(plan.workspace, plan.group, **{schema.ATTR_PROVENANCE: provenance,
-                                                   schema.ATTR_STATUS: schema.STATUS_COMPLETE})
-    return out
-
-
 def run_attribution(workspace: str | os.PathLike[str], cfg: AttributionConfig, *, run: RunConfig | None = None,
-                    overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None) -> AttributionResult:
+                    overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None,
+                    runner: Callable[[ChunkJob], Any] | None = None) -> AttributionResult:
     """Compute every requested map that is not stored yet (one Dask task per image chunk)."""
-    plan, tasks, n_chunks = prepare(workspace, cfg, run, overwrite)
-    skipped = n_chunks - len(tasks)
-    log.info("%s: %d chunk(s) to compute, %d already complete", plan.group, len(tasks), skipped)
-    resources = {"GPU": 1} if cfg.gpu else None
-    results = map_tasks(run_chunk, tasks, client=client, progress=progress, stage="attribute",
-                        resources=resources, plan=plan)
-    return finalize(plan, results, n_chunks, skipped)
+    job = prepare(workspace, cfg, run, overwrite)
+    log.info("%s: %d chunk(s) to compute, %d already complete", job.group, len(job.chunks), job.skipped)
+    return (runner or partial(run_job, client=client, progress=progress))(job)

@@ -49,6 +49,7 @@ from xaiflow.attribution.base import (
     METHODS,
     AttributionMethod,
     Baseline,
+    Cost,
     MethodParams,
     make_baseline,
     seeded,
@@ -115,8 +116,20 @@ class IntegratedGradientsMethod(AttributionMethod):
 
     name = "integrated_gradients"
     batch_param = "internal_batch_size"
+    quick_params = {"n_steps": 8}
     Params = IntegratedGradientsParams
     params: IntegratedGradientsParams
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        return Cost(self.params.n_steps)
+
+    @classmethod
+    def batching(cls, images_per_call: int, evals_per_pass: int) -> dict[str, int]:
+        # Captum evaluates path points of every image of the call together: at least one per image
+        return {cls.batch_param: max(images_per_call, evals_per_pass)}
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        return self.params.internal_batch_size or images_per_call * self.params.n_steps
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         p = self.params
@@ -146,8 +159,16 @@ class SmoothGradMethod(AttributionMethod):
 
     name = "smoothgrad"
     batch_param = "nt_samples_batch_size"
+    quick_params = {"nt_samples": 4}
     Params = SmoothGradParams
     params: SmoothGradParams
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        return Cost(self.params.nt_samples)
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        # noisy copies of one image per pass: images are explained one at a time (seeded per image)
+        return self.params.nt_samples_batch_size or self.params.nt_samples
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         p = self.params
@@ -185,8 +206,15 @@ class GradientShapMethod(AttributionMethod):
     """GradientSHAP (Lundberg & Lee 2017), Captum's ``GradientShap``."""
 
     name = "gradient_shap"
+    quick_params = {"n_samples": 4}
     Params = GradientShapParams
     params: GradientShapParams
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        return Cost(self.params.n_samples)
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        return self.params.n_samples  # all draws of one image in one pass, one image at a time
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         p = self.params

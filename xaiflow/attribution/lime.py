@@ -46,7 +46,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import pairwise_distances
 from torch import Tensor
 
-from xaiflow.attribution.base import METHODS, AttributionMethod, MethodParams
+from xaiflow.attribution.base import METHODS, AttributionMethod, Cost, MethodParams
 
 
 class LimeParams(MethodParams):
@@ -73,9 +73,16 @@ class LimeMethod(AttributionMethod):
 
     name = "lime"
     batch_param = "batch_size"
+    quick_params = {"num_samples": 60, "n_segments": 12}
     Params = LimeParams
     params: LimeParams
     libraries = ("scikit-learn", "scikit-image")
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        return Cost(self.params.num_samples, "fwd")
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        return self.params.batch_size  # perturbed copies of one image per pass
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         maps = []

@@ -15,7 +15,7 @@ from captum.attr import Occlusion
 from pydantic import Field
 from torch import Tensor
 
-from xaiflow.attribution.base import METHODS, AttributionMethod, Baseline, MethodParams, make_baseline
+from xaiflow.attribution.base import METHODS, AttributionMethod, Baseline, Cost, MethodParams, make_baseline
 
 
 class OcclusionParams(MethodParams):
@@ -37,6 +37,19 @@ class OcclusionMethod(AttributionMethod):
     batch_param = "perturbations_per_eval"
     Params = OcclusionParams
     params: OcclusionParams
+
+    def cost(self, image_shape: tuple[int, ...]) -> Cost:
+        p = self.params
+        positions = [max(0, (side - p.window) // p.stride) + 1 for side in image_shape[-2:]]
+        return Cost(positions[0] * positions[1], "fwd")
+
+    @classmethod
+    def batching(cls, images_per_call: int, evals_per_pass: int) -> dict[str, int]:
+        # Captum counts perturbations per image of the call: a pass sees images_per_call times as many
+        return {cls.batch_param: max(1, evals_per_pass // images_per_call)}
+
+    def evals_per_pass(self, images_per_call: int) -> int:
+        return images_per_call * self.params.perturbations_per_eval
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         p = self.params

@@ -7,13 +7,15 @@ statistics are the baseline they are compared with).
 
 To add an extractor, subclass :class:`FeatureExtractor` and register it with
 ``@FEATURES.register("<name>")``. The contract, checked for every registered entry by
-:func:`xaiflow.features.testing.check_extractor` (the test suite loops over
-``FEATURES.names()``):
+:func:`xaiflow.testing.check_extractor` (the test suite loops over ``FEATURES.names()``):
 
-* ``__init__(**params)``: keyword parameters only, JSON-serializable values, passed
-  verbatim to ``super().__init__(**params)`` so that :meth:`get_params` returns them as
-  given (they go into the workspace as provenance, and a re-run compares them);
-  validate them here and raise :class:`FeatureError` naming the parameter and value;
+* a :class:`~xaiflow.plugins.Plugin`: keyword parameters only, declared in ``Params`` (a
+  :class:`FeatureParams` with JSON-serializable fields, defaults and descriptions);
+  invalid ones raise :class:`FeatureError` naming the parameter and value. The parameters
+  go into the workspace as provenance, and a re-run compares their
+  :meth:`~xaiflow.plugins.Plugin.identity_params`;
+* optional :meth:`FeatureExtractor.bind`: the parameters to run with in a given workspace
+  (e.g. the CNN extractor takes the run's default model and the workspace's models folder);
 * :meth:`compute`: ``(N, H, W)`` numpy array (uint8, uint16 or float32) -> ``(N, F)``;
   every row depends on its own image only (so chunks can be computed anywhere, in any
   order), the result is deterministic and finite (:meth:`transform` wraps it with the
@@ -26,7 +28,7 @@ To add an extractor, subclass :class:`FeatureExtractor` and register it with
   (e.g. a channel projection); fitted state is kept on the instance and pickled with it
   to the Dask workers;
 * ``runtime_params``: names of parameters that do not change the result (device, batch
-  size, where checkpoints live); they are left out of :meth:`identity_params`.
+  size, where checkpoints live); they are left out of the identity.
 
 Parallelism is not the extractor's business: :mod:`xaiflow.features.extract` runs one
 Dask task per image chunk.
@@ -34,42 +36,44 @@ Dask task per image chunk.
 
 from __future__ import annotations
 
-import inspect
-import json
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from xaiflow.errors import XaiflowError
+from xaiflow.plugins import Plugin, PluginParams
 from xaiflow.registry import Registry
 
 
-class FeatureError(ValueError):
+class FeatureError(XaiflowError):
     """Bad extractor parameters, bad input images, or non-finite features; names what and where."""
 
 
-class FeatureExtractor(ABC):
+class FeatureParams(PluginParams):
+    """Base of every extractor's ``Params``: unknown names are errors, values are frozen."""
+
+
+class FeatureExtractor(Plugin):
     """Base class: see the module docstring for the contract."""
 
-    name: ClassVar[str]
-    citation: ClassVar[str] = ""
+    family = "feature extractor"
+    error = FeatureError
+    Params: ClassVar[type[PluginParams]] = FeatureParams
     requires_fit: bool = False  # a class attribute, or a property when it depends on the parameters
-    runtime_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **params: Any) -> None:
-        self._params = dict(params)
+        super().__init__(**params)
         self._fitted = False
 
     # -------------------------------------------------------------- parameters
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments exactly as given (scikit-learn's ``get_params`` habit)."""
-        return dict(self._params)
-
-    def identity_params(self) -> dict[str, Any]:
-        """Parameters that determine the features (runtime-only ones removed), JSON-normalized."""
-        kept = {k: v for k, v in self._params.items() if k not in self.runtime_params}
-        return json.loads(json.dumps(kept, sort_keys=True))
+    @classmethod
+    def bind(cls, params: dict[str, Any], workspace: str, default_model: Callable[[], str | None]) -> dict[str, Any]:
+        """The parameters to run with on ``workspace``; ``default_model()`` gives the run's default model
+        (an id resolved from the ``features.model`` reference, None without one), asked only by an
+        extractor that needs it. Default: the parameters as given."""
+        return dict(params)
 
     def provenance(self) -> dict[str, Any]:
         """What else identifies the features besides the parameters (e.g. a checkpoint hash)."""
@@ -77,10 +81,6 @@ class FeatureExtractor(ABC):
 
     def configure_threads(self, n: int) -> None:
         """Called in a Dask worker with its thread count before the first chunk (default: nothing)."""
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
-        return f"{type(self).__name__}({args})"
 
     # -------------------------------------------------------------- the contract
 
@@ -144,13 +144,7 @@ FEATURES: Registry[type[FeatureExtractor]] = Registry("feature extractor")
 
 def build_extractor(name: str, params: dict[str, Any] | None = None) -> FeatureExtractor:
     """Build a registered extractor; unknown names and parameters give errors listing the valid ones."""
-    cls = FEATURES.get(name)
-    params = dict(params or {})
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise FeatureError(f"feature extractor {name!r} got unknown parameter(s) {unknown}; valid: {accepted}")
-    return cls(**params)
+    return FEATURES.get(name)(**(params or {}))
 
 
 def normalize_images(images: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:

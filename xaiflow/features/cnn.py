@@ -14,11 +14,12 @@ named layers (``model.get_layer(name)``, read with forward hooks) and pools each
   holds the top-k eigenvectors of the mean Gram over the fit images (a label-free channel
   PCA learned by :meth:`fit`), ``k (k + 1) / 2`` features.
 
-The network is either a model trained in the workspace (``model``: a model id in
-``<workspace>.models/`` or a checkpoint directory) or a torchvision ``backbone`` with
+The network is either a model trained in the workspace (``model``: a model id, or unique id
+prefix, of the workspace's :class:`~xaiflow.models.catalog.ModelCatalog`, or a checkpoint
+directory; by default the ``features.model`` of the run) or a torchvision ``backbone`` with
 weights from a local file (``weights_path``; never downloaded). Images go through
 :func:`xaiflow.preprocess.to_input`, exactly as in training. A Dask worker loads the model
-once (:func:`xaiflow.models.cache.cached_model`) and keeps it for every chunk.
+once (:meth:`xaiflow.models.catalog.ModelEntry.cached`) and keeps it for every chunk.
 
 torch is imported inside the methods: importing the extractor registry (which configs do to
 validate names) stays cheap.
@@ -27,62 +28,71 @@ validate names) stays cheap.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt, model_validator
 
-from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor
+from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, FeatureParams
 
 POOLINGS = ("mean", "max", "gram")
-_BACKBONES: dict[tuple[str, str | None, str], Any] = {}
+
+
+@lru_cache(maxsize=2)
+def _backbone(name: str, weights_path: str | None, device: str) -> Any:
+    """A torchvision backbone with local weights, built once per process (a worker keeps the last two)."""
+    from xaiflow.models import build_model
+
+    return build_model("backbone", num_classes=1, name=name, weights_path=weights_path).to(device).eval()
+
+
+class CNNParams(FeatureParams):
+    model: str | None = Field(None, description="model id (or unique prefix) in the workspace, or a checkpoint "
+                                                "directory (default: the run's features.model)")
+    backbone: str | None = Field(None, description="torchvision network name (instead of model), e.g. vgg16")
+    weights_path: str | None = Field(None, description="local ImageNet weights file for backbone (a state_dict)")
+    layers: list[str] | None = Field(None, description="layer names (default: the model's last convolutional "
+                                                       "stage, its cam_layer)")
+    pooling: list[Literal["mean", "max", "gram"]] = Field(["mean", "max"], min_length=1,
+                                                          description="poolings of each layer's activations")
+    gram_channels: PositiveInt | None = Field(None, description="reduce the Gram matrix to this many principal "
+                                                                "channel directions")
+    batch_size: PositiveInt = Field(32, description="images per forward pass (runtime only)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto (runtime only)")
+    models_dir: str | None = Field(None, description="the workspace's models folder (set by the run; runtime only)")
+
+    @model_validator(mode="after")
+    def _one_network(self) -> "CNNParams":
+        if (self.model is None) == (self.backbone is None):
+            raise ValueError("give exactly one of model (a trained model id or checkpoint directory) and backbone "
+                             "(a torchvision name with weights_path)")
+        return self
 
 
 @FEATURES.register("cnn")
 class CNNActivations(FeatureExtractor):
-    """Pooled activations of named layers of a CNN (see the module docstring).
-
-    Args:
-        model: model id (looked up in ``models_dir``) or a checkpoint directory.
-        backbone: torchvision network name (instead of ``model``), e.g. ``"vgg16"``.
-        weights_path: local ImageNet weights file for ``backbone`` (a state_dict).
-        layers: layer names (default: the model's last convolutional stage, ``cam_layer``).
-        pooling: any of ``mean``, ``max``, ``gram``.
-        gram_channels: reduce the Gram matrix to this many principal channel directions.
-        batch_size, device, models_dir: runtime settings (do not change the features).
-    """
+    """Pooled activations of named layers of a CNN (see the module docstring and :class:`CNNParams`)."""
 
     name = "cnn"
     citation = ("Ling, Hutchinson, Antono, DeCost, Holm, Meredig 2017, Building data-driven models with "
                 "microstructural images: generalization and interpretability, Materials Discovery 10:19 "
                 "(doi:10.1016/j.md.2018.03.002)")
     runtime_params = frozenset({"batch_size", "device", "models_dir"})
+    Params = CNNParams
+    params: CNNParams
 
-    def __init__(self, model: str | None = None, backbone: str | None = None, weights_path: str | None = None,
-                 layers: Sequence[str] | None = None, pooling: Sequence[str] = ("mean", "max"),
-                 gram_channels: int | None = None, batch_size: int = 32, device: str = "cpu",
-                 models_dir: str | None = None) -> None:
-        super().__init__(model=model, backbone=backbone, weights_path=weights_path, layers=layers, pooling=pooling,
-                         gram_channels=gram_channels, batch_size=batch_size, device=device, models_dir=models_dir)
-        if (model is None) == (backbone is None):
-            raise FeatureError("cnn: give exactly one of model (a trained model id or checkpoint directory) "
-                               "and backbone (a torchvision name with weights_path)")
-        bad = [p for p in pooling if p not in POOLINGS]
-        if bad or not pooling:
-            raise FeatureError(f"cnn: unknown pooling {bad or list(pooling)!r}; valid: {list(POOLINGS)}")
-        if gram_channels is not None and (isinstance(gram_channels, bool) or not isinstance(gram_channels, int)
-                                          or gram_channels < 1):
-            raise FeatureError(f"cnn: gram_channels must be a positive integer, got {gram_channels!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise FeatureError(f"cnn: batch_size must be a positive integer, got {batch_size!r}")
-        self.pooling = list(dict.fromkeys(pooling))
-        self.gram_channels = gram_channels if "gram" in self.pooling else None
-        self.batch_size = batch_size
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        self.pooling = list(dict.fromkeys(p.pooling))
+        self.gram_channels = p.gram_channels if "gram" in self.pooling else None
+        self.batch_size = p.batch_size
         self._net: Any = None
         self._projections: dict[str, np.ndarray] = {}
         net = self._model()
-        self.layers = list(layers) if layers else [net.cam_layer]
+        self.layers = list(p.layers) if p.layers else [net.cam_layer]
         for layer in self.layers:
             net.get_layer(layer)  # UnknownLayerError lists the valid layers
         self._channels = self._count_channels()
@@ -97,40 +107,54 @@ class CNNActivations(FeatureExtractor):
     def requires_fit(self) -> bool:  # type: ignore[override]
         return self.gram_channels is not None
 
-    def _checkpoint(self) -> Path:
-        from xaiflow.models.checkpoint import CheckpointError
+    @classmethod
+    def bind(cls, params: dict[str, Any], workspace: str, default_model: Callable[[], str | None]) -> dict[str, Any]:
+        """The run's default model when neither ``model`` nor ``backbone`` is given; a model id (or
+        unique prefix) completed from the workspace's catalog, whose folder becomes ``models_dir``."""
+        from xaiflow.models.catalog import ModelCatalog, ModelNotFoundError
+        from xaiflow.models.checkpoint import MANIFEST
 
-        model = str(self._params["model"])
-        candidates = [Path(model)]
-        if self._params["models_dir"]:
-            candidates.insert(0, Path(self._params["models_dir"]) / model)
-        for c in candidates:
-            if (c / "manifest.json").is_file():
-                return c
-        where = self._params["models_dir"] or "(no models_dir given)"
-        known = sorted(p.name for p in Path(where).glob("*") if not p.name.startswith(".")) \
-            if Path(where).is_dir() else []
-        raise CheckpointError(f"cnn: no trained model {model!r} in {where} and no checkpoint directory at "
-                              f"{model} (models: {known or 'none'})")
+        params = dict(params)
+        if params.get("model") is None and params.get("backbone") is None:
+            if default_model() is None:
+                raise FeatureError("cnn extractor needs params.model (a model id), params.backbone, or the "
+                                   "features section's `model:` (e.g. {train: this})")
+            params["model"] = default_model()
+        model = params.get("model")
+        if model is not None and not (Path(str(model)) / MANIFEST).is_file():
+            catalog = ModelCatalog(workspace)
+            try:
+                params["model"] = catalog.get(str(model)).model_id
+            except ModelNotFoundError as e:
+                raise FeatureError(f"cnn: {e}") from None
+            if params.get("models_dir") is None:
+                params["models_dir"] = str(catalog.directory)
+        return params
+
+    def _checkpoint(self) -> Path:
+        """The checkpoint directory of ``model``: ``models_dir/<model>`` (a workspace's model id), else
+        ``model`` itself (a checkpoint directory)."""
+        from xaiflow.models.checkpoint import MANIFEST
+
+        model = str(self.params.model)
+        for candidate in ([Path(self.params.models_dir, model)] if self.params.models_dir else []) + [Path(model)]:
+            if (candidate / MANIFEST).is_file():
+                return candidate
+        raise FeatureError(f"cnn: no checkpoint {model!r} in {self.params.models_dir or '(no models folder)'} and no "
+                           f"checkpoint directory at {model}")
 
     def _model(self) -> Any:
         if self._net is not None:
             return self._net
         from xaiflow.device import resolve_device
 
-        device = resolve_device(self._params["device"])
-        if self._params["model"] is not None:
+        device = resolve_device(self.params.device)
+        if self.params.model is not None:
             from xaiflow.models.cache import cached_model
 
             self._net = cached_model(self._checkpoint(), device)[0]
         else:
-            key = (self._params["backbone"], self._params["weights_path"], str(device))
-            if key not in _BACKBONES:
-                from xaiflow.models import build_model
-
-                _BACKBONES[key] = build_model("backbone", num_classes=1, name=key[0],
-                                              weights_path=key[1]).to(device).eval()
-            self._net = _BACKBONES[key]
+            self._net = _backbone(str(self.params.backbone), self.params.weights_path, str(device))
         return self._net
 
     def __getstate__(self) -> dict[str, Any]:
@@ -139,15 +163,15 @@ class CNNActivations(FeatureExtractor):
         return state
 
     def provenance(self) -> dict[str, Any]:
-        if self._params["model"] is not None:
+        if self.params.model is not None:
             from xaiflow.models.checkpoint import verify_checkpoint
 
             directory = self._checkpoint()
             manifest = verify_checkpoint(directory)
             return {"model_id": directory.name, "arch": manifest.arch, "checkpoint_sha256": manifest.weights_sha256}
-        weights = self._params["weights_path"]
+        weights = self.params.weights_path
         sha = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
-        return {"backbone": self._params["backbone"], "weights_sha256": sha}
+        return {"backbone": self.params.backbone, "weights_sha256": sha}
 
     def configure_threads(self, n: int) -> None:
         from xaiflow.device import set_torch_threads

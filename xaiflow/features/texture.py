@@ -9,20 +9,27 @@ rotation-averaged: micrographs have no preferred orientation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt, StrictInt
 
-from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, normalize_images
+from xaiflow.features.base import FEATURES, FeatureExtractor, FeatureParams, normalize_images
 
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
+GlcmProp = Literal["contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM"]
 
 
-def _positive_ints(name: str, extractor: str, values: Sequence[int]) -> list[int]:
-    out = list(values)
-    if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in out):
-        raise FeatureError(f"{extractor}: {name} must be a non-empty list of positive integers, got {values!r}")
-    return out
+class GLCMParams(FeatureParams):
+    distances: list[PositiveInt] = Field([1, 2, 4, 8], min_length=1, description="pixel distances of the pairs")
+    angles: PositiveInt = Field(4, description="directions, evenly spread over 180 degrees (averaged)")
+    levels: StrictInt = Field(32, ge=2, le=256, description="grey levels the stretched image is quantized to")
+    props: list[GlcmProp] = Field(list(GLCM_PROPS), min_length=1, description="Haralick statistics (graycoprops)")
+
+
+class LBPParams(FeatureParams):
+    radii: list[PositiveInt] = Field([1, 2, 3], min_length=1, description="radii R in px")
+    points_per_radius: StrictInt = Field(8, ge=4, description="neighbours per unit radius (P = this * R)")
 
 
 @FEATURES.register("glcm")
@@ -39,21 +46,14 @@ class GLCM(FeatureExtractor):
 
     name = "glcm"
     citation = "Haralick, Shanmugam, Dinstein 1973, IEEE Trans. SMC 3:610 (doi:10.1109/TSMC.1973.4309314)"
+    Params = GLCMParams
+    params: GLCMParams
 
-    def __init__(self, distances: Sequence[int] = (1, 2, 4, 8), angles: int = 4, levels: int = 32,
-                 props: Sequence[str] = GLCM_PROPS) -> None:
-        super().__init__(distances=distances, angles=angles, levels=levels, props=props)
-        self.distances = _positive_ints("distances", self.name, distances)
-        if isinstance(angles, bool) or not isinstance(angles, int) or angles < 1:
-            raise FeatureError(f"glcm: angles must be a positive integer, got {angles!r}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
-            raise FeatureError(f"glcm: levels must be an integer in 2..256, got {levels!r}")
-        unknown = [p for p in props if p not in GLCM_PROPS]
-        if unknown or not props:
-            raise FeatureError(f"glcm: unknown props {unknown or props!r}; valid: {list(GLCM_PROPS)}")
-        self.props = list(props)
-        self.angles = [np.pi * i / angles for i in range(angles)]
-        self.levels = levels
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.distances, self.props = list(self.params.distances), list(self.params.props)
+        self.levels = self.params.levels
+        self.angles = [np.pi * i / self.params.angles for i in range(self.params.angles)]
 
     def feature_labels(self) -> list[str]:
         return [f"{p}_d{d}" for p in self.props for d in self.distances]
@@ -87,13 +87,13 @@ class LBP(FeatureExtractor):
     name = "lbp"
     citation = ("Ojala, Pietikainen, Maenpaa 2002, IEEE TPAMI 24:971, multiresolution gray-scale and "
                 "rotation invariant texture classification with local binary patterns (doi:10.1109/TPAMI.2002.1017623)")
+    Params = LBPParams
+    params: LBPParams
 
-    def __init__(self, radii: Sequence[int] = (1, 2, 3), points_per_radius: int = 8) -> None:
-        super().__init__(radii=radii, points_per_radius=points_per_radius)
-        self.radii = _positive_ints("radii", self.name, radii)
-        if isinstance(points_per_radius, bool) or not isinstance(points_per_radius, int) or points_per_radius < 4:
-            raise FeatureError(f"lbp: points_per_radius must be an integer >= 4, got {points_per_radius!r}")
-        self.points = [points_per_radius * r for r in self.radii]
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.radii = list(self.params.radii)
+        self.points = [self.params.points_per_radius * r for r in self.radii]
 
     def feature_labels(self) -> list[str]:
         return [f"r{r}_u{c}" for r, p in zip(self.radii, self.points) for c in range(p + 2)]

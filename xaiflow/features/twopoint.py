@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
-from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor
+from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, FeatureParams
 
 
 def radial_autocovariance(fields: np.ndarray, r_max: int) -> np.ndarray:
@@ -46,6 +47,12 @@ def radial_autocovariance(fields: np.ndarray, r_max: int) -> np.ndarray:
     return out / np.maximum(per_bin, 1)[None, :]
 
 
+class TwoPointParams(FeatureParams):
+    r_max: PositiveInt = Field(16, description="largest radius in px (at most half the shorter image side)")
+    phase: Literal["otsu", "intensity"] = Field("otsu", description="otsu: phase indicator (S2); intensity: grey "
+                                                                    "levels")
+
+
 @FEATURES.register("twopoint")
 class TwoPoint(FeatureExtractor):
     """Radially averaged, normalized two-point autocorrelation (see the module docstring).
@@ -58,14 +65,12 @@ class TwoPoint(FeatureExtractor):
 
     name = "twopoint"
     citation = "Torquato 2002, Random Heterogeneous Materials (Springer), two-point probability function S2(r)"
+    Params = TwoPointParams
+    params: TwoPointParams
 
-    def __init__(self, r_max: int = 16, phase: Literal["otsu", "intensity"] = "otsu") -> None:
-        super().__init__(r_max=r_max, phase=phase)
-        if isinstance(r_max, bool) or not isinstance(r_max, int) or r_max < 1:
-            raise FeatureError(f"twopoint: r_max must be a positive integer, got {r_max!r}")
-        if phase not in ("otsu", "intensity"):
-            raise FeatureError(f"twopoint: phase must be 'otsu' or 'intensity', got {phase!r}")
-        self.r_max, self.phase = r_max, phase
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.r_max, self.phase = self.params.r_max, self.params.phase
 
     def feature_labels(self) -> list[str]:
         return [f"r{r}" for r in range(1, self.r_max + 1)]

@@ -18,6 +18,6 @@ built-in metrics in :data:`METRICS` (contract: :mod:`xaiflow.metrics.base`):
 from __future__ import annotations
 
 from xaiflow.metrics import complexity, faithfulness, localization, randomization  # noqa: F401  (register)
-from xaiflow.metrics.base import METRICS, Metric, MetricParams, MetricSpec, Output, make_metric
+from xaiflow.metrics.base import METRICS, Metric, MetricParams, Output, make_metric
 
-__all__ = ["METRICS", "Metric", "MetricParams", "MetricSpec", "Output", "make_metric"]
+__all__ = ["METRICS", "Metric", "MetricParams", "Output", "make_metric"]

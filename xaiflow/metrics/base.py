@@ -4,11 +4,11 @@ A metric scores attribution maps: for every map of a batch it returns one or mor
 (scalars) and optionally curves. The contract, checked for every registered entry by the
 shared tests in ``tests/metrics/test_metrics.py`` (they loop over :data:`METRICS`):
 
-* ``__init__(**params)``: keyword parameters only, validated by the class's ``Params``
-  (a :class:`MetricParams`: unknown names are errors, every field has a documented
-  default), kept verbatim in :attr:`Metric.params`; :meth:`Metric.identity` (name and
-  parameters, defaults filled in, without :attr:`Metric.batch_param`) is what a stored
-  result is compared with on a re-run.
+* a :class:`~xaiflow.plugins.Plugin`: ``__init__(**params)``, keyword parameters only,
+  validated by the class's ``Params`` (a :class:`MetricParams`: unknown names are errors,
+  every field has a documented default), kept in :attr:`Metric.params`;
+  :meth:`Metric.identity` (name and parameters, defaults filled in, without
+  :attr:`Metric.batch_param`) is what a stored result is compared with on a re-run.
 * :meth:`Metric.outputs` declares what :meth:`Metric.compute` returns, before anything is
   computed (the runner lays out the store from it): output name -> :class:`Output`, a
   scalar per map, or a curve along a named dimension with known coordinates. Every name
@@ -46,31 +46,33 @@ Metrics hold no state between calls and start no parallel work: the runner
 To add a metric: subclass :class:`Metric`, set ``name``, ``Params``, the ``needs_*``
 flags and ``citation``, implement :meth:`Metric.outputs` and :meth:`Metric._compute`, and
 register it with ``@METRICS.register(name)`` in a module imported by
-:mod:`xaiflow.metrics`. The contract tests then cover it; add its hand-computed cases.
+:mod:`xaiflow.metrics` (or by a plugin module named in ``$XAIFLOW_PLUGINS``). The contract
+checks (:func:`xaiflow.testing.check_metric`) then cover it; add its hand-computed cases.
 """
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from xaiflow.attribution.base import AttributionMethod
+from xaiflow.errors import XaiflowError
 from xaiflow.models.base import MicrographModel
-from xaiflow.params import validate_params
+from xaiflow.plugins import Plugin, PluginParams
 from xaiflow.registry import Registry
 
 
-class MetricParams(BaseModel):
-    """Base of every metric's ``Params``: unknown names are errors, values are frozen."""
+class MetricParamsError(XaiflowError):
+    """A metric's parameters are invalid; names the metric, the parameter and the value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class MetricParams(PluginParams):
+    """Base of every metric's ``Params``: unknown names are errors, values are frozen."""
 
 
 @dataclass(frozen=True)
@@ -100,31 +102,19 @@ class MetricInputs:
     method: AttributionMethod | None
 
 
-class Metric(ABC):
+class Metric(Plugin):
     """Base class of all metrics (see the module docstring for the contract)."""
 
-    name: ClassVar[str]
-    Params: ClassVar[type[MetricParams]] = MetricParams
-    citation: ClassVar[str] = ""
+    family = "metric"
+    error = MetricParamsError
+    Params: ClassVar[type[PluginParams]] = MetricParams
     needs_model: ClassVar[bool] = False
     needs_mask: ClassVar[bool] = False
     needs_method: ClassVar[bool] = False
-    #: the parameter that only bounds the model evaluations per forward pass (speed and
-    #: memory, not values); left out of :meth:`identity`
-    batch_param: ClassVar[str | None] = None
-
-    def __init__(self, **params: Any) -> None:
-        self.params = self._validate(params)
-
-    @classmethod
-    def _validate(cls, params: dict[str, Any]) -> MetricParams:
-        return validate_params(cls.Params, params, f"metric {cls.name!r}")
 
     def identity(self) -> dict[str, Any]:
         """Name and every parameter that changes the values (defaults filled in), JSON-ready."""
-        params = self.params.model_dump(mode="json")
-        params.pop(self.batch_param or "", None)
-        return json.loads(json.dumps({"metric": self.name, "params": params}))
+        return {"metric": self.name, "params": self.identity_params()}
 
     @abstractmethod
     def outputs(self, model: MicrographModel | None = None) -> dict[str, Output]:
@@ -182,11 +172,6 @@ class Metric(ABC):
     def _compute(self, inputs: MetricInputs) -> dict[str, np.ndarray]:
         """``{output name: (B,) or (B, K) array}`` for validated inputs."""
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
-        return f"{type(self).__name__}({args})"
-
-
 METRICS: Registry[type[Metric]] = Registry("metric")
 
 
@@ -203,22 +188,6 @@ def stored_name(output: str, metric: str, key: str) -> str:
     others (a ``layer`` dimension) are shared by every key.
     """
     return key + output[len(metric):] if output.startswith(metric) else output
-
-
-class MetricSpec(BaseModel):
-    """One metric of a run: registry name, parameters, and the key its outputs are stored under."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="metric name (xaiflow.metrics.METRICS)")
-    key: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
-                            description="stored name (default: name); another key stores the same metric with "
-                                        "other parameters beside it")
-    params: dict[str, Any] = Field(default_factory=dict, description="metric parameters (see the metric's docs)")
-
-    @property
-    def variable(self) -> str:
-        return self.key or self.name
 
 
 def as_tensor_targets(targets: np.ndarray, device: torch.device) -> Tensor:

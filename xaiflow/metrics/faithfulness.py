@@ -202,6 +202,7 @@ class Deletion(_PerturbationCurve):
 
     name = "deletion"
     insertion = False
+    quick_params = {"n_steps": 4}
 
 
 @METRICS.register("insertion")
@@ -211,3 +212,4 @@ class Insertion(_PerturbationCurve):
     name = "insertion"
     Params = InsertionParams
     insertion = True
+    quick_params = {"n_steps": 4, "blur_sigma": 2.0}

@@ -17,10 +17,10 @@ samples whose map is done) with the requested metrics and writes
   name -> key, description, ``higher_is_better``), ``methods`` (saliency key -> method and
   parameters of the maps scored), ``status``, ``provenance``.
 
-Every variable is chunked ``(chunk_size, all methods, all outputs)``, aligned with the
-image chunks: a task reads its chunk, computes what is missing, and writes its chunk back
-(values first, ``done`` last), so no two tasks touch one chunk, retries are safe and a
-killed run resumes. A re-run computes only what is not done. A metric key stored with
+A chunked job (:class:`MetricsJob`, :mod:`xaiflow.jobs`). Every variable is chunked
+``(chunk_size, all methods, all outputs)``, aligned with the image chunks: a task reads its
+chunk, computes what is missing, and writes its chunk back (values first, ``done`` last), so
+no two tasks touch one chunk, retries are safe and a killed run resumes. A re-run computes only what is not done. A metric key stored with
 other parameters or mask classes, maps recomputed with other parameters, or maps of a
 retrained model are refused unless ``overwrite`` (which recomputes them). New methods or
 metric keys extend the group: it is small (no maps in it), so it is rewritten with the
@@ -32,11 +32,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,13 +47,15 @@ import xaiflow
 from xaiflow import schema, store
 from xaiflow.attribution import make_method
 from xaiflow.device import resolve_device
-from xaiflow.metrics import METRICS, Metric, MetricSpec, make_metric
+from xaiflow.errors import XaiflowError
+from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.metrics import METRICS, Metric, make_metric
 from xaiflow.metrics.base import Output, stored_name
 from xaiflow.models.base import MicrographModel
-from xaiflow.models.cache import cached_model
-from xaiflow.models.checkpoint import load_checkpoint, verify_checkpoint
+from xaiflow.models.catalog import ModelCatalog, ModelEntry
+from xaiflow.plugins import PluginSpec, unique_keys
 from xaiflow.preprocess import to_input
-from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
+from xaiflow.runtime import ProgressFn, worker_compute
 from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX,
                               SCALE_SUFFIX, TARGET_SUFFIX, decode_maps, group_template, saliency_group,
                               storage_of, stored_methods)
@@ -65,7 +67,7 @@ DONE = "done"
 METRIC = "metric"
 
 
-class MetricsError(ValueError):
+class MetricsError(XaiflowError):
     """Metrics cannot run as asked; the message names the metric, method, mask or group."""
 
 
@@ -84,37 +86,6 @@ class MetricRun:
     curves: dict[str, str]  # output name -> stored variable
 
 
-@dataclass(frozen=True)
-class MetricsPlan:
-    workspace: str
-    dataset: str
-    model_id: str
-    checkpoint: str | None  # only when a metric needs the model
-    methods: tuple[str, ...]  # saliency keys scored by this run
-    method_specs: dict[str, tuple[str, dict[str, Any]]]  # saliency key -> (method name, params)
-    metrics: tuple[MetricRun, ...]
-    stored_methods: tuple[str, ...]  # the group's xai_method coordinate
-    stored_outputs: tuple[str, ...]  # the group's metric coordinate
-    mask_values: tuple[int, ...] | None
-    device: str
-    batch_size: int
-
-    @property
-    def group(self) -> str:
-        return metrics_group(self.dataset, self.model_id)
-
-    @property
-    def saliency(self) -> str:
-        return saliency_group(self.dataset, self.model_id)
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    index: int
-    start: int
-    stop: int
-
-
 @dataclass
 class MetricsResult:
     group: str
@@ -127,25 +98,36 @@ class MetricsResult:
 
 # ------------------------------------------------------------------ planning (client)
 
-def _as_spec(spec: MetricSpec | str | dict[str, Any]) -> MetricSpec:
-    if isinstance(spec, MetricSpec):
-        return spec
-    return MetricSpec(name=spec) if isinstance(spec, str) else MetricSpec.model_validate(spec)
+#: what ``xaiflow evaluate`` and the evaluation flow compute when no metric is named
+DEFAULT_METRICS = ("deletion", "insertion", "sparseness", "entropy")
+#: added to the defaults when the dataset has masks
+MASK_METRICS = ("pointing_game", "relevance_mass_accuracy")
 
 
-def _make_metrics(specs: list[MetricSpec]) -> dict[str, Metric]:
+def default_metrics(workspace: str | os.PathLike[str], dataset: str) -> list[str]:
+    """The metrics scored when none are named: faithfulness and complexity, plus localization
+    against the masks when the dataset has them."""
+    has_masks = store.group_exists(workspace, schema.group_path(schema.MASKS, dataset))
+    return [*DEFAULT_METRICS, *(MASK_METRICS if has_masks else ())]
+
+
+def _as_spec(spec: PluginSpec | str | dict[str, Any]) -> PluginSpec:
+    return spec if isinstance(spec, PluginSpec) else PluginSpec.model_validate(spec)
+
+
+def _make_metrics(specs: list[PluginSpec]) -> dict[str, Metric]:
     if not specs:
         raise MetricsError(f"no metrics requested; valid: {', '.join(METRICS.names())}")
-    keys = [s.variable for s in specs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise MetricsError(f"metrics store under the same key {dup}; give each a distinct `key`")
+    try:
+        unique_keys(specs, "metrics")
+    except ValueError as e:
+        raise MetricsError(str(e)) from None
     built = {}
     for spec in specs:
         try:
-            built[spec.variable] = make_metric(spec.name, **spec.params)
+            built[spec.key] = make_metric(spec.name, **spec.params)
         except (KeyError, ValueError) as e:
-            raise MetricsError(f"metrics[{spec.variable}]: {e}") from None
+            raise MetricsError(f"metrics[{spec.key}]: {e}") from None
     return built
 
 
@@ -174,17 +156,12 @@ def _mask_values(workspace: str, dataset: str, images: xr.Dataset, mask_class: s
     return tuple(classes.index(n) for n in names), names
 
 
-def _model(workspace: str, model_id: str, sha256: str) -> tuple[str, MicrographModel]:
-    checkpoint = store.models_dir(workspace) / model_id
-    if not (checkpoint / "manifest.json").is_file():
-        raise MetricsError(f"no trained model {model_id!r} in {store.models_dir(workspace)}; the metrics that "
-                           "need the model cannot run")
-    manifest = verify_checkpoint(checkpoint)
-    if manifest.weights_sha256 != sha256:
+def _model(workspace: str, model_id: str, sha256: str) -> tuple[ModelEntry, MicrographModel]:
+    entry = ModelCatalog(workspace).get(model_id)
+    if entry.sha256 != sha256:
         raise MetricsError(f"model {model_id} changed since its maps were computed (checkpoint sha256 "
-                           f"{manifest.weights_sha256[:12]}, maps of {sha256[:12]}); recompute the maps first")
-    model, _ = load_checkpoint(checkpoint)
-    return str(checkpoint), model.eval()
+                           f"{entry.sha256[:12]}, maps of {sha256[:12]}); recompute the maps first")
+    return entry, entry.load()
 
 
 def _jsonable(value: Any) -> Any:
@@ -239,11 +216,13 @@ def _layout(workspace: str, group: str, images: xr.Dataset, attrs: dict[str, Any
 
 
 def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
-            metrics: list[MetricSpec | str | dict[str, Any]], methods: list[str] | None = None,
+            metrics: list[PluginSpec | str | dict[str, Any]] | None = None, methods: list[str] | None = None,
             mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
-            overwrite: bool = False) -> tuple[MetricsPlan, list[ChunkTask], int]:
-    """Validate, create or extend the metrics group; return the plan, the pending tasks and the chunk count."""
+            overwrite: bool = False) -> MetricsJob:
+    """Validate, create or extend the metrics group; return the job with its pending chunks
+    (``metrics``: default :func:`default_metrics`)."""
     workspace = str(workspace)
+    metrics = default_metrics(workspace, dataset) if metrics is None else metrics
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
     sal = saliency_group(dataset, model_id)
     if not store.group_exists(workspace, sal):
@@ -263,8 +242,8 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
     mask_values, mask_names = (_mask_values(workspace, dataset, images, mask_class, needing_mask)
                                if needing_mask else (None, None))
     sha = str(sal_attrs.get("checkpoint_sha256"))
-    checkpoint, model = (_model(workspace, model_id, sha) if any(m.needs_model for m in built.values())
-                         else (None, None))
+    entry, model = (_model(workspace, model_id, sha) if any(m.needs_model for m in built.values())
+                    else (None, None))
     outputs = _outputs(built, model)
 
     identities = {k: _jsonable({**m.identity(), **({"mask_classes": mask_names} if m.needs_mask else {})})
@@ -298,13 +277,20 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
         runs.append(MetricRun(key, metric.name, metric.params.model_dump(mode="json"),
                               scalars={n: s for n, (s, o) in outs.items() if o.dim is None},
                               curves={n: s for n, (s, o) in outs.items() if o.dim is not None}))
-    plan = MetricsPlan(
-        workspace=workspace, dataset=dataset, model_id=model_id, checkpoint=checkpoint, methods=tuple(keys),
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    root = zarr.open_group(workspace, mode="r", zarr_format=3)
+    done = np.asarray(root[f"{group}/{DONE}"][:], bool)
+    cols = [scalars.index(name) for run in runs for name in run.scalars.values()]
+    pending = np.zeros(images.sizes[schema.SAMPLE], bool)
+    for m in keys:  # samples with a finished map whose metrics of this run are not all done
+        ready = np.asarray(root[f"{saliency_group(dataset, model_id)}/{m}{DONE_SUFFIX}"][:], bool)
+        pending |= ready & ~done[:, all_methods.index(m)][:, cols].all(axis=1)
+    return MetricsJob(
+        workspace=workspace, dataset=dataset, model_id=model_id, model=entry, methods=tuple(keys),
         method_specs={k: (computed[k][ATTR_METHOD], dict(computed[k][ATTR_PARAMS])) for k in keys},
         metrics=tuple(runs), stored_methods=tuple(all_methods), stored_outputs=tuple(scalars),
-        mask_values=mask_values, device=device, batch_size=batch_size)
-    chunk = images[schema.IMAGE].data.chunksize[0]
-    return plan, _pending(plan, images), math.ceil(images.sizes[schema.SAMPLE] / chunk)
+        mask_values=mask_values, device=device, batch_size=batch_size, chunks=pending_chunks(pending, chunk),
+        n_chunks=chunk_count(images.sizes[schema.SAMPLE], chunk))
 
 
 def _reconcile(workspace: str, group: str, sha: str, identities: dict[str, Any], method_ids: dict[str, Any],
@@ -366,114 +352,124 @@ def _curve_layout(stored_outs: dict[str, Any], outputs: dict[str, dict[str, tupl
     return curves
 
 
-def _pending(plan: MetricsPlan, images: xr.Dataset) -> list[ChunkTask]:
-    """Chunks holding a finished map whose metrics of this run are not all done."""
-    root = zarr.open_group(plan.workspace, mode="r", zarr_format=3)
-    done = np.asarray(root[f"{plan.group}/{DONE}"][:], bool)
-    cols = [plan.stored_outputs.index(s) for run in plan.metrics for s in run.scalars.values()]
-    pending = np.zeros(images.sizes[schema.SAMPLE], bool)
-    for m in plan.methods:
-        ready = np.asarray(root[f"{plan.saliency}/{m}{DONE_SUFFIX}"][:], bool)
-        pending |= ready & ~done[:, plan.stored_methods.index(m)][:, cols].all(axis=1)
-    n, chunk = len(pending), images[schema.IMAGE].data.chunksize[0]
-    return [ChunkTask(i, s, min(n, s + chunk)) for i, s in enumerate(range(0, n, chunk)) if pending[s:s + chunk].any()]
+# ------------------------------------------------------------------ the job
 
+@dataclass(frozen=True)
+class MetricsJob(ChunkJob):
+    """Every requested metric of every finished map of the pending image chunks."""
 
-# ------------------------------------------------------------------ one chunk (worker)
+    stage = "metrics"
+    dataset: str
+    model_id: str
+    model: ModelEntry | None  # only when a metric needs the model
+    methods: tuple[str, ...]  # saliency keys scored by this run
+    method_specs: dict[str, tuple[str, dict[str, Any]]]  # saliency key -> (method name, params)
+    metrics: tuple[MetricRun, ...]
+    stored_methods: tuple[str, ...]  # the group's xai_method coordinate
+    stored_outputs: tuple[str, ...]  # the group's metric coordinate
+    mask_values: tuple[int, ...] | None
+    device: str
+    batch_size: int
 
-def run_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
-    """Score every finished map of one chunk that lacks a metric of the plan; write the chunk back."""
-    with worker_compute():
-        return _compute_chunk(task, plan)
+    @property
+    def group(self) -> str:
+        return metrics_group(self.dataset, self.model_id)
 
+    @property
+    def saliency(self) -> str:
+        return saliency_group(self.dataset, self.model_id)
 
-def _compute_chunk(task: ChunkTask, plan: MetricsPlan) -> dict[str, Any]:
-    device = resolve_device(plan.device)
-    model = cached_model(plan.checkpoint, device)[0] if plan.checkpoint else None
-    root = zarr.open_group(plan.workspace, mode="r+", zarr_format=3)
-    images = schema.group_path(schema.IMAGES, plan.dataset)
-    s0, s1 = task.start, task.stop
-    pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])
-    region = None
-    if plan.mask_values is not None:
-        labels = np.asarray(root[f"{schema.group_path(schema.MASKS, plan.dataset)}/{schema.MASK}"][s0:s1])
-        region = np.isin(labels, plan.mask_values)
-    group, sal = root[plan.group], root[plan.saliency]
-    value, done = np.asarray(group[VALUE][s0:s1]), np.asarray(group[DONE][s0:s1], bool)
-    curves = {v: np.asarray(group[v][s0:s1]) for run in plan.metrics for v in run.curves.values()}
-    result: dict[str, Any] = {"index": task.index, "computed": {}, "seconds": {}}
+    def run_chunk(self, chunk: Chunk) -> dict[str, Any]:
+        """Score every finished map of one chunk that lacks a metric of the job; write the chunk back."""
+        with worker_compute():
+            return self._compute(chunk)
 
-    for m in plan.methods:
-        mi = plan.stored_methods.index(m)
-        ready = np.asarray(sal[m + DONE_SUFFIX][s0:s1], bool)
-        nonfinite = ready & np.asarray(sal[m + NONFINITE_SUFFIX][s0:s1], bool)
-        maps = decode_maps(np.asarray(sal[m][s0:s1]), np.asarray(sal[m + SCALE_SUFFIX][s0:s1])
-                           if storage_of(sal[m].attrs) == "float16" else None)
-        targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
-        method = None
-        for run in plan.metrics:
-            cols = [plan.stored_outputs.index(s) for s in run.scalars.values()]
-            todo = np.flatnonzero(ready & ~done[:, mi][:, cols].all(axis=1))
-            if not len(todo):
-                continue
-            tick = time.perf_counter()
-            metric = make_metric(run.name, **run.params)
-            if metric.needs_method and method is None:
-                name, params = plan.method_specs[m]
-                method = make_method(name, model, **params)  # type: ignore[arg-type]
-            scored = todo[~nonfinite[todo]]  # maps with NaN/inf stay NaN here (flagged in the saliency group)
-            for b in range(0, len(scored), plan.batch_size):
-                idx = scored[b:b + plan.batch_size]
-                out = metric.compute(
-                    maps[idx], to_input(pixels[idx]).to(device) if metric.needs_model else None, targets[idx],
-                    index=idx + s0, model=model if metric.needs_model else None,
-                    masks=region[idx] if metric.needs_mask and region is not None else None,
-                    method=method if metric.needs_method else None)
-                for name, stored in run.scalars.items():
-                    value[idx, mi, plan.stored_outputs.index(stored)] = out[name]
-                for name, stored in run.curves.items():
-                    curves[stored][idx, mi] = out[name]
-            done[np.ix_(todo, [mi], cols)] = True
-            result["computed"][run.key] = result["computed"].get(run.key, 0) + int(len(scored))
-            result["seconds"][run.key] = result["seconds"].get(run.key, 0.0) + time.perf_counter() - tick
-        for name, data in curves.items():
-            group[name][s0:s1] = data
-        group[VALUE][s0:s1] = value
-        group[DONE][s0:s1] = done  # last: a value is done only once it is stored
-    return result
+    def _compute(self, chunk: Chunk) -> dict[str, Any]:
+        device = resolve_device(self.device)
+        model = self.model.cached(device) if self.model is not None else None
+        root = zarr.open_group(self.workspace, mode="r+", zarr_format=3)
+        images = schema.group_path(schema.IMAGES, self.dataset)
+        s0, s1 = chunk.start, chunk.stop
+        pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])
+        region = None
+        if self.mask_values is not None:
+            labels = np.asarray(root[f"{schema.group_path(schema.MASKS, self.dataset)}/{schema.MASK}"][s0:s1])
+            region = np.isin(labels, self.mask_values)
+        group, sal = root[self.group], root[self.saliency]
+        value, done = np.asarray(group[VALUE][s0:s1]), np.asarray(group[DONE][s0:s1], bool)
+        curves = {v: np.asarray(group[v][s0:s1]) for run in self.metrics for v in run.curves.values()}
+        result: dict[str, Any] = {"index": chunk.index, "computed": {}, "seconds": {}}
+
+        for m in self.methods:
+            mi = self.stored_methods.index(m)
+            ready = np.asarray(sal[m + DONE_SUFFIX][s0:s1], bool)
+            nonfinite = ready & np.asarray(sal[m + NONFINITE_SUFFIX][s0:s1], bool)
+            maps = decode_maps(np.asarray(sal[m][s0:s1]), np.asarray(sal[m + SCALE_SUFFIX][s0:s1])
+                               if storage_of(sal[m].attrs) == "float16" else None)
+            targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
+            method = None
+            for run in self.metrics:
+                cols = [self.stored_outputs.index(s) for s in run.scalars.values()]
+                todo = np.flatnonzero(ready & ~done[:, mi][:, cols].all(axis=1))
+                if not len(todo):
+                    continue
+                tick = time.perf_counter()
+                metric = make_metric(run.name, **run.params)
+                if metric.needs_method and method is None:
+                    name, params = self.method_specs[m]
+                    method = make_method(name, model, **params)  # type: ignore[arg-type]
+                scored = todo[~nonfinite[todo]]  # maps with NaN/inf stay NaN here (flagged in the saliency group)
+                for b in range(0, len(scored), self.batch_size):
+                    idx = scored[b:b + self.batch_size]
+                    out = metric.compute(
+                        maps[idx], to_input(pixels[idx]).to(device) if metric.needs_model else None, targets[idx],
+                        index=idx + s0, model=model if metric.needs_model else None,
+                        masks=region[idx] if metric.needs_mask and region is not None else None,
+                        method=method if metric.needs_method else None)
+                    for name, stored in run.scalars.items():
+                        value[idx, mi, self.stored_outputs.index(stored)] = out[name]
+                    for name, stored in run.curves.items():
+                        curves[stored][idx, mi] = out[name]
+                done[np.ix_(todo, [mi], cols)] = True
+                result["computed"][run.key] = result["computed"].get(run.key, 0) + int(len(scored))
+                result["seconds"][run.key] = result["seconds"].get(run.key, 0.0) + time.perf_counter() - tick
+            for name, data in curves.items():
+                group[name][s0:s1] = data
+            group[VALUE][s0:s1] = value
+            group[DONE][s0:s1] = done  # last: a value is done only once it is stored
+        return result
+
+    def finalize(self, results: list[dict[str, Any]]) -> MetricsResult:
+        """Record provenance, mark the group complete, and sum up."""
+        out = MetricsResult(self.group, self.n_chunks, self.skipped, len(results))
+        for r in results:
+            for k, v in r["computed"].items():
+                out.computed[k] = out.computed.get(k, 0) + v
+                out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
+        provenance = {"xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__,
+                      "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        store.set_attrs(self.workspace, self.group, **{schema.ATTR_PROVENANCE: provenance,
+                                                       schema.ATTR_STATUS: schema.STATUS_COMPLETE})
+        return out
 
 
 # ------------------------------------------------------------------ whole run (client)
 
-def finalize(plan: MetricsPlan, results: list[dict[str, Any]], chunks_total: int, skipped: int) -> MetricsResult:
-    """Record provenance, mark the group complete, and sum up."""
-    out = MetricsResult(plan.group, chunks_total, skipped, len(results))
-    for r in results:
-        for k, v in r["computed"].items():
-            out.computed[k] = out.computed.get(k, 0) + v
-            out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
-    provenance = {"xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__,
-                  "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    store.set_attrs(plan.workspace, plan.group, **{schema.ATTR_PROVENANCE: provenance,
-                                                   schema.ATTR_STATUS: schema.STATUS_COMPLETE})
-    return out
-
-
 def run_metrics(workspace: str | os.PathLike[str], dataset: str, model_id: str,
-                metrics: list[MetricSpec | str | dict[str, Any]], methods: list[str] | None = None,
+                metrics: list[PluginSpec | str | dict[str, Any]] | None = None, methods: list[str] | None = None,
                 mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
-                overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None) -> MetricsResult:
+                overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None,
+                runner: Callable[[ChunkJob], Any] | None = None) -> MetricsResult:
     """Score every finished map of ``saliency/<dataset>/<model_id>`` that lacks a requested metric.
 
-    ``metrics``: names, ``{name, key, params}`` mappings or :class:`MetricSpec`;
-    ``methods``: saliency keys (default: every stored one); ``mask_class``: the mask class
-    (or classes, as a union) the localization metrics evaluate against (default: every
-    class but the first, the background); ``batch_size``: maps per metric call. One Dask
-    task per image chunk (see the module docstring for the layout and resume rules).
+    ``metrics``: names, ``{name, key, params}`` mappings or :class:`~xaiflow.plugins.PluginSpec`
+    (default: :func:`default_metrics`); ``methods``: saliency keys (default: every stored one);
+    ``mask_class``: the mask class (or classes, as a union) the localization metrics evaluate
+    against (default: every class but the first, the background); ``batch_size``: maps per
+    metric call. One Dask task per image chunk (see the module docstring for the layout and
+    resume rules).
     """
-    plan, tasks, n_chunks = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device,
-                                    batch_size=batch_size, overwrite=overwrite)
-    skipped = n_chunks - len(tasks)
-    log.info("%s: %d chunk(s) to compute, %d complete or without maps", plan.group, len(tasks), skipped)
-    results = map_tasks(run_chunk, tasks, client=client, progress=progress, stage="metrics", plan=plan)
-    return finalize(plan, results, n_chunks, skipped)
+    job = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device, batch_size=batch_size,
+                  overwrite=overwrite)
+    log.info("%s: %d chunk(s) to compute, %d complete or without maps", job.group, len(job.chunks), job.skipped)
+    return (runner or partial(run_job, client=client, progress=progress))(job)

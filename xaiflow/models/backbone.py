@@ -15,9 +15,10 @@ Adaptations:
 * grayscale: the first convolution's RGB kernels are summed into one channel (the network
   then responds to a gray image exactly as to that image copied into R, G and B);
 * the ImageNet classifier is replaced by a fresh ``num_classes`` output layer;
-* every ReLU becomes a separate, not-in-place module and each residual sum a Captum
-  ``Addition_Module`` (torchvision reuses one in-place ReLU per residual block, which
-  breaks Captum's DeepLift and LRP).
+* every ReLU becomes a separate, not-in-place module and each residual sum an
+  :class:`xaiflow.models.layers.Addition` module (torchvision reuses one in-place ReLU per
+  residual block, which breaks Captum's DeepLift and LRP, and writes its sums ``out + identity``,
+  which LRP cannot split between the branches).
 
 Weights are never downloaded at run time (workers may have no internet): pass
 ``weights_path``, a ``state_dict`` saved with ``torch.save`` on a machine with internet.
@@ -34,16 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from xaiflow.errors import XaiflowError
 from xaiflow.models.base import MODELS, MicrographModel, check_dropout
 from xaiflow.models.checkpoint import load_state_dict_file
-from xaiflow.models.resnet import addition_module
+from xaiflow.models.layers import Addition
 
 _RESNET_PREFIXES = ("resnet", "resnext", "wide_resnet")
 _VGG_PREFIX = "vgg"
 SUPPORTED_FAMILIES = "resnet*, resnext*, wide_resnet*, vgg*"
 
 
-class BackboneError(ValueError):
+class BackboneError(XaiflowError):
     """The backbone cannot be built: unsupported name, or weights missing or unusable."""
 
 
@@ -106,7 +108,7 @@ def _fresh_relus(module: nn.Module) -> nn.Module:
 
 
 class _ResidualBlock(nn.Module):
-    """A torchvision BasicBlock or Bottleneck with one ReLU per use and an ``Addition_Module``.
+    """A torchvision BasicBlock or Bottleneck with one ReLU per use and an :class:`Addition` sum.
 
     Parameter names (``conv1``, ``bn1``, ..., ``downsample``) are those of torchvision.
     """
@@ -119,7 +121,7 @@ class _ResidualBlock(nn.Module):
             self.add_module(f"bn{i}", getattr(block, f"bn{i}"))
             self.add_module(f"relu{i}", nn.ReLU())
         self.downsample = block.downsample
-        self.add = addition_module()
+        self.add = Addition()
 
     def forward(self, x: Tensor) -> Tensor:
         out = x
@@ -146,6 +148,7 @@ class Backbone(MicrographModel):
     """
 
     arch = "backbone"
+    quick_hparams = {"name": "resnet18", "pretrained": False}
 
     def __init__(
         self,

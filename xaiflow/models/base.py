@@ -17,8 +17,10 @@ To add an architecture: subclass :class:`MicrographModel`, take ``num_classes`` 
 into the checkpoint manifest), set ``arch``, ``cam_layer`` and ``_named`` (the exposed layer
 names), and register with ``@MODELS.register(arch)``. Use one ``nn.ReLU``
 module per use (never a functional or reused ReLU): Captum's DeepLift, LRP and guided
-backprop hook those modules and give wrong maps when one is reused. The contract tests in
-``tests/models/test_models.py`` loop over :data:`MODELS` and cover a new entry for free.
+backprop hook those modules and give wrong maps when one is reused. If the defaults are slow
+on a CPU, give ``quick_hparams`` (a small configuration for contract checks and smoke tests).
+The contract checks (:func:`xaiflow.testing.check_model`, and every attribution method on
+it: :func:`xaiflow.testing.check_method`) loop over :data:`MODELS` and cover a new entry for free.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
+from xaiflow.errors import XaiflowError
 from xaiflow.registry import Registry
 
 
 M = TypeVar("M", bound="MicrographModel")
 
 
-class UnknownLayerError(KeyError):
+class UnknownLayerError(XaiflowError, KeyError):
+    """A layer name the model does not expose; the message lists the valid layers."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -47,6 +52,8 @@ class MicrographModel(nn.Module):
     arch: ClassVar[str]
     cam_layer: str
     _named: tuple[str, ...]
+    #: hyperparameters of a small, quick configuration (contract checks, smoke tests)
+    quick_hparams: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, in_channels: int = 1, **hparams: Any) -> None:
         super().__init__()

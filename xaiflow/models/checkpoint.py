@@ -42,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import xaiflow
+from xaiflow.errors import XaiflowError
 from xaiflow.models.base import MODELS, MicrographModel
 from xaiflow.registry import UnknownEntryError
 
@@ -53,7 +54,7 @@ METRICS = "metrics.json"
 _FILES = frozenset({WEIGHTS, MANIFEST, HISTORY, METRICS})
 
 
-class CheckpointError(ValueError):
+class CheckpointError(XaiflowError):
     """A checkpoint cannot be saved, verified or loaded; the message names the file and why."""
 
 

@@ -3,7 +3,7 @@
 Written here rather than taken from torchvision so that it needs no extra package and
 is friendly to attribution methods: every ReLU is its own module (torchvision's
 BasicBlock reuses one ReLU twice, which breaks Captum's DeepLift and LRP hooks), and the
-residual sum is a Captum ``Addition_Module``, the module Captum's LRP has a rule for
+residual sum is an :class:`xaiflow.models.layers.Addition` module, which LRP has a rule for
 (an identity shortcut is no module at all: LRP has no rule for ``nn.Identity``). LRP thus
 runs through the residual sums, but how relevance divides between a block's branch and
 its shortcut is a modelling choice with no single right answer, so read LRP maps of this
@@ -24,17 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from xaiflow.models.base import MODELS, MicrographModel, check_dropout
-
-
-def addition_module() -> nn.Module:
-    """A new Captum ``Addition_Module`` (``x1 + x2``), the residual sum LRP has a rule for.
-
-    Imported here, not at module level: importing ``captum.attr`` takes over a second,
-    which ``import xaiflow.models`` (CLI start, workers that never build a ResNet) should not pay.
-    """
-    from captum.attr._utils.custom_modules import Addition_Module
-
-    return Addition_Module()
+from xaiflow.models.layers import Addition
 
 
 class BasicBlock(nn.Module):
@@ -53,7 +43,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
             )
-        self.add = addition_module()
+        self.add = Addition()
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,6 +67,7 @@ class ResNet18(MicrographModel):
 
     arch = "resnet18"
     cam_layer = "layer4"
+    quick_hparams = {"width": 0.25}
     _named = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "head")
 
     def __init__(

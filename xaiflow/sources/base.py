@@ -7,23 +7,27 @@ reading must be deterministic and safe to call from any Dask worker process, so 
 is a small picklable object holding only its configuration.
 
 To add a source: subclass :class:`ImageSource`, set ``kind`` and ``Config`` (a pydantic
-model with ``kind: Literal[...]``), register with ``@SOURCES.register(kind)``, and add the
-config class to :data:`xaiflow.config.SourceConfig`. The contract tests in
-``tests/test_sources.py`` then cover it.
+model with ``kind: Literal[...]`` and ``extra="forbid"``), and register it with
+``@SOURCES.register(kind)`` in a module imported by :mod:`xaiflow.sources` (or by a plugin
+module named in ``$XAIFLOW_PLUGINS``). A run config's ``source:`` section is then validated
+by that ``Config`` (:data:`SourceConfig` looks the kind up in :data:`SOURCES` when a config is
+read), and :func:`xaiflow.testing.check_source` checks the contract on one of its configs.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, PlainValidator
 
+from xaiflow.errors import XaiflowError
 from xaiflow.registry import Registry
 
 
-class SourceError(ValueError):
+class SourceError(XaiflowError):
     """A sample cannot be listed or read; the message names the file, row or field."""
 
 
@@ -64,6 +68,8 @@ class ImageSource(ABC):
     """Base class of all image sources (see the module docstring for the contract)."""
 
     kind: ClassVar[str]
+    #: the pydantic model of its ``source:`` config section (``kind: Literal[<kind>]``)
+    Config: ClassVar[type[BaseModel]]
 
     #: names of the mask classes (index = pixel value), or None when the source has no masks
     mask_classes: list[str] | None = None
@@ -86,3 +92,17 @@ class ImageSource(ABC):
 
 
 SOURCES: Registry[type[ImageSource]] = Registry("image source")
+
+
+def _source_config(value: Any) -> BaseModel:
+    """A ``source:`` section validated by the ``Config`` of the source registered under its ``kind``."""
+    if isinstance(value, BaseModel):
+        return value
+    kind = value.get("kind") if isinstance(value, dict) else None
+    if kind not in SOURCES:
+        raise ValueError(f"kind: unknown image source {kind!r}; valid: {', '.join(SOURCES.names())}")
+    return SOURCES.get(kind).Config.model_validate(value)
+
+
+#: the type of a run config's ``source:`` section: whichever registered source its ``kind`` names
+SourceConfig = Annotated[Any, PlainValidator(_source_config)]

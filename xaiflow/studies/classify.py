@@ -17,32 +17,30 @@ from __future__ import annotations
 
 import logging
 import warnings
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from pydantic import Field, PositiveInt
 
+from xaiflow.plugins import Plugin, PluginParams
 from xaiflow.registry import Registry
 from xaiflow.runtime import ProgressFn, client_or_default, map_tasks
+from xaiflow.scores import balanced_accuracy
 from xaiflow.studies.config import CVConfig
 from xaiflow.studies.data import FeatureTable, StudyError
 
 log = logging.getLogger("xaiflow")
 
 
-class Classifier(ABC):
-    """A named recipe for a scikit-learn estimator; constructor args kept verbatim (``get_params``)."""
+class Classifier(Plugin):
+    """A named recipe for a scikit-learn estimator (a :class:`~xaiflow.plugins.Plugin`: parameters in ``Params``)."""
 
-    name: ClassVar[str]
-
-    def __init__(self, **params: Any) -> None:
-        self._params = dict(params)
-
-    def get_params(self) -> dict[str, Any]:
-        return dict(self._params)
+    family = "classifier"
+    error = StudyError
 
     @abstractmethod
     def build(self, seed: int) -> Any:
@@ -52,21 +50,33 @@ class Classifier(ABC):
 CLASSIFIERS: Registry[type[Classifier]] = Registry("classifier")
 
 
+class ForestParams(PluginParams):
+    n_estimators: PositiveInt = Field(200, description="trees in the forest")
+    max_features: Literal["sqrt", "log2"] | float = Field("sqrt", description="features tried per split")
+
+
+class RegularizedParams(PluginParams):
+    C: float = Field(1.0, gt=0, description="inverse L2 regularization strength")
+
+
+class SVMParams(PluginParams):
+    C: float = Field(0.1, gt=0, description="inverse L2 regularization strength")
+
+
 @CLASSIFIERS.register("random_forest")
 class RandomForest(Classifier):
     """Random forest with class-balanced weights (the classifier of Ling et al. 2017)."""
 
     name = "random_forest"
-
-    def __init__(self, n_estimators: int = 200, max_features: str | float = "sqrt") -> None:
-        super().__init__(n_estimators=n_estimators, max_features=max_features)
+    citation = "Breiman 2001, Random forests, Machine Learning 45:5 (doi:10.1023/A:1010933404324)"
+    Params = ForestParams
+    params: ForestParams
 
     def build(self, seed: int) -> Any:
         from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(n_estimators=self._params["n_estimators"],
-                                      max_features=self._params["max_features"], class_weight="balanced",
-                                      n_jobs=1, random_state=seed)
+        return RandomForestClassifier(n_estimators=self.params.n_estimators, max_features=self.params.max_features,
+                                      class_weight="balanced", n_jobs=1, random_state=seed)
 
 
 @CLASSIFIERS.register("logistic_regression")
@@ -74,16 +84,15 @@ class Logistic(Classifier):
     """Standardized features, L2 logistic regression with class-balanced weights."""
 
     name = "logistic_regression"
-
-    def __init__(self, C: float = 1.0) -> None:
-        super().__init__(C=C)
+    Params = RegularizedParams
+    params: RegularizedParams
 
     def build(self, seed: int) -> Any:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        return make_pipeline(StandardScaler(), LogisticRegression(C=self._params["C"], class_weight="balanced",
+        return make_pipeline(StandardScaler(), LogisticRegression(C=self.params.C, class_weight="balanced",
                                                                   max_iter=3000, random_state=seed))
 
 
@@ -92,16 +101,15 @@ class LinearSVM(Classifier):
     """Standardized features, linear support-vector machine with class-balanced weights."""
 
     name = "linear_svm"
-
-    def __init__(self, C: float = 0.1) -> None:
-        super().__init__(C=C)
+    Params = SVMParams
+    params: SVMParams
 
     def build(self, seed: int) -> Any:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
-        return make_pipeline(StandardScaler(), LinearSVC(C=self._params["C"], class_weight="balanced",
+        return make_pipeline(StandardScaler(), LinearSVC(C=self.params.C, class_weight="balanced",
                                                          max_iter=20000, random_state=seed))
 
 
@@ -115,14 +123,6 @@ def fit_predict(classifier: str, seed: int, X_train: np.ndarray, y_train: np.nda
         warnings.simplefilter("ignore", ConvergenceWarning)
         estimator.fit(X_train, y_train)
     return estimator.predict(X_test)
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (NaN for an empty test set)."""
-    classes = np.unique(y_true)
-    if not len(classes):
-        return float("nan")
-    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
 
 
 # ------------------------------------------------------------------ folds

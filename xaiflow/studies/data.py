@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from xaiflow import schema, store
+from xaiflow.errors import XaiflowError
 from xaiflow.studies.config import DomainSpec
 
 
-class StudyError(ValueError):
+class StudyError(XaiflowError):
     """A study cannot run on these inputs; the message names the dataset, group, domain or class."""
 
 

@@ -41,8 +41,8 @@ import xarray as xr
 
 from xaiflow import schema, store
 from xaiflow.runtime import ProgressFn
-from xaiflow.studies.classify import (balanced_accuracy, fit_predict, grouped_folds, run_study_tasks,
-                                      specimens_per_class)
+from xaiflow.scores import balanced_accuracy
+from xaiflow.studies.classify import fit_predict, grouped_folds, run_study_tasks, specimens_per_class
 from xaiflow.studies.config import CVConfig, DomainSpec, GeneralizationConfig
 from xaiflow.studies.data import FeatureTable, StudyError, load_feature_table, resolve_feature_sets, select_domain
 
@@ -152,28 +152,24 @@ def _model_training_specimens(workspace: str, manifest_config: dict[str, Any]) -
     return set(groups[split != "test"].tolist())
 
 
-def _cnn_predictions(workspace: str, model_id: str, dataset: str, sha: str, client: Any) -> np.ndarray:
-    """Predicted class indices of ``model_id`` on every sample of ``dataset`` (stored or computed)."""
-    group = schema.group_path(schema.PREDICTIONS, dataset, model_id)
-    if store.group_exists(workspace, group):
-        attrs = store.group_attrs(workspace, group)
-        if (attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE
-                and attrs.get(schema.ATTR_PROVENANCE, {}).get("checkpoint_sha256") == sha):
-            return store.open_group(workspace, group)["predicted"].values
-    from xaiflow.predict import PredictionError, predict_dataset
+def _cnn_predictions(workspace: str, model: Any, dataset: str, client: Any) -> np.ndarray:
+    """Predicted class indices of ``model`` (a catalog entry) on every sample of ``dataset``: stored
+    ones made by this checkpoint from these images, else predicted now (and stored)."""
+    from xaiflow.predict import PredictionError, current_predictions, predict_dataset
 
-    try:
-        predict_dataset(workspace, model_id, dataset, client=client)
-    except PredictionError as e:
-        raise StudyError(f"cnn_models: {e}") from None
+    group = current_predictions(workspace, model, dataset)
+    if group is None:
+        try:
+            group = predict_dataset(workspace, model.model_id, dataset, client=client)
+        except PredictionError as e:
+            raise StudyError(f"cnn_models: {e}") from None
     return store.open_group(workspace, group)["predicted"].values
 
 
 def _cnn_cells(workspace: str, cfg: GeneralizationConfig, names: list[str], pool: _Pool, keep: np.ndarray,
                client: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train domain, test domain, replicate) accuracies and test counts of the configured CNNs."""
-    from xaiflow.models.checkpoint import read_metrics, verify_checkpoint
-    from xaiflow.predict import PredictionError, checkpoint_dir
+    from xaiflow.models.catalog import ModelCatalog, ModelNotFoundError
 
     n_rep = max(len(v) for v in cfg.cnn_models.values())
     acc = np.full((len(names), len(names), n_rep), np.nan)
@@ -183,12 +179,12 @@ def _cnn_cells(workspace: str, cfg: GeneralizationConfig, names: list[str], pool
         a = names.index(domain_name)
         for r, model_id in enumerate(model_ids):
             try:
-                directory = checkpoint_dir(workspace, model_id)
-            except PredictionError as e:
+                entry = ModelCatalog(workspace).get(model_id)
+            except ModelNotFoundError as e:
                 raise StudyError(f"cnn_models.{domain_name}: {e}") from None
-            manifest = verify_checkpoint(directory)
-            classes = list(read_metrics(directory)["classes"])
-            seen = _model_training_specimens(workspace, manifest.config)
+            model_id = entry.model_id
+            classes = list(entry.metrics["classes"])
+            seen = _model_training_specimens(workspace, entry.manifest.config)
             preds: dict[str, np.ndarray] = {}
             for b in range(len(names)):
                 rows = np.flatnonzero((pool.domain == b) & keep & ~np.isin(pool.groups, list(seen)))
@@ -196,7 +192,7 @@ def _cnn_cells(workspace: str, cfg: GeneralizationConfig, names: list[str], pool
                     continue
                 dataset = str(pool.dataset[rows[0]])
                 if dataset not in preds:
-                    preds[dataset] = _cnn_predictions(workspace, model_id, dataset, manifest.weights_sha256, client)
+                    preds[dataset] = _cnn_predictions(workspace, entry, dataset, client)
                 index = preds[dataset][pool.index[rows]].astype(np.int64)
                 predicted = np.array(classes, dtype=object)[index].astype(str)
                 acc[a, b, r] = balanced_accuracy(pool.y[rows], predicted)

@@ -21,32 +21,30 @@ feature family (CNN layer and pooling, texture statistic).
 from __future__ import annotations
 
 import warnings
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from pydantic import Field, PositiveInt
 
+from xaiflow.plugins import Plugin, PluginParams
 from xaiflow.registry import Registry
 from xaiflow.runtime import ProgressFn
-from xaiflow.studies.classify import balanced_accuracy, fit_predict, grouped_folds, run_study_tasks
+from xaiflow.scores import balanced_accuracy
+from xaiflow.studies.classify import fit_predict, grouped_folds, run_study_tasks
 from xaiflow.studies.config import CVConfig, ReductionConfig
 from xaiflow.studies.data import FeatureTable, StudyError
 
 FULL = "all_features"
 
 
-class Reducer(ABC):
-    """Fit on training rows, then keep k features (or components). Args kept verbatim."""
+class Reducer(Plugin):
+    """Fit on training rows, then keep k features (or components); a :class:`~xaiflow.plugins.Plugin`."""
 
-    name: ClassVar[str]
-
-    def __init__(self, **params: Any) -> None:
-        self._params = dict(params)
-
-    def get_params(self) -> dict[str, Any]:
-        return dict(self._params)
+    family = "feature reduction method"
+    error = StudyError
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, seed: int) -> "Reducer":
@@ -66,6 +64,14 @@ class Reducer(ABC):
 
 
 REDUCERS: Registry[type[Reducer]] = Registry("feature reduction method")
+
+
+class ImportanceParams(PluginParams):
+    n_estimators: PositiveInt = Field(200, description="trees of the forest whose impurity importance ranks")
+
+
+class NeighborsParams(PluginParams):
+    n_neighbors: PositiveInt = Field(3, description="neighbours of the k-NN mutual information estimate")
 
 
 class _Ranking(Reducer):
@@ -97,14 +103,13 @@ class RandomForestImportance(_Ranking):
     """Rank by random-forest impurity importance (as Ling et al. 2017 inspected their forests)."""
 
     name = "rf_importance"
-
-    def __init__(self, n_estimators: int = 200) -> None:
-        super().__init__(n_estimators=n_estimators)
+    Params = ImportanceParams
+    params: ImportanceParams
 
     def _scores(self, X: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
         from sklearn.ensemble import RandomForestClassifier
 
-        rf = RandomForestClassifier(n_estimators=self._params["n_estimators"], class_weight="balanced", n_jobs=1,
+        rf = RandomForestClassifier(n_estimators=self.params.n_estimators, class_weight="balanced", n_jobs=1,
                                     random_state=seed)
         return rf.fit(X, y).feature_importances_
 
@@ -114,14 +119,13 @@ class MutualInformation(_Ranking):
     """Rank by mutual information between each feature and the class (k-NN estimate)."""
 
     name = "mutual_information"
-
-    def __init__(self, n_neighbors: int = 3) -> None:
-        super().__init__(n_neighbors=n_neighbors)
+    Params = NeighborsParams
+    params: NeighborsParams
 
     def _scores(self, X: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
         from sklearn.feature_selection import mutual_info_classif
 
-        return mutual_info_classif(X, y, n_neighbors=self._params["n_neighbors"], random_state=seed)
+        return mutual_info_classif(X, y, n_neighbors=self.params.n_neighbors, random_state=seed)
 
 
 @REDUCERS.register("pca")

@@ -11,7 +11,6 @@ table, the CSV and figure paths).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -36,17 +35,15 @@ def _dataset(features: FeaturesConfig | None, studies: StudyConfig | None, expli
 def _cnn_leak_notes(workspace: str | os.PathLike[str], dataset: str, tables: list[FeatureTable]) -> list[str]:
     """Warn when CNN features come from a model trained on this dataset's train/val specimens:
     those specimens are in the CV test folds too, so the scores are optimistic."""
-    from xaiflow.store import models_dir
+    from xaiflow.models.catalog import ModelCatalog
 
+    catalog = ModelCatalog(workspace)
     users: dict[tuple[str, str], list[str]] = {}
     for t in tables:
         for key, ident in t.identity.items():
             model_id = ident.get("model_id")
-            manifest = models_dir(workspace) / str(model_id) / "manifest.json"
-            if model_id and manifest.is_file():
-                trained_on = json.loads(manifest.read_text())["config"].get("train", {}).get("dataset")
-                if trained_on == dataset:
-                    users.setdefault((key, model_id), []).append(t.name)
+            if model_id in catalog.ids() and catalog.get(model_id).dataset == dataset:
+                users.setdefault((key, model_id), []).append(t.name)
     return [f"features {key!r} (in {', '.join(sets)}) come from {model_id}, trained on {dataset!r} (its train/val "
             "specimens): their grouped-CV scores are optimistic, those specimens are not held out from the "
             "feature extractor" for (key, model_id), sets in users.items()]

@@ -1,0 +1,126 @@
+"""One protocol for chunked work over a dataset: plan, pending chunks, run one chunk, finalize.
+
+Every stage that writes per-sample results into the workspace (ingest, predictions, features,
+attribution maps, metrics; next, concept activations and uncertainty passes) is a
+:class:`ChunkJob`, built by its module's ``prepare`` function on the client:
+
+1. **plan** (client): validate everything that can be validated before any work, create or
+   extend the output group (values empty, flags false, ``status: incomplete``), and list the
+   chunks that still have work: :attr:`ChunkJob.chunks` (:func:`pending_chunks`), out of
+   :attr:`ChunkJob.n_chunks`;
+2. **run one chunk** (a worker, any order, retried at will): :meth:`ChunkJob.run_chunk` reads
+   the chunk's inputs, computes what is not done, writes the chunk's region of the output and
+   then its done flags. The chunks are the image chunks (``chunk_size`` samples), so no two
+   tasks write one Zarr chunk: parallel workers, retries and a killed run are all safe;
+3. **finalize** (client): :meth:`ChunkJob.finalize` sums up the chunks' results, records
+   provenance and marks the group ``status: complete``.
+
+:func:`run_job` runs a job on a Dask client (one task per pending chunk, progress per chunk);
+``flows/jobs.py`` runs any job as one Prefect task per chunk. Re-running a finished job finds
+no pending chunk; re-running a killed one computes only what is missing.
+
+Done flags, one scheme: a boolean array per output, indexed by sample first (and by the
+output's own item dimensions after that: method, metric), chunked like the samples, set
+after the values it flags are stored. A group with one output calls it ``done``
+(:data:`xaiflow.schema.DONE`); the saliency group has one per method key (``<key>__done``).
+Groups written before this scheme kept one flag per chunk (``chunk_done``); they are read as
+such and converted when a job resumes them (:func:`xaiflow.store.resume_flags`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xaiflow.plugins import load_plugins
+from xaiflow.runtime import ProgressFn, map_tasks
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Samples ``start:stop`` (chunk ``index`` of the images), and what the plan knows for them
+    (``payload``: e.g. the selected samples and their targets, or the source items to read)."""
+
+    index: int
+    start: int
+    stop: int
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class ChunkJob(ABC):
+    """A planned chunked job (see the module docstring). Subclasses are frozen dataclasses adding
+    the plan's fields; they are pickled to the workers, so they hold settings and paths, not data."""
+
+    #: what the job does, for progress and task names ("write", "attribute", ...); a job may make it a
+    #: property (e.g. naming its extractor)
+    stage: ClassVar[str]
+    workspace: str
+    #: chunks that still have work
+    chunks: tuple[Chunk, ...] = field(kw_only=True)
+    #: chunks of the dataset (done or not)
+    n_chunks: int = field(kw_only=True)
+
+    @property
+    def resources(self) -> dict[str, float] | None:
+        """Dask resources every chunk task needs (e.g. ``{"GPU": 1}``), None for any worker."""
+        return None
+
+    @property
+    def skipped(self) -> int:
+        """Chunks that had nothing left to do."""
+        return self.n_chunks - len(self.chunks)
+
+    def shipped(self) -> ChunkJob:
+        """The job as its chunk tasks receive it: without the chunk list (each task gets its own
+        chunk), so a task's arguments do not grow with the size of the dataset."""
+        return dataclasses.replace(self, chunks=())  # type: ignore[type-var]
+
+    @abstractmethod
+    def run_chunk(self, chunk: Chunk) -> Any:
+        """Compute and write one chunk (on a worker); returns a small, picklable summary."""
+
+    @abstractmethod
+    def finalize(self, results: list[Any]) -> Any:
+        """Sum up the chunks' summaries, record provenance, mark the output complete (on the client)."""
+
+
+def chunk_count(n: int, size: int) -> int:
+    return math.ceil(n / size)
+
+
+def pending_chunks(pending: np.ndarray, size: int,
+                   payload: Callable[[int, int], Any] | None = None) -> tuple[Chunk, ...]:
+    """The chunks of ``size`` samples holding a True of ``pending`` (one bool per sample), each
+    with ``payload(start, stop)`` when given."""
+    n = len(pending)
+    chunks = []
+    for index in range(chunk_count(n, size)):
+        start, stop = index * size, min(n, (index + 1) * size)
+        if pending[start:stop].any():
+            chunks.append(Chunk(index, start, stop, payload(start, stop) if payload else None))
+    return tuple(chunks)
+
+
+def _run_chunk(chunk: Chunk, job: ChunkJob) -> Any:
+    load_plugins()  # a worker process looks plugins up by name (methods, metrics): register $XAIFLOW_PLUGINS
+    return job.run_chunk(chunk)
+
+
+def run_job(job: ChunkJob, *, client: Any = None, progress: ProgressFn | None = None) -> Any:
+    """Run every pending chunk of ``job`` as one Dask task, then finalize it.
+
+    Every chunk runs even if some fail (their work is kept); the first error is raised after,
+    and the job is not finalized, so its group stays ``incomplete`` and a re-run resumes it.
+    """
+    kind = re.match(r"\w+", job.stage).group(0)  # "features glcm" -> features
+    results = map_tasks(_run_chunk, list(job.chunks), client=client, progress=progress, stage=job.stage,
+                        resources=job.resources, name=f"{kind}_chunk", job=job.shipped())
+    return job.finalize(results)

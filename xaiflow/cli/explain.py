@@ -1,0 +1,95 @@
+"""``xaiflow attribute``, ``xaiflow show`` and ``xaiflow evaluate``: attribution maps and their metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, config_argument, console,
+                                dataset_option, model_option, out, progress_bars, reporting_errors, rows_table,
+                                split_list)
+
+
+def attribute(
+    config: Path = config_argument("attribution"),
+    workspace: Path = WorkspaceOption,
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method names (default: config)"),
+    model: Optional[str] = model_option(),
+    cluster: str = cluster_option(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="recompute maps stored with other parameters/model"),
+) -> None:
+    """Compute attribution maps chunk by chunk on Dask and store them beside the images."""
+    from xaiflow.attribution.engine import run_attribution
+    from xaiflow.config import load_config
+    from xaiflow.runtime import dask_client
+
+    with reporting_errors():
+        cfg = load_config(config)
+        acfg = cfg.section("attribution").with_overrides(methods=split_list(methods), model=model)
+        with dask_client(cluster) as client, progress_bars() as bars:
+            console.print(f"dask dashboard: {client.dashboard_link}")
+            res = run_attribution(workspace, acfg, run=cfg, overwrite=overwrite, client=client,
+                                  progress=RichProgress(bars, f"{acfg.dataset} chunks"))
+        out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} already complete")
+        rows = [{"method": k, "maps": n, "non-finite": res.nonfinite.get(k, 0),
+                 "s/map (worker)": res.seconds[k] / max(n, 1)} for k, n in res.maps_computed.items()]
+        if rows:
+            out.print(rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"]))
+
+
+def show(
+    workspace: Path = WorkspaceOption,
+    dataset: Optional[str] = dataset_option(),
+    model: Optional[str] = model_option(),
+    samples: Optional[str] = typer.Option(None, "--samples", help="comma-separated sample ids (default: 4 with maps "
+                                                                  "for every method)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method keys (default: all stored)"),
+    output: Path = typer.Option(Path("saliency.png"), "--out", "-o", help="PNG to write"),
+) -> None:
+    """Figure grid: each sample's image and every method's map over it, with labels."""
+    from xaiflow.figures import saliency_grid
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.saliency import open_saliency, pick_samples
+
+    with reporting_errors():
+        dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset)
+        ds = open_saliency(workspace, dataset, model_id, split_list(methods))
+        out.print(f"wrote {saliency_grid(ds, pick_samples(ds, split_list(samples)), output)}")
+
+
+def evaluate(
+    workspace: Path = WorkspaceOption,
+    dataset: Optional[str] = dataset_option(),
+    model: Optional[str] = model_option(),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated metric names "
+                                          "(xaiflow.metrics.METRICS; default: deletion, insertion, sparseness, "
+                                          "entropy, plus pointing_game and relevance_mass_accuracy with masks)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="saliency keys (default: all stored)"),
+    mask_class: Optional[str] = typer.Option(None, "--mask-class", help="mask class for localization metrics"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
+    cluster: str = cluster_option(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="recompute metrics stored with other parameters"),
+) -> None:
+    """Score stored maps (faithfulness, randomization, localization, complexity) chunk by chunk."""
+    from xaiflow.metrics.runner import run_metrics
+    from xaiflow.metrics.summary import metric_summary
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.runtime import dask_client
+
+    with reporting_errors():
+        dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset)
+        with dask_client(cluster) as client, progress_bars() as bars:
+            res = run_metrics(workspace, dataset, model_id, split_list(metrics), split_list(methods), mask_class,
+                              device=device, overwrite=overwrite, client=client,
+                              progress=RichProgress(bars, f"{dataset} chunks"))
+        out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} complete or "
+                  "without maps")
+        summary = metric_summary(workspace, dataset, model_id)
+        names = list(dict.fromkeys(r["metric"] for r in summary))
+        by_method: dict[str, dict[str, str]] = {}
+        for r in summary:
+            row = by_method.setdefault(r["method"], {"method": r["method"]})
+            row[r["metric"]] = f"{r['mean']:.3f} ± {r['std']:.3f}"
+        out.print(rows_table(list(by_method.values()), ["method", *names], title="mean ± std over samples"))

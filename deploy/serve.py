@@ -11,29 +11,31 @@ stage (``xaiflow-ingest/ingest``, ``xaiflow-train/train``, ``xaiflow-predict/pre
 Run button or the API) until Ctrl-C. Runs execute in the repository root, so the default
 relative paths (``configs/quickstart.yaml``, ``workspace/...``) resolve.
 
-The pipeline takes its Dask cluster per run (parameter ``cluster``: a profile name or a
-scheduler address such as ``tcp://127.0.0.1:8786``). The stand-alone attribute and evaluate
-deployments map their chunks on the cluster given here with ``--cluster``.
-``--figures-port`` serves ``workspace/`` on loopback so the UI shows the figure artifacts.
+Every flow takes its Dask cluster per run (parameter ``cluster``: a profile name or a scheduler
+address such as ``tcp://127.0.0.1:8786``); ``--cluster`` sets its default in every deployment
+served here (e.g. the site's scheduler). ``--figures-port`` serves ``workspace/`` on loopback so
+the UI shows the figure artifacts.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ("pipeline", "ingest", "train", "predict", "features", "generalization", "reduction", "attribute",
                "evaluate", "report")
 
 
-def flows(cluster: str) -> dict:
-    """Deployment name -> flow object (attribute/evaluate bound to ``cluster``'s Dask task runner)."""
-    from flows.attribute import attribute_flow_on
-    from flows.evaluate import evaluate_flow_on
+def flows() -> dict:
+    """Deployment name -> flow object."""
+    from flows.attribute import attribute_flow
+    from flows.evaluate import evaluate_flow
     from flows.features import features_flow
     from flows.ingest import ingest_flow
     from flows.pipeline import pipeline_flow
@@ -43,13 +45,21 @@ def flows(cluster: str) -> dict:
 
     return {"pipeline": pipeline_flow, "ingest": ingest_flow, "train": train_flow, "predict": predict_flow,
             "features": features_flow, "generalization": generalization_flow, "reduction": reduction_flow,
-            "attribute": attribute_flow_on(cluster), "evaluate": evaluate_flow_on(cluster), "report": report_flow}
+            "attribute": attribute_flow, "evaluate": evaluate_flow, "report": report_flow}
+
+
+def default_parameters(flow: Any, cluster: str) -> dict[str, Any]:
+    """The deployment's parameter defaults: ``cluster`` where the flow takes one (the pipeline in its form)."""
+    names = inspect.signature(flow.fn).parameters
+    if "params" in names:
+        return {"params": {"cluster": cluster}}
+    return {"cluster": cluster} if "cluster" in names else {}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="serve every xaiflow flow as a Prefect deployment")
     parser.add_argument("--cluster", default="local",
-                        help="Dask profile or scheduler address for the attribute/evaluate deployments")
+                        help="default Dask profile or scheduler address of every deployment (a run may set another)")
     parser.add_argument("--figures-port", type=int, default=None,
                         help="serve workspace/ on 127.0.0.1:PORT so image artifacts display in the UI")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
@@ -71,7 +81,8 @@ def main() -> int:
     with figure_server(REPO / "workspace", args.figures_port) if args.figures_port else nullcontext() as url:
         if url:
             print(f"figures served at {url}", flush=True)
-        deployments = [f.to_deployment(name=name, tags=["xaiflow"]) for name, f in flows(args.cluster).items()]
+        deployments = [f.to_deployment(name=name, tags=["xaiflow"], parameters=default_parameters(f, args.cluster))
+                       for name, f in flows().items()]
         serve(*deployments, limit=args.limit)
     return 0
 

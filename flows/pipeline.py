@@ -1,5 +1,7 @@
 """The whole pipeline as one Prefect flow: ingest -> train -> predict -> features -> studies ->
-attribute -> evaluate -> report, each stage a subflow (and each also a flow of its own).
+attribute -> evaluate -> report, each stage a subflow run named after it (the stage flows of
+``flows/<stage>.py``, which their stand-alone flows also call). The run config is read and
+validated once, here, and the config object is handed to every stage.
 
 Every stage reuses finished work through the library: ingest skips up-to-date datasets,
 training reuses a checkpoint with the same model id, predictions made by the same
@@ -26,6 +28,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.artifacts import publish_figures, publish_summary, publish_table
+from flows.runners import on_cluster
 
 Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "report"]
 STAGES: tuple[str, ...] = get_args(Stage)
@@ -89,83 +92,87 @@ def _headline(stage: str, result: Any) -> str:
     return f"{result['report']} (shortcut verdict: {result['verdict']})"
 
 
+#: the config sections a stage needs (a stage missing one is skipped)
+NEEDS = {"ingest": ("datasets",), "train": ("train",), "predict": ("train",), "features": ("features",),
+         "studies": ("studies", "features"), "attribute": ("attribution",), "evaluate": ("attribution",),
+         "report": ("attribution",)}
+
+
+def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Callable[[], Any]]:
+    """Each stage as a call of its stage subflow on the shared cluster, with the validated config."""
+    from flows.attribute import attribute_stage
+    from flows.evaluate import evaluate_stage
+    from flows.features import features_stage
+    from flows.ingest import ingest_stage
+    from flows.report import report_stage
+    from flows.studies import studies_stage
+    from flows.train import predict_stage, train_stage
+
+    ws, device = params.workspace, None if params.device == "auto" else params.device
+    stage = {name: on_cluster(f, cluster) for name, f in (
+        ("ingest", ingest_stage), ("train", train_stage), ("predict", predict_stage), ("features", features_stage),
+        ("studies", studies_stage), ("attribute", attribute_stage), ("evaluate", evaluate_stage))}
+    return {
+        "ingest": lambda: stage["ingest"](run=run, workspace=ws),
+        "train": lambda: stage["train"](run=run, workspace=ws, device=device),
+        "predict": lambda: stage["predict"](run=run, workspace=ws, device=device or "cpu"),
+        "features": lambda: stage["features"](run=run, workspace=ws),
+        "studies": lambda: stage["studies"](run=run, workspace=ws),
+        "attribute": lambda: stage["attribute"](run=run, workspace=ws, methods=params.methods, device=device),
+        "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
+        "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out),
+    }
+
+
+def _figures(stage: str, result: Any) -> list[str]:
+    if stage == "studies":
+        return [f for r in result.values() for f in r.get("files", []) if f.endswith(".png")]
+    return list(result["figures"]) if stage == "report" else []
+
+
 @flow(name="xaiflow-pipeline")
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the xaiflow pipeline (ingest, train, predict, features, studies, attribute, evaluate, report)
     on a run config, reusing finished work; publishes a stage table and a summary."""
-    from flows.attribute import attribute_flow_on
-    from flows.evaluate import evaluate_flow_on
-    from flows.features import features_flow
-    from flows.ingest import ingest_flow
-    from flows.report import report_flow
-    from flows.studies import generalization_flow, reduction_flow
-    from flows.train import predict_flow, train_flow
     from xaiflow.config import load_config
 
     logger = get_run_logger()
-    run = load_config(params.config_path)
-    cfg, ws = params.config_path, params.workspace
-    device = None if params.device == "auto" else params.device
+    run = load_config(params.config_path)  # once: every stage gets the validated config
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     figures: list[str] = []
     with shared_cluster(params.cluster) as (cluster, dashboard):
         if dashboard:
             logger.info("dask dashboard: %s", dashboard)
-
-        def studies() -> dict[str, Any]:
-            out = {}
-            if run.studies.generalization is not None:
-                out["generalization"] = generalization_flow(config_path=cfg, workspace=ws, cluster=cluster)
-            if run.studies.reduction is not None:
-                out["reduction"] = reduction_flow(config_path=cfg, workspace=ws, cluster=cluster)
-            return out
-
-        stages: dict[str, tuple[bool, Callable[[], Any]]] = {
-            "ingest": (True, lambda: ingest_flow(config_path=cfg, workspace=ws, cluster=cluster)),
-            "train": (run.train is not None,
-                      lambda: train_flow(config_path=cfg, workspace=ws, cluster=cluster, device=device,
-                                         predict=False)),
-            "predict": (run.train is not None,
-                        lambda: predict_flow(config_path=cfg, workspace=ws, cluster=cluster,
-                                             device=device or "cpu")),
-            "features": (run.features is not None,
-                         lambda: features_flow(config_path=cfg, workspace=ws, cluster=cluster)),
-            "studies": (run.studies is not None and run.features is not None, studies),
-            "attribute": (run.attribution is not None,
-                          lambda: attribute_flow_on(cluster)(config_path=cfg, workspace=ws, methods=params.methods,
-                                                             device=device)),
-            "evaluate": (run.attribution is not None,
-                         lambda: evaluate_flow_on(cluster)(config_path=cfg, workspace=ws, metrics=params.metrics,
-                                                           device=params.device)),
-            "report": (run.attribution is not None,
-                       lambda: report_flow(workspace=ws, config_path=cfg, out=params.report_out)),
-        }
+        calls = _stage_calls(params, run, cluster)
         for stage in STAGES:
-            configured, call = stages[stage]
+            configured = all(getattr(run, section) is not None for section in NEEDS[stage])
             if stage not in params.stages or not configured:
                 why = "not selected" if stage not in params.stages else "no config section"
                 rows.append({"stage": stage, "status": f"skipped ({why})", "seconds": 0.0, "result": ""})
                 continue
             tick = time.perf_counter()
             try:
-                results[stage] = call()
+                results[stage] = calls[stage]()
             except Exception as e:  # the stage table still shows how far the run got, then the run fails
                 rows.append({"stage": stage, "status": "failed", "seconds": round(time.perf_counter() - tick, 1),
                              "result": f"{type(e).__name__}: {e}"[:500]})
-                publish_table(rows, key="pipeline-stages", description=f"stages of {cfg} on {ws} (failed)")
+                publish_table(rows, key="pipeline-stages", description=f"stages of {run.origin} on {params.workspace} "
+                                                                       "(failed)")
                 raise
-            seconds = round(time.perf_counter() - tick, 1)
-            rows.append({"stage": stage, "status": "done", "seconds": seconds,
+            rows.append({"stage": stage, "status": "done", "seconds": round(time.perf_counter() - tick, 1),
                          "result": _headline(stage, results[stage])})
-            logger.info("%s: done in %.1f s: %s", stage, seconds, rows[-1]["result"])
-            if stage == "studies":
-                figures += [f for r in results[stage].values() for f in r.get("files", []) if f.endswith(".png")]
-            if stage == "report":
-                figures += results[stage]["figures"]
+            logger.info("%s: done in %.1f s: %s", stage, rows[-1]["seconds"], rows[-1]["result"])
+            figures += _figures(stage, results[stage])
+    _publish(params, run.origin, rows, results, figures, dashboard)
+    return {"stages": rows, "results": results, "dashboard": dashboard}
 
-    publish_table(rows, key="pipeline-stages", description=f"stages of {cfg} on {ws}")
-    headline: dict[str, Any] = {"config": cfg, "cluster": params.cluster}
+
+def _publish(params: PipelineParams, origin: str, rows: list[dict[str, Any]], results: dict[str, Any],
+             figures: list[str], dashboard: str | None) -> None:
+    """The stage table, the summary with the headline numbers, and the report's figures."""
+    publish_table(rows, key="pipeline-stages", description=f"stages of {origin} on {params.workspace}")
+    headline: dict[str, Any] = {"config": origin, "cluster": params.cluster}
     if dashboard:
         headline["dask dashboard"] = dashboard
     for r in results.get("train", []):
@@ -175,7 +182,6 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     if "report" in results:
         headline["report"] = results["report"]["report"]
         headline["shortcut verdict"] = results["report"]["verdict"]
-    publish_summary(f"xaiflow pipeline: {cfg}", "pipeline-summary", ws, headline, figures)
+    publish_summary(f"xaiflow pipeline: {origin}", "pipeline-summary", params.workspace, headline, figures)
     if "report" in results:  # on the pipeline's own run page too (the report subflow has its own)
         publish_figures(results["report"]["figures"], "pipeline-report-figure")
-    return {"stages": rows, "results": results, "dashboard": dashboard}

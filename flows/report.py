@@ -10,6 +10,29 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_figures, publish_summary
+from xaiflow.config import RunConfig, load_config
+from xaiflow.models.catalog import ModelCatalog
+from xaiflow.report import write_report
+
+
+@flow(name="stage-report", flow_run_name="report")
+def report_stage(run: RunConfig, workspace: str, model: str | None = None, dataset: str | None = None,
+                 out: str | None = None) -> dict:
+    """Write the report of the model whose maps the config (or ``model``/``dataset``) names."""
+    attribution = run.attribution
+    if attribution is not None:
+        model, dataset = model or attribution.model, dataset or attribution.dataset
+    dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset, run=run)
+    path = Path(write_report(workspace, model_id, dataset=dataset, out=out)).resolve()
+    figures = sorted(path.parent.glob("*.png"))
+    verdict = json.loads((path.parent / "shortcut.json").read_text())
+    urls = publish_figures(figures, "report-figure")
+    publish_summary(f"Report of {model_id}", "report-summary", workspace,
+                    {"report": str(path), "shortcut verdict": verdict["verdict"],
+                     "accuracy": verdict["accuracy"]}, figures, notes=verdict["reasons"])
+    get_run_logger().info("report %s: %s (%d figures)", path, verdict["verdict"], len(figures))
+    return {"report": str(path), "verdict": verdict["verdict"], "figures": [str(p) for p in figures],
+            "figure_urls": urls, "model_id": model_id}
 
 
 @flow(name="xaiflow-report")
@@ -19,32 +42,9 @@ def report_flow(workspace: str = "workspace/quickstart.zarr", model: str | None 
 
     Args:
         workspace: the Zarr workspace.
-        model: model id (default: attribution.model, else the model of the config's `train:` section).
+        model: model id or unique prefix (default: attribution.model, else the model of the config's `train:` section).
         dataset: dataset whose maps the report shows (default: the config's attribution dataset).
         config_path: run config naming the default model and dataset.
         out: report folder (default: <workspace>.reports/<model> beside the workspace).
     """
-    from xaiflow.config import load_config
-    from xaiflow.report import write_report
-
-    run = load_config(config_path)
-    if model is None:
-        model = run.attribution.model if run.attribution else None
-    if model is None:
-        if run.train is None:
-            raise ValueError(f"{config_path}: no `train:` section to take the model from; pass model")
-        from xaiflow.training import resolve_model_id
-
-        model = resolve_model_id(workspace, run.train)
-    if dataset is None and run.attribution is not None:
-        dataset = run.attribution.dataset
-    path = Path(write_report(workspace, model, dataset=dataset, out=out)).resolve()
-    figures = sorted(path.parent.glob("*.png"))
-    verdict = json.loads((path.parent / "shortcut.json").read_text())
-    urls = publish_figures(figures, "report-figure")
-    publish_summary(f"Report of {model}", "report-summary", workspace,
-                    {"report": str(path), "shortcut verdict": verdict["verdict"],
-                     "accuracy": verdict["accuracy"]}, figures, notes=verdict["reasons"])
-    get_run_logger().info("report %s: %s (%d figures)", path, verdict["verdict"], len(figures))
-    return {"report": str(path), "verdict": verdict["verdict"], "figures": [str(p) for p in figures],
-            "figure_urls": urls, "model_id": model}
+    return report_stage(run=load_config(config_path), workspace=workspace, model=model, dataset=dataset, out=out)

@@ -15,6 +15,11 @@ UHCS_DIR = Path(os.environ.get("XAIFLOW_UHCS_DIR", REPO.parent / "shared" / "dat
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# plugin modules named in $XAIFLOW_PLUGINS register before the contract tests loop over the registries
+from xaiflow.plugins import load_plugins  # noqa: E402
+
+load_plugins()
+
 
 @pytest.fixture(scope="session")
 def uhcs_dir() -> Path:
@@ -38,6 +43,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def contract_model():
+    """``build(arch)``: a seeded model of each registered architecture in its quick configuration
+    (``quick_hparams``), in eval mode, built once per session. The torchvision backbone skips with
+    the reason where torchvision is not installed (its errors are tested in tests/models)."""
+    import importlib.util
+
+    import torch
+
+    from xaiflow.models import MODELS, build_model
+
+    built: dict[str, object] = {}
+
+    def build(arch: str):
+        if arch == "backbone" and importlib.util.find_spec("torchvision") is None:
+            pytest.skip("torchvision is not installed here: the backbone's error is tested in "
+                        "tests/models/test_models.py::test_backbone_without_torchvision")
+        if arch not in built:
+            torch.manual_seed(0)
+            built[arch] = build_model(arch, 3, **MODELS.get(arch).quick_hparams).eval()
+        return built[arch]
+
+    return build
 
 
 @pytest.fixture(scope="session")

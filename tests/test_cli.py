@@ -46,13 +46,13 @@ def test_ingest_info_and_clear_errors(tmp_path):
     res = run("ingest", str(config), "-w", str(ws), "--cluster", "threads")
     assert res.returncode == 0, res.stderr
     assert "tiny: written, 12 samples" in res.stdout and "images/tiny" in res.stdout
-    info = run("info", str(ws))
+    info = run("info", "-w", str(ws))
     assert info.returncode == 0 and "12 samples, 2 classes, 4 specimens" in info.stdout
     # bad config: exit code 2 and a message naming the field, no traceback
     config.write_text(yaml.safe_dump({"datasets": [{**folder_config(root), "chunksize": 3}]}))
     bad = run("ingest", str(config), "-w", str(ws), "--cluster", "threads")
     assert bad.returncode == 2 and "datasets.0.chunksize" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run("info", str(tmp_path / "nope.zarr"))
+    missing = run("info", "-w", str(tmp_path / "nope.zarr"))
     assert missing.returncode == 2 and "not an xaiflow workspace" in missing.stderr
 
 
@@ -64,11 +64,11 @@ def test_train_models_predict_commands(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "majority-class baseline" in res.stdout and "small_cnn-syn-" in res.stdout
     model_id = next(w for w in res.stdout.split() if w.startswith("small_cnn-syn-"))
-    listing = run("models", str(ws))
+    listing = run("models", "-w", str(ws))
     assert listing.returncode == 0 and model_id in listing.stdout and " ok " in listing.stdout
-    pred = run("predict", str(ws), "--model", model_id, "--dataset", "syn", "--cluster", "threads")
+    pred = run("predict", "-w", str(ws), "--model", model_id, "--dataset", "syn", "--cluster", "threads")
     assert pred.returncode == 0 and f"predictions/syn/{model_id}: 24 samples" in pred.stdout
-    bad = run("predict", str(ws), "--model", "nope", "--dataset", "syn", "--cluster", "threads")
+    bad = run("predict", "-w", str(ws), "--model", "nope", "--dataset", "syn", "--cluster", "threads")
     assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr
 
 
@@ -89,21 +89,55 @@ def test_attribute_and_show_commands(tmp_path):
     again = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
     assert again.returncode == 0 and "0 chunk(s) computed" in again.stdout
     png = tmp_path / "grid.png"
-    shown = run("show", str(ws), "-d", "syn", "-m", model_id, "-o", str(png))
+    shown = run("show", "-w", str(ws), "-d", "syn", "-m", model_id, "-o", str(png))
     assert shown.returncode == 0, shown.stderr
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     bad = run("attribute", str(config), "-w", str(ws), "--methods", "shap", "--cluster", "threads")
     assert bad.returncode == 2 and "unknown attribution method 'shap'" in bad.stderr
-    grouped = run("query", "group-maps", str(ws), "-d", "syn", "--by", "label", "-o", str(tmp_path / "g.png"))
+    grouped = run("query", "group-maps", "-w", str(ws), "-d", "syn", "--by", "label", "-o", str(tmp_path / "g.png"))
     assert grouped.returncode == 0, grouped.stderr
     assert "particles" in grouped.stdout and (tmp_path / "g.png").stat().st_size > 10_000
-    agree = run("query", "agreement", str(ws), "-d", "syn", "-o", str(tmp_path / "a.png"))
+    agree = run("query", "agreement", "-w", str(ws), "-d", "syn", "-o", str(tmp_path / "a.png"))
     assert agree.returncode == 0 and "Spearman" in agree.stdout and "1.000" in agree.stdout
-    mass = run("query", "mask-mass", str(ws), "-d", "syn")
+    mass = run("query", "mask-mass", "-w", str(ws), "-d", "syn")
     assert mass.returncode == 0 and "structure" in mass.stdout and "shortcut" in mass.stdout
-    empty = run("query", "group-maps", str(ws), "-d", "syn", "--by", "um_per_px", "--bins", "50,60")
+    empty = run("query", "group-maps", "-w", str(ws), "-d", "syn", "--by", "um_per_px", "--bins", "50,60")
     assert empty.returncode == 2 and "no non-empty group" in empty.stderr
-    scored = run("evaluate", str(ws), "-d", "syn", "--metrics", "deletion,pointing_game,sparseness",
+    scored = run("evaluate", "-w", str(ws), "-d", "syn", "--metrics", "deletion,pointing_game,sparseness",
                  "--mask-class", "structure", "--cluster", "threads")
     assert scored.returncode == 0, scored.stderr
     assert "deletion_random" in scored.stdout and "pointing_game" in scored.stdout and "±" in scored.stdout
+
+
+def _leaf_commands(command, path=()):
+    if hasattr(command, "commands"):  # a group (typer's own click)
+        for name, sub in command.commands.items():
+            yield from _leaf_commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_command_follows_one_argument_convention():
+    """-w/--workspace ($XAIFLOW_WORKSPACE) everywhere; a run config only as the first argument CONFIG;
+    -m/--model and -d/--dataset wherever a command takes them; --help says so."""
+    import typer.main
+
+    from xaiflow.cli import app
+
+    commands = dict(_leaf_commands(typer.main.get_command(app)))
+    assert {"ingest", "info", "train", "models", "predict", "attribute", "show", "evaluate", "features", "shortcut",
+            "report", "query group-maps", "study reduction"} <= set(commands)
+    for name, command in commands.items():
+        params = {p.name: p for p in command.params}
+        ws = params["workspace"]
+        assert ws.param_type_name == "option" and set(ws.opts) == {"-w", "--workspace"}, name
+        assert ws.envvar == "XAIFLOW_WORKSPACE" and ws.required, name
+        arguments = [p.name for p in command.params if p.param_type_name == "argument"]
+        assert arguments in ([], ["config"]), f"{name}: positional arguments {arguments}"
+        assert ("config" in params) == (name in {"ingest", "train", "attribute", "features", "study generalization",
+                                                  "study reduction"}), name
+        for option, flags in (("model", {"-m", "--model"}), ("dataset", {"-d", "--dataset"})):
+            if option in params:
+                assert set(params[option].opts) == flags, f"{name}: {params[option].opts}"
+        help_text = run(*name.split(), "--help").stdout
+        assert "--workspace" in help_text and "XAIFLOW_WORKSPACE" in help_text, name

@@ -50,7 +50,7 @@ def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
 
 
 def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
-    from flows.attribute import attribute_flow_on
+    from flows.attribute import attribute_flow
     from flows.ingest import ingest_flow
     from flows.train import train_flow
     from xaiflow.saliency import open_saliency
@@ -60,22 +60,28 @@ def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
     ws = tmp_path / "ws.zarr"
     ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     (row,) = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
-    res = attribute_flow_on("threads")(config_path=str(config), workspace=str(ws))
+    res = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     assert res["chunks_run"] == 3 and res["maps_computed"] == {"saliency": 24, "grad_cam": 24}
     ds = open_saliency(ws, "syn", row["model_id"])
     assert bool(ds.done.all()) and ds.attrs["status"] == "complete"
-    again = attribute_flow_on("threads")(config_path=str(config), workspace=str(ws))
+    again = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     assert again["chunks_run"] == 0 and again["chunks_skipped"] == 3
 
 
-def _artifacts(flow_run_id) -> dict[str, list[dict]]:
-    """Artifacts of a flow run, read back through the server's REST API (as the UI does): type -> artifacts."""
+def _artifacts(flow_run_id, subflows: bool = False) -> dict[str, list[dict]]:
+    """Artifacts of a flow run (and of its subflow runs), read back through the server's REST API (as
+    the UI does): type -> artifacts."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    body = {"artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200, "offset": 0,
-            "sort": "CREATED_DESC"}
-    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body)
+    api, runs = PREFECT_API_URL.value(), [str(flow_run_id)]
+    if subflows:
+        body = {"flow_runs": {"parent_flow_run_id": {"any_": runs}}, "limit": 200}
+        response = httpx.post(f"{api}/flow_runs/filter", json=body)
+        response.raise_for_status()
+        runs += [r["id"] for r in response.json()]
+    body = {"artifacts": {"flow_run_id": {"any_": runs}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
+    response = httpx.post(f"{api}/artifacts/filter", json=body)
     response.raise_for_status()
     out: dict[str, list[dict]] = {}
     for a in response.json():
@@ -84,8 +90,8 @@ def _artifacts(flow_run_id) -> dict[str, list[dict]]:
 
 
 def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_path):
-    from flows.attribute import attribute_flow_on
-    from flows.evaluate import evaluate_flow_on
+    from flows.attribute import attribute_flow
+    from flows.evaluate import evaluate_flow
     from flows.ingest import ingest_flow
     from flows.train import train_flow
     from xaiflow import store
@@ -95,9 +101,9 @@ def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_pa
     ws = str(tmp_path / "ws.zarr")
     ingest_flow(config_path=str(config), workspace=ws, cluster="threads")
     (row,) = train_flow(config_path=str(config), workspace=ws, cluster="threads")
-    attribute_flow_on("threads")(config_path=str(config), workspace=ws)
-    state = evaluate_flow_on("threads")(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"],
-                                        device="cpu", return_state=True)
+    attribute_flow(config_path=str(config), workspace=ws, cluster="threads")
+    state = evaluate_flow(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"], device="cpu",
+                          cluster="threads", return_state=True)
     res = state.result()
     n_test = 2 * int((store.open_group(ws, "images/syn").split.values == "test").sum())  # maps of 2 methods
     assert res["chunks_run"] >= 1 and res["computed"] == {"deletion": n_test, "sparseness": n_test}
@@ -110,7 +116,7 @@ def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_pa
     assert set(rows) == {(m, k) for m in ("saliency", "grad_cam") for k in outputs}
     assert all(r["n"] == int(test.sum()) and 0 <= r["mean"] <= 1 for r in rows.values())
 
-    arts = _artifacts(state.state_details.flow_run_id)
+    arts = _artifacts(state.state_details.flow_run_id, subflows=True)  # the evaluate stage publishes them
     (table,) = [a for a in arts["table"] if a["key"] == "metrics-means"]
     assert {(r["method"], r["metric"]) for r in json.loads(table["data"])} == set(rows)
     (progress,) = arts["progress"]
@@ -118,8 +124,8 @@ def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_pa
     (summary,) = arts["markdown"]
     assert "saliency deletion" in summary["data"] and str(tmp_path) in summary["data"]
 
-    again = evaluate_flow_on("threads")(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"],
-                                        device="cpu")
+    again = evaluate_flow(config_path=str(config), workspace=ws, metrics=["deletion", "sparseness"], device="cpu",
+                          cluster="threads")
     assert again["chunks_run"] == 0
 
 

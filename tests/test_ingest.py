@@ -1,8 +1,10 @@
 """Ingestion into a real Zarr workspace through a real Dask cluster (worker processes)."""
 
+import shutil
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 
 import xaiflow
@@ -60,9 +62,9 @@ def test_killed_ingest_resumes_only_missing_chunks(folder_dataset, tmp_path, cli
     cfg = dataset(folder_config(folder_dataset))
     ingest_dataset(cfg, ws, client=client)
     full = store.open_group(ws, "images/tiny").image.values
-    # simulate a run killed after chunk 0: chunks 1-2 unflagged and zeroed, status incomplete
+    # simulate a run killed after chunk 0: chunks 1-2 (samples 4-11) unflagged and zeroed, status incomplete
     group = "images/tiny"
-    store.write_region(ws, group, schema.CHUNK_DONE, 1, np.zeros(2, bool))
+    store.write_region(ws, group, schema.DONE, 4, np.zeros(8, bool))
     store.write_region(ws, group, schema.IMAGE, 4, np.zeros((8, 32, 32), np.uint8))
     store.set_attrs(ws, group, status=schema.STATUS_INCOMPLETE)
     with pytest.raises(store.WorkspaceError, match="incomplete"):
@@ -189,3 +191,26 @@ def test_mask_folder_matched_by_file_name(folder_dataset, tmp_path, client):
     (folder_dataset / "masks" / "s0_1.png").unlink()
     with pytest.raises(IngestError, match="mask file .*s0_1.png does not exist"):
         ingest_dataset(dataset({**cfg, "name": "tiny2"}), tmp_path / "ws.zarr", client=client)
+
+
+def test_resume_converts_a_group_with_per_chunk_flags(folder_dataset, tmp_path, client):
+    """Groups written before per-sample flags hold `chunk_done(chunk)`: a resumed ingest converts
+    them to `done(sample)` (each sample takes its chunk's flag) and rewrites only unflagged chunks."""
+    ws = tmp_path / "ws.zarr"
+    cfg = dataset(folder_config(folder_dataset))
+    ingest_dataset(cfg, ws, client=client)
+    group = "images/tiny"
+    full = store.open_group(ws, group).image.values
+    root = zarr.open_group(str(ws), path=group, mode="r+", zarr_format=3)
+    shutil.rmtree(ws / group / schema.DONE)  # the old layout: one flag per chunk, chunk 0 written
+    root.create_array(schema.LEGACY_CHUNK_DONE, shape=(3,), chunks=(1,), dtype=bool,
+                      dimension_names=("chunk",))[:] = [True, False, False]
+    store.write_region(ws, group, schema.IMAGE, 4, np.zeros((8, 32, 32), np.uint8))
+    store.set_attrs(ws, group, status=schema.STATUS_INCOMPLETE)
+    chunk0 = ws / group / "image" / "c" / "0" / "0" / "0"
+    before = chunk0.stat().st_mtime_ns
+    assert ingest_dataset(cfg, ws, client=client).status == "resumed"
+    assert chunk0.stat().st_mtime_ns == before
+    ds = store.open_group(ws, group)
+    np.testing.assert_array_equal(ds.image.values, full)
+    assert ds[schema.DONE].values.all() and schema.LEGACY_CHUNK_DONE not in ds and "chunk" not in ds.dims

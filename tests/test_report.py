@@ -12,6 +12,7 @@ from conftest import ingest_synthetic, train_tiny
 from xaiflow.attribution.engine import run_attribution
 from xaiflow.config import AttributionConfig
 from xaiflow.metrics.runner import run_metrics
+from xaiflow.models.catalog import ModelNotFoundError
 from xaiflow.report import ReportError, metric_table, write_report
 
 pytestmark = pytest.mark.slow  # trains, attributes, computes metrics and renders reports
@@ -50,7 +51,7 @@ def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
 
 def test_report_errors(tiny):
     ws, model = tiny
-    with pytest.raises(ReportError, match="no trained model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="no trained model 'nope'"):
         write_report(ws, "nope")
     with pytest.raises(ReportError, match=r"method\(s\) \['lime'\] not computed"):
         write_report(ws, model, methods=["lime"])

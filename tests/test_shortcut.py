@@ -18,6 +18,7 @@ from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution.engine import run_attribution
 from xaiflow.config import AttributionConfig
+from xaiflow.models.catalog import ModelNotFoundError
 from xaiflow.shortcut import SHORTCUT, STRUCTURE, ShortcutError, shortcut_report
 
 pytestmark = pytest.mark.slow  # three trainings + attribution: ~60 s at load 7
@@ -71,7 +72,7 @@ def test_meaningless_marker_is_not_flagged(models):
 
 def test_metadata_path_and_errors(models):
     ws, model = models["clean"]
-    with pytest.raises(ShortcutError, match="no trained model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="no trained model 'nope'"):
         shortcut_report(ws, "nope")
     with pytest.raises(ShortcutError, match="no dataset 'other'"):
         shortcut_report(ws, model, "other")

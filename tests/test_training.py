@@ -10,8 +10,9 @@ import torch
 from conftest import ingest_synthetic
 from xaiflow import store
 from xaiflow.config import TrainConfig, parse_config
+from xaiflow.models.catalog import ModelNotFoundError
 from xaiflow.models.checkpoint import CheckpointError, load_checkpoint
-from xaiflow.predict import PredictionError, predict_dataset
+from xaiflow.predict import predict_dataset
 from xaiflow.registry import UnknownEntryError
 from xaiflow.training import TrainingError, classification_report, expand_runs, train_many, train_model
 
@@ -81,7 +82,7 @@ def test_predictions_written_chunk_aligned(workspace, trained, client):
     images = store.open_group(workspace, "images/syn").image.values[:4]
     with torch.no_grad():
         np.testing.assert_allclose(model(to_input(images)).numpy(), ds.logits.values[:4], atol=1e-5)
-    with pytest.raises(PredictionError, match="no trained model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="no trained model 'nope'"):
         predict_dataset(workspace, "nope", "syn", client=client)
 
 

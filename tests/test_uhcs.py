@@ -42,7 +42,7 @@ def test_cli_ingests_all_598_images(uhcs_dir, tmp_path):
     assert ds.sizes["sample"] == 598 and ds.image.shape[1:] == (192, 192)
     schema.check_specimen_split(ds)
     assert set(ds.split.values.tolist()) == {"train", "val", "test"}
-    info = run("info", ws)
+    info = run("info", "-w", ws)
     assert info.returncode == 0 and "spheroidite" in info.stdout and "pearlite+widmanstatten" in info.stdout
     again = run(*cmd)
     assert again.returncode == 0 and "up-to-date" in again.stdout

@@ -9,7 +9,9 @@ from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution import METHODS, make_method
 from xaiflow.attribution.engine import AttributionError, run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec
+from xaiflow.config import AttributionConfig
+from xaiflow.models.catalog import ModelNotFoundError
+from xaiflow.plugins import PluginSpec
 from xaiflow.models.checkpoint import load_checkpoint, save_checkpoint
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import TaskError
@@ -32,7 +34,7 @@ def ws(tmp_path_factory, client):
 
 def config(model_id, methods, **kw):
     return AttributionConfig(dataset="syn", model=model_id, device="cpu",
-                             methods=[MethodSpec(name=m, params=FAST.get(m, {})) for m in methods], **kw)
+                             methods=[PluginSpec(name=m, params=FAST.get(m, {})) for m in methods], **kw)
 
 
 def test_every_registered_method_through_the_engine(ws, client):
@@ -90,10 +92,10 @@ def test_changed_parameters_are_refused_or_stored_under_a_new_key(ws, client):
     ws, model_id = ws
     run_attribution(ws, config(model_id, ["integrated_gradients"], splits=["test"]), client=client)
     other = AttributionConfig(dataset="syn", model=model_id, device="cpu", splits=["test"],
-                              methods=[MethodSpec(name="integrated_gradients", params={"n_steps": 8})])
+                              methods=[PluginSpec(name="integrated_gradients", params={"n_steps": 8})])
     with pytest.raises(AttributionError, match="integrated_gradients.*stored with.*'n_steps': 4.*Use another key"):
         run_attribution(ws, other, client=client)
-    keyed = other.model_copy(update={"methods": [MethodSpec(name="integrated_gradients", key="ig8",
+    keyed = other.model_copy(update={"methods": [PluginSpec(name="integrated_gradients", key="ig8",
                                                             params={"n_steps": 8})]})
     run_attribution(ws, keyed, client=client)
     ds = open_saliency(ws, "syn", model_id, ["integrated_gradients", "ig8"])
@@ -130,10 +132,10 @@ def test_unknown_method_lists_valid_ones(ws, client):
 
 def test_bad_parameter_and_layer(ws, client):
     ws, model_id = ws
-    bad_param = AttributionConfig(dataset="syn", model=model_id, methods=[MethodSpec(name="occlusion", params={"windw": 3})])
+    bad_param = AttributionConfig(dataset="syn", model=model_id, methods=[PluginSpec(name="occlusion", params={"windw": 3})])
     with pytest.raises(AttributionError, match="unknown parameter.*'windw'.*valid parameters: window"):
         run_attribution(ws, bad_param, client=client)
-    bad_layer = AttributionConfig(dataset="syn", model=model_id, methods=[MethodSpec(name="grad_cam", params={"layer": "conv9"})])
+    bad_layer = AttributionConfig(dataset="syn", model=model_id, methods=[PluginSpec(name="grad_cam", params={"layer": "conv9"})])
     with pytest.raises(AttributionError, match="no layer 'conv9'; valid layers: block1, block2"):
         run_attribution(ws, bad_layer, client=client)
 
@@ -143,7 +145,7 @@ def test_class_count_mismatch_and_unknown_model(ws, client, tmp_path):
     ingest_synthetic(ws, client, name="four", specimens_per_class=1, images_per_specimen=2, classes=None)
     with pytest.raises(AttributionError, match="3 outputs but dataset 'four' has 4 classes"):
         run_attribution(ws, AttributionConfig(dataset="four", model=model_id), client=client)
-    with pytest.raises(AttributionError, match="no trained model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="no trained model 'nope'.*models: small_cnn-syn-"):
         run_attribution(ws, AttributionConfig(dataset="syn", model="nope"), client=client)
 
 
@@ -170,7 +172,7 @@ def test_failing_chunk_fails_only_its_task(ws, client, tmp_path):
     chunk = copy / "images/syn/image/c/1/0/0"
     good = chunk.read_bytes()
     chunk.write_bytes(b"corrupt")
-    cfg = AttributionConfig(dataset="syn", model=model_id, device="cpu", methods=[MethodSpec(name="saliency", key="fresh")])
+    cfg = AttributionConfig(dataset="syn", model=model_id, device="cpu", methods=[PluginSpec(name="saliency", key="fresh")])
     with pytest.raises(TaskError, match="1 of .* attribute tasks failed"):
         run_attribution(copy, cfg, client=client)
     done = open_saliency(copy, "syn", model_id, ["fresh"]).done.values[:, 0]
@@ -202,9 +204,15 @@ def test_gpu_resource_tasks_only_run_on_workers_that_declare_it(ws, tmp_path):
             shutil.copytree(store.models_dir(ws), store.models_dir(copy))
             from xaiflow.attribution import engine
 
-            plan, tasks, _ = engine.prepare(copy, config(model_id, ["saliency"], gpu=True))
-            futures = c.map(engine.run_chunk, tasks, plan=plan, resources={"GPU": 1}, pure=False)
-            assert {f.result()["worker"] for f in futures} == {gpu_worker}
+            from distributed import get_task_stream
+
+            from xaiflow.jobs import run_job
+
+            job = engine.prepare(copy, config(model_id, ["saliency"], gpu=True))
+            with get_task_stream(client=c) as stream:  # the job's chunk tasks, run as the CLI runs them
+                result = run_job(job, client=c)
+            assert result.chunks_run == len(job.chunks) > 0
+            assert {t["worker"] for t in stream.data} == {gpu_worker}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -226,10 +234,9 @@ def test_predicted_targets_come_from_this_checkpoints_stored_predictions(ws, cli
     if store.group_exists(copy, f"saliency/syn/{model_id}"):  # maps of earlier tests would be kept
         store.delete_group(copy, f"saliency/syn/{model_id}")
     cfg = config(model_id, ["grad_cam"], splits=["test"])
-    assert prepare(copy, cfg)[0].predictions is None  # nothing stored yet
+    assert prepare(copy, cfg).predictions is None  # nothing stored yet
     pred_group = predict_dataset(copy, model_id, "syn", client=client)
-    plan, _, _ = prepare(copy, cfg, overwrite=True)
-    assert plan.predictions == pred_group
+    assert prepare(copy, cfg, overwrite=True).predictions == pred_group
     # plant a recognisable class in the stored predictions: the maps must explain it
     stored = zarr.open_group(str(copy), path=pred_group, mode="r+")["predicted"]
     planted = (np.asarray(stored[:]) + 1) % 3
@@ -241,4 +248,4 @@ def test_predicted_targets_come_from_this_checkpoints_stored_predictions(ws, cli
     # predictions of another checkpoint are not used: the engine falls back to a forward pass
     store.set_attrs(copy, pred_group, provenance={**store.group_attrs(copy, pred_group)["provenance"],
                                                   "checkpoint_sha256": "0" * 64})
-    assert prepare(copy, cfg)[0].predictions is None
+    assert prepare(copy, cfg).predictions is None

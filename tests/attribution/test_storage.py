@@ -8,7 +8,8 @@ import zarr
 from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow.attribution.engine import AttributionError, run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec
+from xaiflow.config import AttributionConfig
+from xaiflow.plugins import PluginSpec
 from xaiflow.metrics.runner import metrics_group, run_metrics
 from xaiflow.saliency import DONE_SUFFIX, SCALE_SUFFIX, decode_maps, encode_maps, open_saliency, saliency_group
 
@@ -24,7 +25,7 @@ def ws(tmp_path_factory, client):
 
 def config(model_id, storage, suffix=""):
     return AttributionConfig(dataset="syn", model=model_id, device="cpu", storage=storage, target="label",
-                             methods=[MethodSpec(name=m, key=m + suffix, params=p) for m, p in METHODS.items()])
+                             methods=[PluginSpec(name=m, key=m + suffix, params=p) for m, p in METHODS.items()])
 
 
 def test_encode_keeps_float16_precision_relative_to_each_map_and_no_subnormals():

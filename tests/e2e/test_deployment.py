@@ -44,18 +44,20 @@ def test_ui_run_call_runs_the_pipeline_on_the_dask_cluster(prefect_server, dask_
     with Client(dask_cluster.address, timeout=10) as client:
         ran = client.run_on_scheduler(lambda dask_scheduler: {
             name for name, p in dask_scheduler.task_prefixes.items() if p.state_counts.get("memory", 0) > 0})
-    expected = {"write_chunk", "train_task", "predict_chunk", "extract_chunk", "cv_task", "reduction_task",
-                "attribute_chunk", "metrics_chunk"}  # the last two: Prefect tasks sent by DaskTaskRunner
+    # chunk tasks of every chunked job (Prefect tasks sent by the DaskTaskRunner), and the library's own
+    # Dask tasks of training and the studies, all on the same cluster
+    expected = {"scan_chunk", "write_chunk", "train_task", "predict_chunk", "features_chunk", "cv_task",
+                "reduction_task", "attribute_chunk", "metrics_chunk"}
     assert expected <= ran, expected - ran
 
     subflows = _subflow_runs(api, run["id"])
-    assert len(subflows) == 8  # ingest, train, predict, features, reduction, attribute, evaluate, report
+    assert len(subflows) == 8  # ingest, train, predict, features, studies, attribute, evaluate, report
     artifacts = {a["key"]: a for a in _artifacts(api, [run["id"]] + [r["id"] for r in subflows])}
     stages = json.loads(artifacts["pipeline-stages"]["data"])
     assert [(r["stage"], r["status"]) for r in stages] == [(s, "done") for s in STAGES]
     assert artifacts["pipeline-summary"]["type"] == "markdown"
     assert str(dep.workspace) in artifacts["pipeline-summary"]["data"]
     assert f"{model} test balanced accuracy" in artifacts["pipeline-summary"]["data"]
-    assert artifacts["trained-models"]["type"] == "table" and artifacts["attribution-progress"]["type"] == "progress"
-    assert float(artifacts["attribution-progress"]["data"]) == 100.0
+    assert artifacts["trained-models"]["type"] == "table" and artifacts["attribute-progress"]["type"] == "progress"
+    assert float(artifacts["attribute-progress"]["data"]) == 100.0
     assert any(a["type"] == "image" for a in artifacts.values())

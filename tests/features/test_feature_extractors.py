@@ -1,7 +1,9 @@
-"""Contract tests for every registered feature extractor, plus known answers per extractor.
+"""The contract (:func:`xaiflow.testing.check_extractor`) for every registered feature extractor,
+plus known answers per extractor.
 
 The contract tests loop over ``FEATURES.names()``: a new extractor is covered by registering
-it (and, if it needs arguments, an entry in ``PARAMS``)."""
+it (and, if it cannot run without arguments, as the CNN extractor needs a network, an entry in
+``params_for``)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import pytest
 import torch
 
 from xaiflow.features import FEATURES, FeatureError, build_extractor
-from xaiflow.features.testing import check_extractor
 from xaiflow.features.twopoint import radial_autocovariance
 from xaiflow.models import UnknownLayerError, build_model
 from xaiflow.models.checkpoint import save_checkpoint
 from xaiflow.preprocess import to_input
 from xaiflow.registry import UnknownEntryError
 from xaiflow.sources.synthetic import generate_micrograph
+from xaiflow.testing import check_extractor
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,7 +90,7 @@ def test_unknown_layer_lists_valid_layers(checkpoint):
 @pytest.mark.parametrize("params, message", [
     ({}, "exactly one of model"),
     ({"model": "x", "backbone": "vgg16"}, "exactly one of model"),
-    ({"model": "nope", "models_dir": "/nonexistent"}, "no trained model 'nope'"),
+    ({"model": "nope", "models_dir": "/nonexistent"}, "no checkpoint 'nope' in /nonexistent"),
     ({"backbone": "vgg16", "weights_path": "/nonexistent/vgg16.pt"}, "vgg16"),
 ])
 def test_cnn_model_errors(params, message):

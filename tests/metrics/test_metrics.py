@@ -1,8 +1,7 @@
-"""Metrics: contract tests over the registry, hand-computed cases, sanity checks, Quantus cross-checks.
+"""Metrics: the shared contract over the registry, hand-computed cases, sanity checks, Quantus cross-checks.
 
-``CASES`` is the one table: for each registered metric, cheap parameters for the shared
-contract tests. Every contract test loops over ``METRICS.names()``, so a new metric is
-covered by registering it (a test fails until it has a row here).
+The contract test (:func:`xaiflow.testing.check_metric`, with each metric's ``quick_params``)
+loops over ``METRICS.names()``, so a new metric is covered by registering it.
 """
 
 from __future__ import annotations
@@ -24,21 +23,9 @@ from xaiflow.metrics.localization import pointing_game, relevance_mass_accuracy,
 from xaiflow.metrics.randomization import cascade_layers, spearman
 from xaiflow.models.base import MicrographModel
 from xaiflow.registry import UnknownEntryError
+from xaiflow.testing import check_metric
 
 torch.set_num_threads(1)
-
-#: cheap parameters per metric for the contract tests
-CASES: dict[str, dict] = {
-    "deletion": {"n_steps": 4},
-    "insertion": {"n_steps": 4, "blur_sigma": 2.0},
-    "model_randomization": {},
-    "pointing_game": {},
-    "relevance_mass_accuracy": {},
-    "relevance_rank_accuracy": {},
-    "sparseness": {},
-    "entropy": {},
-}
-
 
 class RegionModel(MicrographModel):
     """Logits ``(scale * mean of x over a region, 0)``: the probability of class 0 is known in closed form."""
@@ -86,72 +73,12 @@ def batch():
             "method": make_method("saliency", model), "index": np.array([5, 9, 11])}
 
 
-def run(name: str, b: dict, sel=slice(None)) -> dict[str, np.ndarray]:
-    metric = make_metric(name, **CASES[name])
-    return metric.compute(b["maps"][sel], b["x"][sel], b["targets"][sel], index=b["index"][sel], model=b["model"],
-                          masks=b["masks"][sel], method=b["method"])
-
-
 # ---------------------------------------------------------------- contract, for every registered metric
 
-def test_every_metric_has_a_case():
-    assert set(CASES) == set(METRICS.names())
-
-
 @pytest.mark.parametrize("name", METRICS.names())
-def test_outputs_are_declared_named_and_documented(name, batch):
-    metric = make_metric(name)  # every parameter has a default
-    assert all(f.description for f in metric.Params.model_fields.values()), "document every parameter"
-    assert metric.citation
-    outputs = metric.outputs(batch["model"])
-    assert all(n.startswith(name) for n in outputs)
-    first = next(iter(outputs.values()))
-    assert first.dim is None and first.higher_is_better is not None, "the first output is the headline scalar"
-    assert all(o.description for o in outputs.values())
-    assert all(len(o.coords) > 0 for o in outputs.values() if o.dim is not None)
-
-
-@pytest.mark.parametrize("name", METRICS.names())
-def test_shapes_finite_and_deterministic(name, batch):
-    out = run(name, batch)
-    outputs = make_metric(name, **CASES[name]).outputs(batch["model"])
-    assert set(out) == set(outputs)
-    for key, spec in outputs.items():
-        shape = (3,) if spec.dim is None else (3, len(spec.coords))
-        assert out[key].shape == shape and out[key].dtype == np.float32, key
-        assert np.isfinite(out[key]).all(), key
-    again = run(name, batch)
-    for key in out:
-        np.testing.assert_array_equal(out[key], again[key], err_msg=key)
-
-
-@pytest.mark.parametrize("name", METRICS.names())
-def test_each_value_depends_on_its_own_map_only(name, batch):
-    """Scoring a sub-batch gives the same values: chunking and resuming cannot change results."""
-    whole, part = run(name, batch), run(name, batch, slice(1, 3))
-    for key in whole:
-        np.testing.assert_allclose(part[key], whole[key][1:3], rtol=1e-5, atol=1e-6, err_msg=key)
-
-
-@pytest.mark.parametrize("name", METRICS.names())
-def test_parameters_are_checked_and_identity_excludes_batching(name):
-    with pytest.raises(ValueError, match=f"metric '{name}' got unknown parameter.*'bogus'.*valid parameters"):
-        make_metric(name, bogus=1)
-    metric = make_metric(name)
-    identity = metric.identity()
-    assert identity["metric"] == name
-    assert metric.batch_param is None or metric.batch_param not in identity["params"]
-
-
-@pytest.mark.parametrize("name", METRICS.names())
-def test_missing_inputs_are_refused(name, batch):
-    metric = make_metric(name, **CASES[name])
-    if not (metric.needs_model or metric.needs_mask or metric.needs_method):
-        out = metric.compute(batch["maps"])  # maps alone are all it needs
-        assert all(v.shape[0] == len(batch["maps"]) for v in out.values())
-        return
-    with pytest.raises(ValueError, match="needs"):
-        metric.compute(batch["maps"])
+def test_metric_contract(name, batch):
+    check_metric(name, batch["maps"], batch["x"], batch["targets"], model=batch["model"], masks=batch["masks"],
+                 method=batch["method"], index=batch["index"])
 
 
 def test_unknown_metric_lists_valid_ones():

@@ -13,7 +13,8 @@ from conftest import ingest_synthetic, train_tiny
 from xaiflow import schema, store
 from xaiflow.attribution import make_method
 from xaiflow.attribution.engine import run_attribution
-from xaiflow.config import AttributionConfig, MethodSpec
+from xaiflow.config import AttributionConfig
+from xaiflow.plugins import PluginSpec
 from xaiflow.metrics import make_metric
 from xaiflow.metrics.runner import MetricsError, metrics_group, run_metrics
 from xaiflow.models.checkpoint import load_checkpoint
@@ -33,7 +34,7 @@ def ws(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("metrics") / "ws.zarr"
     ingest_synthetic(ws, client, images_per_specimen=2, shortcut={"probability": 1.0})
     model_id = train_tiny(ws)
-    methods = [MethodSpec(name="saliency"), MethodSpec(name="grad_cam")]
+    methods = [PluginSpec(name="saliency"), PluginSpec(name="grad_cam")]
     run_attribution(ws, AttributionConfig(dataset="syn", model=model_id, device="cpu", methods=methods,
                                           splits=["test"]), client=client)
     return ws, model_id

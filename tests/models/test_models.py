@@ -1,13 +1,13 @@
-"""Contract tests for every registered architecture, plus build_model, backbone errors and devices.
+"""The contract (:func:`xaiflow.testing.check_model`) for every registered architecture, plus
+build_model, backbone errors and devices.
 
-The contract tests loop over ``MODELS.names()``: a new architecture is covered by adding
-it to the registry (and, if its defaults are slow, a small configuration to ``SMALL``).
+The contract tests loop over ``MODELS.names()``: a new architecture is covered by adding it
+to the registry (its ``quick_hparams`` keep the checks fast).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import pytest
 import torch
@@ -15,129 +15,38 @@ from captum.attr import DeepLift, GuidedBackprop, LayerGradCam, LRP
 from torch import nn
 
 from xaiflow.device import available_cpus, resolve_device, set_torch_threads
-from xaiflow.models import MODELS, UnknownLayerError, build_model, model_params
+from xaiflow.models import MODELS, build_model, model_params
 from xaiflow.models.backbone import BackboneError
 from xaiflow.registry import UnknownEntryError
+from xaiflow.testing import check_model
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-# CPU-friendly configurations for the contract tests; architectures not listed use defaults
-SMALL: dict[str, dict] = {
-    "resnet18": {"width": 0.25},
-    "backbone": {"name": "resnet18", "pretrained": False},
-}
 NUM_CLASSES = 3
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make(arch: str, **overrides) -> nn.Module:
+def _needs_torchvision(arch: str) -> None:
     if arch == "backbone" and not HAS_TORCHVISION:
         pytest.skip("torchvision is not installed: the backbone's error is tested in test_backbone_without_torchvision")
-    return build_model(arch, NUM_CLASSES, **{**SMALL.get(arch, {}), **overrides})
 
 
-def run_hooks(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Activations of every named layer, keyed in the order the forward pass reached them."""
-    acts: dict[str, torch.Tensor] = {}
-    handles = [
-        model.get_layer(name).register_forward_hook(lambda _m, _i, out, name=name: acts.__setitem__(name, out))
-        for name in model.layer_names()
-    ]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return acts
+def make(arch: str, **overrides) -> nn.Module:
+    _needs_torchvision(arch)
+    return build_model(arch, NUM_CLASSES, **{**MODELS.get(arch).quick_hparams, **overrides})
 
 
 @pytest.mark.parametrize("arch", MODELS.names())
-def test_forward_shape_and_backward(arch):
-    model = make(arch)
-    x = torch.rand(2, 1, 32, 32)
-    logits = model(x)
-    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == torch.float32
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_three_channel_input(arch):
-    assert make(arch, in_channels=3).eval()(torch.rand(1, 3, 32, 32)).shape == (1, NUM_CLASSES)
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_named_layers_in_forward_order(arch):
-    model = make(arch).eval()
-    names = model.layer_names()
-    assert names and len(set(names)) == len(names)
-    assert model.cam_layer in names
-    assert all(isinstance(model.get_layer(n), nn.Module) for n in names)
-    assert list(run_hooks(model, torch.rand(1, 1, 32, 32))) == names
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_unknown_layer_lists_valid_layers(arch):
-    model = make(arch)
-    with pytest.raises(UnknownLayerError) as err:
-        model.get_layer("no_such_layer")
-    assert "no_such_layer" in str(err.value) and all(n in str(err.value) for n in model.layer_names())
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_hooks_give_batched_activations(arch):
-    """Every named layer but the head gives B x C x h x w (feature extraction pools these)."""
-    model = make(arch).eval()
-    acts = run_hooks(model, torch.rand(2, 1, 64, 64))
-    *conv_layers, head = model.layer_names()
-    for name in conv_layers:
-        assert acts[name].ndim == 4 and acts[name].shape[0] == 2, name
-    assert acts[head].shape == (2, NUM_CLASSES)
-    assert acts[model.cam_layer].shape[-1] >= 2  # Grad-CAM needs a spatial map at 64 px
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_seeded_init_is_deterministic(arch):
-    torch.manual_seed(7)
-    a = make(arch).state_dict()
-    torch.manual_seed(7)
-    b = make(arch).state_dict()
-    torch.manual_seed(8)
-    c = make(arch).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], c[k]) for k in a)
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_hparams_rebuild_same_architecture(arch):
-    model = make(arch)
-    hparams = json.loads(json.dumps(model.hparams))  # as read back from a manifest
-    assert hparams == model.hparams
-    rebuilt = type(model).from_hparams(hparams)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
-
-
-@pytest.mark.parametrize("arch", MODELS.names())
-def test_dropout_for_mc_sampling(arch):
-    """With dropout > 0, train-mode outputs vary (MC dropout) and eval mode is deterministic."""
-    model = make(arch, dropout=0.5)
-    assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules())
-    x = torch.rand(2, 1, 32, 32)
-    model.eval()
-    assert torch.equal(model(x), model(x))
-    model.train()
-    torch.manual_seed(0)
-    assert not torch.equal(model(x), model(x))
+def test_model_contract(arch):
+    _needs_torchvision(arch)
+    check_model(arch, NUM_CLASSES)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:captum.*")
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_captum_module_hook_methods_run(arch):
-    """Separate ReLU modules and Addition_Module sums let DeepLift, LRP, guided backprop run."""
+    """Separate ReLU modules and Addition sums let DeepLift, LRP, guided backprop run."""
     torch.manual_seed(0)
     model = make(arch).eval()
     x, target = torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
@@ -166,7 +75,10 @@ def test_resnet18_width_and_compact_stem():
     assert full.get_layer("layer4")[1].conv2.out_channels == 512 and full.cam_layer == "layer4"
     quarter = build_model("resnet18", 2, width=0.25, stem="compact")
     assert quarter.get_layer("layer4")[1].conv2.out_channels == 128
-    assert run_hooks(quarter.eval(), torch.rand(1, 1, 64, 64))["layer4"].shape[-2:] == (8, 8)
+    acts = {}
+    quarter.get_layer("layer4").register_forward_hook(lambda _m, _i, out: acts.setdefault("layer4", out))
+    quarter.eval()(torch.rand(1, 1, 64, 64))
+    assert acts["layer4"].shape[-2:] == (8, 8)
 
 
 def test_build_model_unknown_arch_lists_valid():

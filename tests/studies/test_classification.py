@@ -12,7 +12,8 @@ from conftest import ingest_synthetic
 from xaiflow import store
 from xaiflow.features.config import FeaturesConfig
 from xaiflow.features.extract import extract_all
-from xaiflow.studies.classify import CLASSIFIERS, balanced_accuracy, fit_predict, grouped_folds
+from xaiflow.scores import balanced_accuracy
+from xaiflow.studies.classify import CLASSIFIERS, fit_predict, grouped_folds
 from xaiflow.studies.config import CVConfig, StudyConfig
 from xaiflow.studies.data import StudyError, load_feature_table
 from xaiflow.studies.run import classification_study

@@ -5,20 +5,27 @@ subset ingested through configs/uhcs.yaml at --size px; synthetic micrographs, w
 when the UHCS folder is absent), trains small_cnn for a couple of epochs, then measures side
 by side in one run and prints each ratio beside its target:
 
-1. engine vs plain loop: per method, xaiflow's engine (``run_chunk`` called in this process
-   with 1 torch thread: read the chunk from Zarr, attribute the planned targets, write maps and
-   flags) vs the same Captum call (xaiflow's own method for LIME) in a loop over the same
-   images held in memory (each batch standardised with ``to_input``, as both must), same batch
-   sizes and parameters, the two interleaved chunk by chunk. In-process
-   calls isolate task/IO/storage overhead from Dask scheduling, which section 3 measures
-   (a worker runs exactly this ``run_chunk`` with 1 thread). Target: throughput ratio >= 0.9;
+1. engine vs plain loop: per method, xaiflow's engine (the ``AttributionJob`` that
+   ``engine.prepare`` plans, its ``job.run_chunk(chunk)`` called in this process with 1 torch
+   thread: read the chunk from Zarr, attribute the planned targets, write maps and flags) vs
+   the same Captum call (xaiflow's own method for LIME) in a loop over the same images held in
+   memory (each batch standardised with ``to_input``, as both must), same batch sizes and
+   parameters (the batching each method class chooses, as the engine asks it), the two
+   interleaved chunk by chunk. In-process calls isolate task/IO/storage overhead from Dask
+   scheduling, which section 3 measures (a worker runs exactly this ``job.run_chunk`` with 1
+   thread). Target: throughput ratio >= 0.9;
 2. xaiflow ``lime`` vs ``lime.lime_image.LimeImageExplainer.explain_instance`` (its defaults,
    same num_samples, our segmentation as segmentation_fn), the time split into segmentation,
    model evaluation and surrogate fit, and the weights compared. Target: >= 1.0 at equal weights;
-3. 2 Dask worker processes x 1 thread vs the best single-process run (torch 1 or 2 threads) on
-   the same chunks (target >= 1.8x), and the per-chunk scheduling overhead (target < 1%);
-4. each method's cost per image as a multiple of one forward+backward pass at its best batch;
-5. peak RSS of a fresh process running one engine batch per method (what a worker needs);
+3. 2 Dask worker processes x 1 thread (``xaiflow.jobs.run_job``: one task per chunk, the job
+   shipped without its chunk list, then ``job.finalize``) vs the best single-process run (torch 1
+   or 2 threads) of the same job on the same chunks (target >= 1.8x), and the per-chunk
+   scheduling overhead (target < 1%);
+4. each method's cost per image as a multiple of one forward+backward pass at its best batch
+   (evaluations per image and images per pass as the method objects report them: ``cost``,
+   ``evals_per_pass``);
+5. peak RSS of a fresh process running one engine batch per method (what a worker needs),
+   against the engine's estimate (images per pass x ``evaluation_bytes``);
 6. float32 map storage (write MB/s, compression with zarr's default codec) and float16
    casts of raw maps vs ``storage: float16``'s scaled maps (subnormals make raw casts slow and lossy).
 
@@ -60,13 +67,13 @@ from lime import lime_image
 from torch import Tensor
 
 from xaiflow import regions, schema
-from xaiflow.attribution import METHODS, make_method
-from xaiflow.attribution.engine import (AttributionPlan, ChunkTask, choose_batching, default_batch_size,
-                                        evaluation_bytes, prepare, run_chunk)
-from xaiflow.config import AttributionConfig, DatasetConfig, GeometryConfig, MethodSpec, load_config
+from xaiflow.attribution import METHODS, AttributionMethod, make_method
+from xaiflow.attribution.engine import AttributionJob, Selection, default_batch_size, evaluation_bytes, prepare
+from xaiflow.config import AttributionConfig, DatasetConfig, GeometryConfig, load_config
 from xaiflow.device import set_torch_threads
 from xaiflow.ingest import ingest_dataset
-from xaiflow.models.cache import cached_model
+from xaiflow.jobs import Chunk, pending_chunks, run_job
+from xaiflow.plugins import PluginSpec
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ClusterConfig, dask_client, map_tasks
 from xaiflow.saliency import DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX, decode_maps, encode_maps, map_codec
@@ -158,29 +165,41 @@ class Stopwatch:
         return inner
 
 
-# ------------------------------------------------------------------ workspace, model, plan
+# ------------------------------------------------------------------ workspace, model, job
 
 @dataclass
 class Bench:
     workspace: str
-    plan: AttributionPlan  # every benchmarked method
-    tasks: list[ChunkTask]  # the chunks holding the first n images, those images selected
+    job: AttributionJob  # every benchmarked method, its chunks those of ``chunks``
+    chunks: tuple[Chunk, ...]  # the chunks holding the first n images, those images selected (payload Selection)
     n: int
-    model: torch.nn.Module
+    model: torch.nn.Module  # the checkpoint's model as a worker holds it (job.model.cached("cpu"))
     pixels: np.ndarray  # the n images as stored (what a plain loop over the images holds in memory)
     x: Tensor  # the n images as network input
     targets: Tensor  # predicted classes (what the engine explains)
     batch: int  # images per attribution call (the engine's CPU default)
-    batching: dict[str, dict[str, int]]  # per method: the batching parameter the engine chooses
-    params: dict[str, Any]  # per method: validated Params with the batching filled in
+    batching: dict[str, dict[str, int]]  # per method: the batching parameter its class chooses for the engine
+    methods: dict[str, AttributionMethod]  # per method: as the engine builds it (batching filled in)
 
-    def method_plan(self, name: str) -> AttributionPlan:
-        return replace(self.plan, methods=tuple(m for m in self.plan.methods if m.key == name))
+    @property
+    def params(self) -> dict[str, Any]:
+        """Per method: its validated Params, batching filled in."""
+        return {k: m.params for k, m in self.methods.items()}
+
+    def method_job(self, name: str) -> AttributionJob:
+        """The job restricted to one method (same chunks)."""
+        return replace(self.job, methods=tuple(m for m in self.job.methods if m.key == name))
 
     def reset(self, name: str) -> None:
         """Clear the method's done flags so that the engine computes every map again."""
-        done = zarr.open_group(self.workspace, path=self.plan.group, mode="r+", zarr_format=3)[name + DONE_SUFFIX]
+        done = zarr.open_group(self.workspace, path=self.job.group, mode="r+", zarr_format=3)[name + DONE_SUFFIX]
         done[:] = False
+
+
+def head(chunk: Chunk, k: int) -> Chunk:
+    """The chunk with only its first ``k`` selected samples (one engine batch)."""
+    sel = chunk.payload
+    return replace(chunk, payload=Selection(sel.samples[:k], None if sel.targets is None else sel.targets[:k]))
 
 
 def dataset_config(args: argparse.Namespace) -> DatasetConfig:
@@ -212,33 +231,42 @@ def setup(args: argparse.Namespace) -> Bench:
 
     names = list(dict.fromkeys([*args.methods, args.scaling_method]))
     lime_samples = {"lime": {"num_samples": args.lime_samples}}
-    specs = [MethodSpec(name=m, params={**METHOD_PARAMS[m], **lime_samples.get(m, {})}) for m in names]
+    specs = [PluginSpec(name=m, params={**METHOD_PARAMS[m], **lime_samples.get(m, {})}) for m in names]
     cfg = AttributionConfig(dataset=ds.name, model=trained["model_id"], methods=specs, device="cpu")
-    plan, _, _ = prepare(workspace, cfg, overwrite=True)
+    job = prepare(workspace, cfg, overwrite=True)
     n = min(args.images, ingested.n_samples)
     if n < args.images:
         print(f"note: the dataset has {ingested.n_samples} images; --images {args.images} reduced to {n}")
-    if plan.predictions is None:
+    if job.predictions is None:
         raise SystemExit(f"{workspace}: no stored predictions of {trained['model_id']}; the engine would predict")
-    stored = np.asarray(zarr.open_group(workspace, path=plan.predictions, mode="r", zarr_format=3)["predicted"][:n])
-    tasks = [ChunkTask(i, s, min(s + args.chunk, ingested.n_samples), tuple(range(s, min(s + args.chunk, n))),
-                       tuple(int(t) for t in stored[s:s + args.chunk]))  # as prepare() plans them
-             for i, s in enumerate(range(0, n, args.chunk))]
+    stored = np.asarray(zarr.open_group(workspace, path=job.predictions, mode="r", zarr_format=3)["predicted"][:])
+    first_n = np.arange(ingested.n_samples) < n
+
+    def payload(start: int, stop: int) -> Selection:  # as prepare() plans a chunk: the selected samples, their targets
+        chosen = np.flatnonzero(first_n[start:stop]) + start
+        return Selection(tuple(chosen.tolist()), tuple(int(t) for t in stored[chosen]))
+
+    chunks = pending_chunks(first_n, args.chunk, payload)
+    job = replace(job, chunks=chunks)
 
     set_torch_threads(1)
-    model, _ = cached_model(plan.checkpoint, "cpu")
+    model = job.model.cached("cpu")  # the worker's cached model, the very object job.run_chunk uses here
     images = zarr.open_group(workspace, path=schema.group_path(schema.IMAGES, ds.name), mode="r", zarr_format=3)
     pixels = np.asarray(images[schema.IMAGE][:n])
     x = to_input(pixels)
     with torch.no_grad():
         targets = torch.cat([model(x[i:i + 32]).argmax(1) for i in range(0, n, 32)])
     device = torch.device("cpu")
-    batch = default_batch_size(device)  # what run_chunk uses, chosen the same way
-    per_eval = evaluation_bytes(model, plan.sha256, (1, args.size, args.size), device)
-    evals = int(max(1, min(plan.max_evals_per_pass["cpu"], plan.memory_budget_mb * 2**20 // per_eval)))
-    batching = {m.key: choose_batching(m.name, batch, evals) for m in plan.methods}
-    params = {m.key: METHODS.get(m.name).Params(**m.params, **batching[m.key]) for m in plan.methods}
-    return Bench(workspace, plan, tasks, n, model, pixels, x, targets, batch, batching, params)
+    batch = job.batch_size or default_batch_size(device)  # what job.run_chunk uses, chosen the same way
+    per_eval = evaluation_bytes(model, job.model.sha256, (1, args.size, args.size), device)
+    cap = job.max_evals_per_pass.get(device.type, job.max_evals_per_pass.get("cpu", 8))
+    evals = int(max(1, min(cap, job.memory_budget_mb * 2**20 // per_eval)))
+    batching, methods = {}, {}
+    for m in job.methods:  # as the engine does: each method class turns the evaluation budget into its batching
+        cls = METHODS.get(m.name)
+        batching[m.key] = {} if cls.batch_param in m.params else cls.batching(batch, evals)
+        methods[m.key] = make_method(m.name, model, **m.params, **batching[m.key])
+    return Bench(workspace, job, chunks, n, model, pixels, x, targets, batch, batching, methods)
 
 
 # ------------------------------------------------------------------ 1. engine vs plain loop
@@ -301,17 +329,17 @@ def plain_maps(b: Bench, name: str, idx: np.ndarray) -> np.ndarray:
 
 def engine_overheads(b: Bench, name: str) -> dict[str, float]:
     """CPU seconds per chunk of the engine's steps around the computation, timed one by one."""
-    ds_path = schema.group_path(schema.IMAGES, b.plan.dataset)
-    # targets are not a step: prepare() plans them from the stored predictions, and tasks carry them
-    steps = {k: Clock() for k in ("model lookup (cached_model: sha256 check)",
+    ds_path = schema.group_path(schema.IMAGES, b.job.dataset)
+    # targets are not a step: prepare() plans them from the stored predictions, and chunks carry them
+    steps = {k: Clock() for k in ("model lookup (ModelEntry.cached: sha256 check)",
                                   "open arrays (cached per process), read the chunk and done flags",
                                   "write maps, targets, non-finite flags; then done flags")}
     model, read, io = steps.values()
-    keys = [f"{b.plan.group}/{name}{s}" for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
+    keys = [f"{b.job.group}/{name}{s}" for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
     image_path = f"{ds_path}/{schema.IMAGE}"
-    for task in b.tasks:
-        region = slice(task.start, task.stop)
-        model(lambda: cached_model(b.plan.checkpoint, "cpu"))
+    for chunk in b.chunks:
+        region = slice(chunk.start, chunk.stop)
+        model(lambda: b.job.model.cached("cpu"))
         arrays = read(lambda: regions.open_arrays(b.workspace, [image_path, *keys]))  # as run_chunk: one call
         read(lambda: regions.read([arrays[image_path], arrays[keys[-1]]], region))
         values = regions.read([arrays[k] for k in keys], region)  # stored bytes: same cost as the engine's
@@ -320,27 +348,26 @@ def engine_overheads(b: Bench, name: str) -> dict[str, float]:
             regions.write([arrays[k] for k in keys[:3]], region, values[:3])
             regions.write([arrays[keys[-1]]], region, values[3:])
         io(write)
-    return {k: c.cpu / len(b.tasks) for k, c in steps.items()}
+    return {k: c.cpu / len(b.chunks) for k, c in steps.items()}
 
 
 def section_engine(b: Bench, methods: list[str]) -> dict[str, dict[str, float]]:
-    print(f"\n## 1. Engine (run_chunk in process, 1 torch thread) vs plain in-memory loop, {b.n} images, "
-          f"{len(b.tasks)} chunks, batch {b.batch}; interleaved chunk by chunk")
+    print(f"\n## 1. Engine (job.run_chunk in process, 1 torch thread) vs plain in-memory loop, {b.n} images, "
+          f"{len(b.chunks)} chunks, batch {b.batch}; interleaved chunk by chunk")
     rows, out = [], {}
-    root = zarr.open_group(b.workspace, path=b.plan.group, mode="r", zarr_format=3)
+    root = zarr.open_group(b.workspace, path=b.job.group, mode="r", zarr_format=3)
     for name in methods:
-        plan = b.method_plan(name)
+        job = b.method_job(name)
         # warm-up of both paths (one-time costs: first calls, array handles; a worker pays them once per run)
         plain_maps(b, name, np.arange(min(b.batch, b.n)))
         b.reset(name)
-        run_chunk(replace(b.tasks[0], selected=b.tasks[0].selected[:b.batch], targets=b.tasks[0].targets[:b.batch]),
-                  plan)
+        job.run_chunk(head(b.chunks[0], b.batch))
         b.reset(name)
         engine, plain = Clock(), Clock()
         maps = np.empty((b.n, *b.x.shape[2:]), np.float32)
-        for i, task in enumerate(b.tasks):
-            idx = np.array(task.selected)
-            result, maps[idx] = interleaved(i, partial(engine, partial(run_chunk, task, plan)),
+        for i, chunk in enumerate(job.chunks):
+            idx = np.array(chunk.payload.samples)
+            result, maps[idx] = interleaved(i, partial(engine, partial(job.run_chunk, chunk)),
                                             partial(plain, partial(plain_maps, b, name, idx)))
             record = result["batching"][name]
             assert record["images_per_call"] == b.batch, record
@@ -352,16 +379,16 @@ def section_engine(b: Bench, methods: list[str]) -> dict[str, dict[str, float]]:
                      "wall_ratio": plain.wall / engine.wall}
         rows.append([name, b.batching[name] or "-", f"{b.n / engine.wall:.2f}", f"{b.n / plain.wall:.2f}",
                      f"{plain.wall / engine.wall:.3f}", f"{plain.cpu / engine.cpu:.3f}", ">= 0.9",
-                     verdict(plain.cpu / engine.cpu, 0.9), f"{1e3 * (engine.cpu - plain.cpu) / len(b.tasks):.0f}",
+                     verdict(plain.cpu / engine.cpu, 0.9), f"{1e3 * (engine.cpu - plain.cpu) / len(b.chunks):.0f}",
                      f"{rel:.1e}" + ("" if same_targets else " (targets differ)")])
     table("Throughput: engine vs plain loop (images/s, wall); ratio = engine throughput / plain throughput",
           ["method", "batching", "engine", "plain", "ratio (wall)", "ratio (CPU)", "target", "",
            "overhead CPU ms/chunk", "max rel diff"], rows)
 
     parts = engine_overheads(b, methods[0])
-    per_chunk_plain = {m: out[m]["plain_s"] / len(b.tasks) for m in methods}
+    per_chunk_plain = {m: out[m]["plain_s"] / len(b.chunks) for m in methods}
     table(f"Engine steps around the computation, timed separately (CPU ms per chunk of "
-          f"{b.tasks[0].stop - b.tasks[0].start} images, and % of the plain computation per chunk)",
+          f"{b.chunks[0].stop - b.chunks[0].start} images, and % of the plain computation per chunk)",
           ["step", "ms/chunk", *[f"% {m}" for m in methods]],
           [[k, f"{1e3 * v:.1f}", *[f"{100 * v / per_chunk_plain[m]:.1f}" for m in methods]] for k, v in parts.items()])
     return out
@@ -430,18 +457,18 @@ def section_lime(b: Bench, n_images: int) -> dict[str, float]:
 
 # ------------------------------------------------------------------ 3. scaling on Dask
 
-def _warm_worker(plan: AttributionPlan, shape: tuple[int, ...], batch: int, batching: dict[str, int]) -> None:
+def _warm_worker(job: AttributionJob, shape: tuple[int, ...], batch: int, batching: dict[str, int]) -> None:
     """Load the model and run one batch of the method on a worker, without writing anything."""
     set_torch_threads(get_worker().state.nthreads)
-    model, _ = cached_model(plan.checkpoint, "cpu")
-    evaluation_bytes(model, plan.sha256, (1, *shape), torch.device("cpu"))
-    m = plan.methods[0]
+    model = job.model.cached("cpu")
+    evaluation_bytes(model, job.model.sha256, (1, *shape), torch.device("cpu"))
+    m = job.methods[0]
     make_method(m.name, model, **m.params, **batching).attribute(torch.randn(batch, 1, *shape),
                                                                  torch.zeros(batch, dtype=torch.long))
 
 
-def _noop(task: ChunkTask, plan: AttributionPlan) -> int:
-    return task.index
+def _noop(chunk: Chunk, job: AttributionJob) -> int:
+    return chunk.index
 
 
 def worker_gaps(intervals: list[tuple[str, float, float]]) -> list[float]:
@@ -453,13 +480,13 @@ def worker_gaps(intervals: list[tuple[str, float, float]]) -> list[float]:
     return out
 
 
-def _process_chunks(tasks: list[ChunkTask], plan: AttributionPlan, warm_only: bool = False) -> float:
-    """In a plain (non-Dask) process with 1 torch thread: wall seconds of run_chunk over ``tasks``."""
+def _process_chunks(chunks: tuple[Chunk, ...], job: AttributionJob, warm_only: bool = False) -> list[Any]:
+    """In a plain (non-Dask) process with 1 torch thread: ``job.run_chunk`` over ``chunks``, their results."""
     set_torch_threads(1)
-    cached_model(plan.checkpoint, "cpu")
+    job.model.cached("cpu")
     if warm_only:
-        return 0.0
-    return timed(lambda: [run_chunk(t, plan) for t in tasks])
+        return []
+    return [job.run_chunk(c) for c in chunks]
 
 
 def cheapest_row(engine: dict[str, dict[str, float]], overhead: float, n_chunks: int) -> list[list[str]]:
@@ -474,9 +501,10 @@ def cheapest_row(engine: dict[str, dict[str, float]], overhead: float, n_chunks:
 
 
 def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) -> dict[str, float]:
-    plan = b.method_plan(name)
-    print(f"\n## 3. Scaling: {name}, {b.n} images in {len(b.tasks)} chunks; 2 Dask workers x 1 thread vs one "
-          "process running the same run_chunk calls; runs ordered A B C C B A, means reported")
+    job = b.method_job(name)
+    print(f"\n## 3. Scaling: {name}, {b.n} images in {len(job.chunks)} chunks; 2 Dask workers x 1 thread (run_job) "
+          "vs one process running the same job.run_chunk calls; every run finalizes the job; runs ordered "
+          "A B C C B A, means reported")
     walls: dict[str, list[float]] = {"plain, 1 thread": [], "plain, 2 threads": [], "Dask 2 workers x 1 thread": [],
                                      "2 plain processes x 1 thread, no Dask": []}
     plain_cpu: list[float] = []  # CPU seconds of the 1-thread runs
@@ -484,19 +512,20 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
     computes: list[list[float]] = []
     gaps: list[float] = []  # idle time of a worker between the end of one chunk and the start of its next
     noop_walls: list[float] = []
-    noops = [b.tasks[i % len(b.tasks)] for i in range(NOOP_TASKS)]
-    halves = [b.tasks[0::2], b.tasks[1::2]]
+    noops = [job.chunks[i % len(job.chunks)] for i in range(NOOP_TASKS)]
+    halves = [job.chunks[0::2], job.chunks[1::2]]
+    shipped = job.shipped()  # what each chunk task receives: the job without its chunk list
     with dask_client(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as client, \
             ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        list(pool.map(partial(_process_chunks, plan=plan, warm_only=True), halves))
-        client.gather([client.submit(_warm_worker, plan, tuple(b.x.shape[2:]), b.batch, b.batching[name],
+        list(pool.map(partial(_process_chunks, job=shipped, warm_only=True), halves))
+        client.gather([client.submit(_warm_worker, shipped, tuple(b.x.shape[2:]), b.batch, b.batching[name],
                                      workers=[w], pure=False) for w in client.scheduler_info()["workers"]])
 
         def plain(threads: int) -> None:
             set_torch_threads(threads)
             b.reset(name)
             clock = Clock()
-            clock(lambda: [run_chunk(t, plan) for t in b.tasks])
+            clock(lambda: job.finalize([job.run_chunk(c) for c in job.chunks]))
             walls[f"plain, {threads} thread{'s' if threads > 1 else ''}"].append(clock.wall)
             if threads == 1:
                 plain_cpu.append(clock.cpu)
@@ -506,20 +535,19 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
             b.reset(name)
             before = client.run(time.process_time)
             with get_task_stream(client=client) as stream:
-                walls["Dask 2 workers x 1 thread"].append(
-                    timed(lambda: map_tasks(run_chunk, b.tasks, client=client, plan=plan)))
+                walls["Dask 2 workers x 1 thread"].append(timed(lambda: run_job(job, client=client)))
             after = client.run(time.process_time)
             worker_cpu.append(sum(after[w] - before[w] for w in after))
             intervals = [(t["worker"], ss["start"], ss["stop"]) for t in stream.data for ss in t["startstops"]
                          if ss["action"] == "compute"]
             computes.append([stop - start for _, start, stop in intervals])
             gaps.extend(worker_gaps(intervals))
-            noop_walls.append(timed(lambda: map_tasks(_noop, noops, client=client, plan=plan)))
+            noop_walls.append(timed(lambda: map_tasks(_noop, noops, client=client, job=shipped)))
 
         def processes() -> None:  # the machine's ceiling for two independent 1-thread processes
             b.reset(name)
-            walls["2 plain processes x 1 thread, no Dask"].append(
-                timed(lambda: list(pool.map(partial(_process_chunks, plan=plan), halves))))
+            walls["2 plain processes x 1 thread, no Dask"].append(timed(lambda: job.finalize(
+                [r for half in pool.map(partial(_process_chunks, job=shipped), halves) for r in half])))
 
         for run in (lambda: plain(1), lambda: plain(2), dask, processes,
                     processes, dask, lambda: plain(2), lambda: plain(1)):
@@ -532,7 +560,7 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
     noop_per_chunk = float(np.median(noop_walls)) / NOOP_TASKS
     gap = float(np.mean(gaps)) if gaps else float("nan")
     busy = float(np.mean([sum(c) for c in computes])) / (2 * mean["Dask 2 workers x 1 thread"])
-    solo_chunk = mean["plain, 1 thread"] / len(b.tasks)
+    solo_chunk = mean["plain, 1 thread"] / len(job.chunks)
     cpu_ratio = float(np.mean(plain_cpu) / np.mean(worker_cpu))
     table("Wall time of the whole run (s)", ["run", "seconds", "images/s", "speedup vs best plain"],
           [[k, f"{v:.2f}", f"{b.n / v:.2f}", f"{mean[best_plain_key] / v:.2f}x"] for k, v in mean.items()])
@@ -545,7 +573,7 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
         ["scheduling overhead per chunk (a worker's idle gap between its chunks / chunk compute)",
          f"{100 * gap / chunk_compute:.2f}% ({1e3 * gap:.1f} ms / {chunk_compute:.2f} s)",
          "< 1%", verdict(gap / chunk_compute, 0.01, higher_is_better=False)],
-        *cheapest_row(engine, gap, len(b.tasks)),
+        *cheapest_row(engine, gap, len(job.chunks)),
         [f"no-op task through map_tasks ({NOOP_TASKS} tasks, wall / task)", f"{1e3 * noop_per_chunk:.2f} ms", "-", ""],
         ["worker busy fraction (sum of task compute / (2 x wall))", f"{100 * busy:.1f}%", "-", ""],
         ["chunk compute on a worker vs alone in this process (1 thread)", f"{chunk_compute / solo_chunk:.2f}x",
@@ -560,32 +588,6 @@ def section_scaling(b: Bench, name: str, engine: dict[str, dict[str, float]]) ->
 
 
 # ------------------------------------------------------------------ 4. cost in forward+backward passes
-
-def evaluations(name: str, p: Any, size: int) -> tuple[int, str]:
-    """Model evaluations per image and their kind."""
-    if name == "integrated_gradients":
-        return p.n_steps, "fwd+bwd"
-    if name == "smoothgrad":
-        return p.nt_samples, "fwd+bwd"
-    if name == "occlusion":
-        return ((size - p.window) // p.stride + 1) ** 2, "fwd"
-    if name == "lime":
-        return p.num_samples, "fwd"
-    return 1, "fwd+bwd" if name == "saliency" else "fwd+bwd to the layer"
-
-
-def evals_per_pass(name: str, p: Any, batch: int) -> int:
-    """Images the model sees per forward pass, as the engine batches the method."""
-    if name == "integrated_gradients":
-        return p.internal_batch_size
-    if name == "smoothgrad":
-        return p.nt_samples_batch_size  # per image: xaiflow runs NoiseTunnel one image at a time
-    if name == "occlusion":
-        return batch * p.perturbations_per_eval
-    if name == "lime":
-        return p.batch_size
-    return batch
-
 
 def section_cost(b: Bench, methods: list[str], engine: dict[str, dict[str, float]]) -> None:
     print(f"\n## 4. Cost per image as a multiple of one forward+backward pass (1 torch thread, {b.x.shape[-1]} px, "
@@ -605,9 +607,10 @@ def section_cost(b: Bench, methods: list[str], engine: dict[str, dict[str, float
           [[k, f"{1e3 * v:.1f}", f"{v / floor[best]:.2f}x"] for k, v in floor.items()])
     rows = []
     for name in methods:
-        p = b.params[name]
-        n_eval, kind = evaluations(name, p, b.x.shape[-1])
-        per_pass = evals_per_pass(name, p, b.batch)
+        method = b.methods[name]  # as the engine builds it: its own cost and batching
+        cost = method.cost(tuple(b.x.shape[1:]))
+        n_eval, kind = cost.evaluations, cost.kind
+        per_pass = method.evals_per_pass(b.batch)
         engine_x = engine[name]["engine_s"] / b.n / floor[best]
         plain_x = engine[name]["plain_s"] / b.n / floor[best]
         reasons = []
@@ -630,41 +633,41 @@ def _status_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-def _peak_rss(plan: AttributionPlan, task: ChunkTask) -> dict[str, int]:
+def _peak_rss(job: AttributionJob, chunk: Chunk) -> dict[str, int]:
     """Runs in a fresh process: RSS before one engine call and its peak during the call (Linux VmHWM,
     reset just before the call, so import-time peaks do not count)."""
     set_torch_threads(1)
-    cached_model(plan.checkpoint, "cpu")
+    job.model.cached("cpu")
     base = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
-    run_chunk(task, plan)
+    job.run_chunk(chunk)
     return {"base": base * 1024, "peak": _status_kib("VmHWM") * 1024}
 
 
 def section_memory(b: Bench, methods: list[str]) -> None:
-    task = replace(b.tasks[0], selected=b.tasks[0].selected[:b.batch], targets=b.tasks[0].targets[:b.batch])
-    print(f"\n## 5. Peak memory: one batch of {len(task.selected)} images through run_chunk in a fresh process "
-          "per method (1 torch thread; peak RSS from the kernel's high-water mark)")
+    chunk = head(b.chunks[0], b.batch)
+    print(f"\n## 5. Peak memory: one batch of {len(chunk.payload.samples)} images through job.run_chunk in a fresh "
+          "process per method (1 torch thread; peak RSS from the kernel's high-water mark)")
     rows = []
-    per_eval = evaluation_bytes(b.model, b.plan.sha256, (1, *b.x.shape[2:]), torch.device("cpu"))
+    per_eval = evaluation_bytes(b.model, b.job.model.sha256, (1, *b.x.shape[2:]), torch.device("cpu"))
     for name in methods:
         b.reset(name)
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            rss = pool.submit(_peak_rss, b.method_plan(name), task).result()
+            rss = pool.submit(_peak_rss, b.method_job(name).shipped(), chunk).result()
         b.reset(name)
-        p = b.params[name]
-        estimate = per_eval * evals_per_pass(name, p, b.batch)
-        rows.append([name, evals_per_pass(name, p, b.batch), f"{rss['base'] / 2**20:.0f}", f"{rss['peak'] / 2**20:.0f}",
+        per_pass = b.methods[name].evals_per_pass(b.batch)
+        estimate = per_eval * per_pass
+        rows.append([name, per_pass, f"{rss['base'] / 2**20:.0f}", f"{rss['peak'] / 2**20:.0f}",
                      f"{(rss['peak'] - rss['base']) / 2**20:.0f}", f"{estimate / 2**20:.0f}"])
     table(f"RSS (MiB); the engine's estimate is images/pass x evaluation_bytes ({per_eval / 2**20:.1f} MiB), "
-          f"budget {b.plan.memory_budget_mb} MiB",
+          f"budget {b.job.memory_budget_mb} MiB",
           ["method", "images/pass", "before", "peak", "peak - before", "engine estimate"], rows)
 
 
 # ------------------------------------------------------------------ 6. storage
 
 def section_storage(b: Bench, methods: list[str]) -> dict[str, float]:
-    root = zarr.open_group(b.workspace, path=b.plan.group, mode="r", zarr_format=3)
+    root = zarr.open_group(b.workspace, path=b.job.group, mode="r", zarr_format=3)
     maps = {m: np.asarray(root[m][:b.n]) for m in methods}
     chunks = root[methods[0]].chunks
     print(f"\n## 6. Storage of {b.n} float32 maps per method, chunks {chunks}; codec: "

@@ -3,9 +3,10 @@ runs) against a plain single-process loop over the same images, in the same run.
 
 Both compute the same features from the same stored images; the Dask path also writes them
 (``features/<dataset>/<name>``) to a scratch copy of the workspace's images, so the workspace
-itself is left as it was. The cluster is started before the clock runs (its start-up time is
-printed apart). Prints images/s and the ratio per extractor and in total, and the load average
-(the machine may be shared).
+itself is left as it was. The scratch workspace's model catalog holds a copy of the ``--model``
+checkpoint, which the CNN extractor is given by its id, as in a run config. The cluster is
+started before the clock runs (its start-up time is printed apart). Prints images/s and the
+ratio per extractor and in total, and the load average (the machine may be shared).
 
     .venv/bin/python benchmarks/features.py -w ws.zarr [--model <model id>] [--workers 2]
 
@@ -29,6 +30,7 @@ from xaiflow import schema, store
 from xaiflow.device import available_cpus, set_torch_threads
 from xaiflow.features.extract import extract_features, make_extractor
 from xaiflow.models import build_model
+from xaiflow.models.catalog import ModelCatalog
 from xaiflow.models.checkpoint import save_checkpoint
 from xaiflow.runtime import ClusterConfig, dask_client
 
@@ -40,14 +42,27 @@ EXTRACTORS = {
 }
 
 
-def scratch_copy(workspace: str, dataset: str, target: Path) -> str:
-    """A workspace holding only a copy of ``images/<dataset>`` (zarr v3: folders + zarr.json)."""
+#: id of the seeded, untrained small_cnn checkpoint put into the scratch workspace when no --model is given
+UNTRAINED = "untrained-small-cnn"
+
+
+def scratch_copy(workspace: str, dataset: str, target: Path, model: str | None) -> tuple[str, str]:
+    """A workspace holding only a copy of ``images/<dataset>`` (zarr v3: folders + zarr.json) and one
+    model in its catalog: a copy of the workspace's ``model`` (an id or unique prefix), else a seeded,
+    untrained small_cnn. Returns the scratch workspace and the model's id there."""
     src = Path(workspace)
     (target / schema.IMAGES).mkdir(parents=True)
     for rel in ("zarr.json", f"{schema.IMAGES}/zarr.json"):
         shutil.copy(src / rel, target / rel)
     shutil.copytree(src / schema.IMAGES / dataset, target / schema.IMAGES / dataset)
-    return str(target)
+    models = ModelCatalog(target).directory
+    if model is None:
+        torch.manual_seed(0)
+        save_checkpoint(models / UNTRAINED, build_model("small_cnn", 6), {"train": {}})
+        return str(target), UNTRAINED
+    entry = ModelCatalog(workspace).get(model)
+    shutil.copytree(entry.directory, models / entry.model_id)
+    return str(target), entry.model_id
 
 
 def plain_loop(workspace: str, dataset: str, name: str, params: dict) -> float:
@@ -70,12 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     n = store.open_group(args.workspace, schema.group_path(schema.IMAGES, args.dataset)).sizes[schema.SAMPLE]
     with tempfile.TemporaryDirectory() as tmp:
-        ws = scratch_copy(args.workspace, args.dataset, Path(tmp) / "scratch.zarr")
-        model = None if args.model is None else str(store.models_dir(args.workspace) / args.model)
-        if model is None:
-            torch.manual_seed(0)
-            model = str(Path(tmp) / "untrained")
-            save_checkpoint(model, build_model("small_cnn", 6), {"train": {}})
+        ws, model = scratch_copy(args.workspace, args.dataset, Path(tmp) / "scratch.zarr", args.model)
         threads = set_torch_threads(None)
         print(f"{n} images of {args.dataset}; plain loop: 1 process, torch threads {threads}; "
               f"dask: {args.workers} worker processes x 1 thread; load average {os.getloadavg()[0]:.1f}")
@@ -86,7 +96,7 @@ def main() -> None:
             print(f"{'extractor':<10}{'plain img/s':>12}{'dask img/s':>12}{'ratio':>8}")
             totals = np.zeros(2)
             for name, params in EXTRACTORS.items():
-                params = {**params, "model": model} if name == "cnn" else params
+                params = {**params, "model": model} if name == "cnn" else params  # a model id of the catalog
                 plain = plain_loop(ws, args.dataset, name, params)
                 start = time.perf_counter()
                 extract_features(ws, args.dataset, name, params, client=client)

@@ -92,19 +92,43 @@ def prefect_server(port: int | None = None, home: str | os.PathLike[str] | None 
             out.close()
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+#: what the figure server hands out: figures, nothing else (the folder it serves also holds the
+#: Prefect database, workspaces and logs)
+FIGURE_SUFFIXES = frozenset({".png", ".svg", ".jpg", ".jpeg"})
+
+
+class _FigureHandler(SimpleHTTPRequestHandler):
+    """Serves figure files under its directory only: no listings, no hidden paths, no other file
+    types, no symlinks leading out; everything else is 404."""
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
         pass
+
+    def send_head(self):  # noqa: ANN201 - the stdlib's signature
+        root = Path(self.directory).resolve()
+        path = Path(self.translate_path(self.path))
+        relative = path.relative_to(root) if path.is_relative_to(root) else None
+        allowed = (relative is not None and path.suffix.lower() in FIGURE_SUFFIXES and path.is_file()
+                   and not any(part.startswith(".") for part in relative.parts)
+                   and path.resolve().is_relative_to(root))
+        if not allowed:
+            self.send_error(404, "not a figure")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path):  # noqa: ANN001, ANN201 - the stdlib's signature
+        self.send_error(404, "not a figure")
+        return None
 
 
 @contextmanager
 def figure_server(root: str | os.PathLike[str], port: int = 0, host: str = LOOPBACK) -> Iterator[str]:
-    """Serve ``root`` read-only over HTTP on loopback (a thread of this process) and point the flows'
-    image artifacts at it (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see flows/artifacts.py,
-    restored on exit)."""
+    """Serve the figures under ``root`` read-only over HTTP on loopback (a thread of this process; only
+    image files, see :data:`FIGURE_SUFFIXES`) and point the flows' image artifacts at it
+    (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see flows/artifacts.py, restored on exit)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    server = ThreadingHTTPServer((host, port), functools.partial(_QuietHandler, directory=str(root)))
+    server = ThreadingHTTPServer((host, port), functools.partial(_FigureHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, name="xaiflow-figures", daemon=True)
     thread.start()
     url = f"http://{host}:{server.server_address[1]}"

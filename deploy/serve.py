@@ -77,13 +77,21 @@ def main() -> int:
     from local import figure_server
 
     from prefect import serve
+    from prefect.exceptions import PrefectHTTPStatusError
 
     with figure_server(REPO / "workspace", args.figures_port) if args.figures_port else nullcontext() as url:
         if url:
             print(f"figures served at {url}", flush=True)
         deployments = [f.to_deployment(name=name, tags=["xaiflow"], parameters=default_parameters(f, args.cluster))
                        for name, f in flows().items()]
-        serve(*deployments, limit=args.limit)
+        try:
+            serve(*deployments, limit=args.limit)
+        except PrefectHTTPStatusError as e:
+            if e.response.status_code != 401:
+                raise
+            print(f"error: the Prefect server at {os.environ.get('PREFECT_API_URL')} refused this client (401): set "
+                  "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -25,7 +25,7 @@ def attribute_stage(run: RunConfig, workspace: str, methods: list[str] | None = 
     cfg = run.section("attribution").with_overrides(methods=methods, device=device)
     res = run_attribution(workspace, cfg, run=run, overwrite=overwrite, runner=run_chunks)
     create_table_artifact([{"method": k, "maps": n, "non_finite": res.nonfinite.get(k, 0),
-                            "seconds_per_map": round(res.seconds[k] / max(n, 1), 4)}
+                            "seconds_per_map": round(res.seconds.get(k, 0.0) / max(n, 1), 4)}
                            for k, n in res.maps_computed.items()],
                           key="attribution-methods", description=f"maps computed in {res.group}")
     publish_summary(f"Attribution maps of {res.group}", "attribution-summary", workspace,

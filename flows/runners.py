@@ -13,6 +13,7 @@ from typing import Any
 from prefect import Flow
 from prefect_dask import DaskTaskRunner
 
+from xaiflow.clusters import check_startable
 from xaiflow.runtime import ClusterConfig, cluster_spec, configure_dask, load_cluster_profile
 
 
@@ -24,6 +25,7 @@ def dask_task_runner(profile: str | ClusterConfig | None) -> DaskTaskRunner:
     configure_dask()
     if spec.address:
         return DaskTaskRunner(address=spec.address)
+    check_startable(spec)
     return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=spec.kwargs, adapt_kwargs=spec.adapt)
 
 

@@ -158,6 +158,11 @@ def test_slurm_job_script_starts_a_gpu_worker_with_the_env_fix(tmp_path, monkeyp
     monkeypatch.setenv("XAIFLOW_SLURM_ACCOUNT", "proj42")
     monkeypatch.setenv("XAIFLOW_SLURM_PROLOGUE", "echo prologue")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    # start_cluster refuses a SLURM profile where sbatch is missing; this test never submits a job
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 1'\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     cfg = load_cluster_profile("slurm")
     spec = cluster_spec(cfg)
     assert spec.cluster_class == "dask_jobqueue.SLURMCluster"
@@ -284,13 +289,18 @@ def test_missing_profile_file_and_address_spec():
     assert load_cluster_profile("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
 
 
-def test_prefect_task_runner_gets_each_profiles_cluster(monkeypatch):
+def test_prefect_task_runner_gets_each_profiles_cluster(monkeypatch, tmp_path):
     from flows.runners import dask_task_runner
 
     monkeypatch.setenv("XAIFLOW_SCHEDULER", "tcp://10.0.0.5:8786")
     assert dask_task_runner("address").address == "tcp://10.0.0.5:8786"
     local = dask_task_runner("local")
     assert local.cluster_class == "distributed.LocalCluster" and local.cluster_kwargs["processes"] is True
+    with pytest.raises(ClusterProfileError, match="sbatch"):  # no batch system here: refused up front
+        dask_task_runner("slurm")
+    (tmp_path / "sbatch").write_text("#!/bin/sh\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     slurm = dask_task_runner("slurm")
     assert slurm.cluster_class == "dask_jobqueue.SLURMCluster"
     assert slurm.cluster_kwargs["worker_extra_args"] == ["--resources", "GPU=1"]

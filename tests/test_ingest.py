@@ -96,7 +96,7 @@ def test_skip_records_bad_items_and_ingests_the_rest(folder_dataset, tmp_path, c
     ds = store.open_group(ws, "images/tiny")
     assert "s0_0" not in ds.sample.values and "s3_1" not in ds.sample.values
     decode, missing = ds.attrs["skipped"]
-    assert decode["id"] == "s0_0" and decode["file"].endswith("s0_0.png") and "cannot decode" in decode["reason"]
+    assert decode["id"] == "s0_0" and decode["file"].endswith("s0_0.png") and "not a readable image" in decode["reason"]
     assert missing["id"] == "s3_1" and "row 12: image file" in missing["reason"] and "does not exist" in missing["reason"]
 
 

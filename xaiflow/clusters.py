@@ -29,6 +29,7 @@ import ast
 import importlib.util
 import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xaiflow.errors import XaiflowError
 
 KINDS = ("threads", "local", "address", "slurm", "kubernetes", "gpu-local")
+#: where clusters started on this machine listen
+LOOPBACK = "127.0.0.1"
 #: where ``--cluster NAME`` looks for ``NAME.yaml`` after the folders in $XAIFLOW_CLUSTER_DIR
 REPO_CLUSTER_DIR = Path(__file__).resolve().parents[1] / "configs" / "cluster"
 #: optional dependency of each kind: (module, pip distribution, xaiflow extra)
@@ -185,6 +188,8 @@ def read_profile(path: Path) -> ClusterConfig:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
         raise ClusterProfileError(f"cannot read cluster profile {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ClusterProfileError(f"{path}: not a text file (a YAML cluster profile is expected)") from None
     except yaml.YAMLError as e:
         raise ClusterProfileError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -276,10 +281,13 @@ def cluster_spec(cfg: ClusterConfig) -> ClusterSpec:
     if cfg.kind in ("threads", "local"):
         processes = cfg.kind == "local"
         n = local_workers(cfg) if processes else (cfg.n_workers or 1)
+        # everything on loopback: the scheduler, the dashboard, and each worker's own HTTP server (which
+        # Dask binds to every interface unless told otherwise)
         kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": t, "processes": processes,
-                                  "dashboard_address": cfg.dashboard_address}
-        if processes:
-            kwargs.update(memory_limit=cfg.memory_limit, env={v: str(t) for v in THREAD_VARS})
+                                  "dashboard_address": cfg.dashboard_address,
+                                  "worker_dashboard_address": f"{LOOPBACK}:0"}
+        if processes:  # in-process clusters talk over inproc://, which takes no host
+            kwargs.update(host=LOOPBACK, memory_limit=cfg.memory_limit, env={v: str(t) for v in THREAD_VARS})
         return ClusterSpec(cluster_class="distributed.LocalCluster", kwargs=kwargs, n_workers=n)
     if cfg.kind == "gpu-local":
         n_gpus = require_cuda()
@@ -293,6 +301,14 @@ def cluster_spec(cfg: ClusterConfig) -> ClusterSpec:
     if cfg.kind == "slurm":
         return slurm_spec(cfg)
     return kubernetes_spec(cfg)
+
+
+def check_startable(spec: ClusterSpec) -> None:
+    """Refuse, before anything starts, a cluster whose batch system is not reachable from here: a
+    SLURMCluster without ``sbatch`` on PATH would log an error and wait for workers forever."""
+    if spec.cluster_class == "dask_jobqueue.SLURMCluster" and shutil.which("sbatch") is None:
+        raise ClusterProfileError("cluster profile kind 'slurm' submits worker jobs with sbatch, which is not on "
+                                  "PATH here: run from a SLURM login node, or use another profile")
 
 
 def slurm_spec(cfg: ClusterConfig) -> ClusterSpec:

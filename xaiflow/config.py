@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -38,6 +38,12 @@ class ConfigError(XaiflowError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: largest side of a stored sample: a chunk of 32 samples at 4096 x 4096 uint8 is 512 MiB already
+MAX_SAMPLE_SIDE = 4096
+#: a torch device a config may name (checked when the config is read, not on the workers)
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
 
@@ -65,6 +71,9 @@ class GeometryConfig(StrictModel):
     def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 8:
             raise ValueError(f"size {v} is too small (each side >= 8 px)")
+        if max(v) > MAX_SAMPLE_SIDE:
+            raise ValueError(f"size {v} is too large (each side <= {MAX_SAMPLE_SIDE} px; tile large images with the "
+                             "panorama source)")
         return v
 
     @model_validator(mode="after")
@@ -105,8 +114,13 @@ class DatasetConfig(StrictModel):
     )
 
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of this config: equal hashes mean the same ingest."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of this config: equal hashes mean the same ingest (the source's
+        guard fields, which only limit what may be read, are left out)."""
+        from xaiflow.sources import SOURCES
+
+        guards = SOURCES.get(self.source.kind).guard_fields
+        blob = json.dumps(self.model_dump(mode="json", exclude={"source": set(guards)}), sort_keys=True,
+                          separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -122,8 +136,8 @@ class TrainConfig(StrictModel):
     dataset: str = Field(description="images/<dataset> in the workspace")
     arch: str = Field("small_cnn", description="architecture name (xaiflow.models.MODELS)")
     model_params: dict[str, Any] = Field(default_factory=dict, description="architecture hyperparameters")
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(16, ge=1, le=4096)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     balance: Literal["loss", "sampler", "none"] = "loss"
@@ -132,8 +146,8 @@ class TrainConfig(StrictModel):
     seed: int = 0
     folds: int | None = Field(None, ge=2, description="k specimen-grouped folds over train+val")
     fold: int | None = Field(None, ge=0, description="which fold is the validation set")
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
-    threads: int | None = Field(None, ge=1, description="torch threads (default: the worker's share)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="cpu, cuda, cuda:N, mps or auto")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: the worker's share)")
 
 
 class AttributionConfig(StrictModel):
@@ -152,11 +166,15 @@ class AttributionConfig(StrictModel):
     storage: Literal["float32", "float16"] = Field(
         "float32", description="dtype of stored maps; float16 halves their size: each map is divided by its largest "
                                "absolute value (stored beside it) first, so no value becomes a float16 subnormal")
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when the worker has it)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="cpu, cuda, cuda:N, mps or auto (CUDA when the worker has it)")
     gpu: bool = Field(False, description="declare a GPU resource: tasks only run on workers started with GPU=1")
-    batch_size: int | None = Field(None, ge=1, description="images per attribution call (None: 4 on CPU, 32 on GPU)")
-    memory_budget_mb: int = Field(2048, ge=64, description="per worker; bounds the model evaluations per forward pass")
-    max_evals_per_pass: dict[str, int] = Field(
+    batch_size: int | None = Field(None, ge=1, le=4096,
+                                   description="images per attribution call (None: 4 on CPU, 32 on GPU)")
+    memory_budget_mb: int = Field(2048, ge=64, le=10**7,
+                                  description="per worker: bounds the model evaluations per forward pass, and a chunk "
+                                              "task whose estimated peak exceeds it is refused before it starts")
+    max_evals_per_pass: dict[str, Annotated[int, Field(ge=1, le=65_536)]] = Field(
         default_factory=lambda: {"cpu": 8, "cuda": 256},
         description="upper bound of evaluations per forward pass per device type (measured: on CPU, "
                     "8 per pass ran 2x faster than 50)")
@@ -283,6 +301,8 @@ def load_config(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML run config is expected)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -17,14 +17,20 @@ import re
 
 import torch
 
+from xaiflow.errors import XaiflowError
+
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 _interop_set = False
+
+
+class DeviceError(XaiflowError):
+    """A device name that is unknown, or a device this machine does not have."""
 
 
 def resolve_device(spec: str) -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (cuda if available, else cpu).
 
-    Raises ``ValueError`` for an unknown spec or a device this machine does not have.
+    Raises :class:`DeviceError` for an unknown spec or a device this machine does not have.
     """
     spec = spec.strip().lower()
     if spec == "auto":
@@ -34,17 +40,26 @@ def resolve_device(spec: str) -> torch.device:
     match = _CUDA.fullmatch(spec)
     if match:
         if not torch.cuda.is_available():
-            raise ValueError(f"{spec} requested but torch.cuda.is_available() is False (torch {torch.__version__})")
+            raise DeviceError(f"{spec} requested but torch.cuda.is_available() is False (torch {torch.__version__})")
         index = int(match.group(1) or 0)
         count = torch.cuda.device_count()
         if index >= count:
-            raise ValueError(f"{spec} requested but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
+            raise DeviceError(f"{spec} requested but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
     if spec == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError("mps requested but torch.backends.mps.is_available() is False")
+            raise DeviceError("mps requested but torch.backends.mps.is_available() is False")
         return torch.device("mps")
-    raise ValueError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps")
+    raise DeviceError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+def check_device_name(spec: str) -> str:
+    """``spec`` if it names a device kind :func:`resolve_device` knows (whether this machine has it is
+    the worker's business); a :class:`DeviceError` before any work starts otherwise."""
+    name = spec.strip().lower()
+    if name in ("auto", "cpu", "mps") or _CUDA.fullmatch(name):
+        return spec
+    raise DeviceError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N, mps")
 
 
 def available_cpus() -> int:

@@ -35,6 +35,7 @@ from xaiflow.config import DatasetConfig, RunConfig
 from xaiflow.errors import XaiflowError
 from xaiflow.geometry import convert_dtype, plan_window, resample
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.locks import group_lock
 from xaiflow.runtime import ProgressFn
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError, Window
 from xaiflow.splits import assign_splits
@@ -337,10 +338,11 @@ def ingest_dataset(cfg: DatasetConfig, workspace: str | os.PathLike[str], *, ove
     ``runner`` runs a chunked job (default: :func:`xaiflow.jobs.run_job` on ``client``).
     """
     runner = runner or partial(run_job, client=client, progress=progress)
-    scan = scan_job(cfg, workspace, overwrite=overwrite)
-    if isinstance(scan, IngestResult):
-        return scan
-    return runner(write_job(scan, runner(scan)))
+    with group_lock(workspace, schema.group_path(schema.IMAGES, cfg.name), f"ingest of dataset {cfg.name!r}"):
+        scan = scan_job(cfg, workspace, overwrite=overwrite)
+        if isinstance(scan, IngestResult):
+            return scan
+        return runner(write_job(scan, runner(scan)))
 
 
 def ingest(config: RunConfig, workspace: str | os.PathLike[str], *, overwrite: bool = False,

@@ -18,9 +18,10 @@ import torch
 import xarray as xr
 
 from xaiflow import schema, store
-from xaiflow.device import resolve_device
+from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, pending_chunks, run_job
+from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.runtime import ProgressFn
 from xaiflow.training import predict_logits
@@ -85,6 +86,7 @@ def current_predictions(workspace: str | os.PathLike[str], model: ModelEntry, da
 def prepare(workspace: str | os.PathLike[str], model_id: str, dataset: str, *, device: str = "cpu") -> PredictJob:
     """Check the model against the dataset and lay out ``predictions/<dataset>/<model_id>``."""
     workspace = str(workspace)
+    check_device_name(device)
     model = ModelCatalog(workspace).get(model_id)
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
     classes = list(images.attrs[schema.ATTR_CLASSES])
@@ -116,4 +118,6 @@ def predict_dataset(workspace: str | os.PathLike[str], model_id: str, dataset: s
                     runner: Callable[[ChunkJob], Any] | None = None) -> str:
     """Write ``predictions/<dataset>/<model_id>``; returns the group path."""
     runner = runner or partial(run_job, client=client, progress=progress)
-    return runner(prepare(workspace, model_id, dataset, device=device))
+    entry = ModelCatalog(workspace).get(model_id)
+    with group_lock(workspace, predictions_group(dataset, entry.model_id), f"predictions of {entry.model_id}"):
+        return runner(prepare(workspace, entry.model_id, dataset, device=device))

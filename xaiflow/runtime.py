@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -25,6 +27,7 @@ from xaiflow.clusters import (  # noqa: F401  (profiles are part of the runtime'
     ClusterConfig,
     ClusterProfileError,
     ClusterSpec,
+    check_startable,
     cluster_spec,
     load_cluster_profile,
 )
@@ -46,11 +49,43 @@ def start_cluster(spec: ClusterSpec) -> Any:
     """Start the cluster of a :class:`ClusterSpec` (not for ``address`` specs)."""
     import importlib
 
+    check_startable(spec)
     module, _, name = spec.cluster_class.rpartition(".")
     cluster = getattr(importlib.import_module(module), name)(**spec.kwargs)
     if spec.adapt:
         cluster.adapt(**spec.adapt)
     return cluster
+
+
+#: how long a client waits for a scheduler address to answer
+CONNECT_TIMEOUT = "10s"
+
+
+def connect(address: str) -> Any:
+    """A client of the scheduler at ``address``; a :class:`ClusterProfileError` naming the address when
+    it does not answer within :data:`CONNECT_TIMEOUT` (instead of a traceback, or waiting forever)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as e:
+        raise ClusterProfileError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} "
+                                  f"({type(e).__name__}: {e}); is it running, and is the address right?") from None
+
+
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT (they inherit the ignored signal). Ctrl-C
+    reaches the terminal's whole process group: the command handles it once, closing the cluster,
+    instead of every worker process printing its own KeyboardInterrupt traceback."""
+    if threading.current_thread() is not threading.main_thread():  # signals belong to the main thread
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @contextmanager
@@ -63,15 +98,23 @@ def dask_client(profile: ClusterConfig | str | None = None) -> Iterator[Any]:
     spec = cluster_spec(cfg)
     configure_dask()
     if spec.address:
-        with Client(spec.address) as client:
+        with connect(spec.address) as client:
             yield client
         return
-    if spec.cluster_class == "distributed.LocalCluster":
-        spec.kwargs["silence_logs"] = logging.WARNING
-    with start_cluster(spec) as cluster, Client(cluster) as client:
-        log.info("dask cluster (%s): %s workers x %d threads, dashboard %s", cfg.kind,
-                 spec.adapt or spec.n_workers, cfg.threads_per_worker, client.dashboard_link)
-        yield client
+    local = spec.cluster_class == "distributed.LocalCluster"
+    if local:
+        # a failed task's traceback ("Compute Failed") is logged by the worker and raised again here as one
+        # TaskError: keep the workers' logs for --verbose runs
+        spec.kwargs["silence_logs"] = logging.WARNING if log.isEnabledFor(logging.INFO) else logging.CRITICAL
+    # a local cluster's dashboard listens on loopback: say so in its link (Dask would print the host's address)
+    link = {"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"} if local else {}
+    with dask.config.set(link):
+        with _workers_ignore_ctrl_c():
+            cluster = start_cluster(spec)
+        with cluster, Client(cluster) as client:
+            log.info("dask cluster (%s): %s workers x %d threads, dashboard %s", cfg.kind,
+                     spec.adapt or spec.n_workers, cfg.threads_per_worker, client.dashboard_link)
+            yield client
 
 
 @contextmanager

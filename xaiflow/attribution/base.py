@@ -60,6 +60,12 @@ Baseline = Union[Literal["zeros", "mean"], float]
 
 _INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
+#: upper limits of parameters that multiply memory or time per image (documented in each Params): a
+#: config value can never ask for more; the engine's memory estimate refuses what does not fit anyway
+MAX_SAMPLES = 4096  # path points, noisy copies, random draws per image
+MAX_PER_PASS = 65_536  # evaluations or images per forward pass
+MAX_SIDE = 4096  # window or stride sides in pixels
+
 
 class MethodError(XaiflowError):
     """An attribution method's parameters are invalid; names the method, the parameter and the value."""
@@ -105,6 +111,21 @@ class AttributionMethod(Plugin):
         """Images the model sees per forward pass with these parameters (one pass per call by default)."""
         return images_per_call
 
+    #: the parameter that most drives :meth:`extra_bytes` (named when a chunk cannot fit)
+    memory_param: ClassVar[str | None] = None
+
+    def extra_bytes(self, images_per_call: int, image_shape: tuple[int, ...]) -> int:
+        """Bytes a call holds besides the model's activations (expanded inputs, accumulated gradients);
+        default: a few copies of the input batch."""
+        return 4 * images_per_call * image_values(image_shape) * 4
+
+    def peak_bytes(self, images_per_call: int, image_shape: tuple[int, ...], evaluation_bytes: int) -> int:
+        """Estimated peak memory of one :meth:`attribute` call on ``images_per_call`` images of shape
+        ``(C, H, W)``, where one model evaluation with gradients takes ``evaluation_bytes``: what a chunk
+        task checks against its worker's memory before it allocates."""
+        return self.evals_per_pass(images_per_call) * evaluation_bytes + self.extra_bytes(images_per_call,
+                                                                                           image_shape)
+
     def attribute(self, x: Tensor, target: Tensor) -> Tensor:
         """Maps ``(B, H, W)`` float32 explaining class ``target[i]`` for image ``x[i]``."""
         if x.ndim != 4 or not x.is_floating_point():
@@ -136,6 +157,11 @@ class AttributionMethod(Plugin):
 
 
 METHODS: Registry[type[AttributionMethod]] = Registry("attribution method")
+
+
+def image_values(image_shape: tuple[int, ...]) -> int:
+    """Values of one image ``(C, H, W)``."""
+    return int(np.prod(image_shape))
 
 
 def make_baseline(x: Tensor, baseline: Baseline) -> Tensor:

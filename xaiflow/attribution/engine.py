@@ -37,11 +37,12 @@ import zarr
 
 import xaiflow
 from xaiflow import regions, schema, store
-from xaiflow.attribution import METHODS, make_method
+from xaiflow.attribution import METHODS, AttributionMethod, make_method
 from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, pending_chunks, run_job
+from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.predict import current_predictions
 from xaiflow.preprocess import to_input
@@ -79,12 +80,33 @@ class AttributionResult:
 
 # ------------------------------------------------------------------ planning (client)
 
-def _check_methods(cfg: AttributionConfig, model: torch.nn.Module) -> None:
-    for spec in cfg.methods:
-        try:
-            make_method(spec.name, model, **spec.params)
-        except (KeyError, ValueError) as e:
-            raise AttributionError(f"methods[{spec.key}]: {e}") from None
+def _batched_method(run: MethodRun, model: torch.nn.Module, batch: int,
+                    evals: int) -> tuple[AttributionMethod, dict[str, int]]:
+    """The method of ``run`` with the batching the method chooses for ``evals`` evaluations per pass
+    (unless the config sets its batching parameter itself)."""
+    cls = METHODS.get(run.name)
+    batching = {} if cls.batch_param in run.params else cls.batching(batch, evals)
+    return make_method(run.name, model, **run.params, **batching), batching
+
+
+def _evals_per_pass(budget_mb: int, per_eval: int, cap: int) -> int:
+    return int(max(1, min(cap, budget_mb * 2**20 // per_eval)))
+
+
+def check_memory(method: AttributionMethod, key: str, batch: int, image_shape: tuple[int, ...], per_eval: int,
+                 chunk_bytes: int, limit_bytes: int, limit_name: str) -> int:
+    """The estimated peak bytes of one chunk task for ``method`` (its call on ``batch`` images plus the
+    chunk's maps), refused with an error naming the method, its memory parameter, the estimate and
+    the limit when it exceeds ``limit_bytes``: a config value cannot take a worker, or the host, down."""
+    need = method.peak_bytes(batch, image_shape, per_eval) + chunk_bytes
+    if need > limit_bytes:
+        param = method.memory_param
+        driver = f", driven by {param}={getattr(method.params, param)}" if param else ""
+        raise AttributionError(
+            f"methods[{key}] ({method.name}): one chunk task would need about {need / 2**20:,.0f} MiB "
+            f"({batch} image(s) of {tuple(image_shape)} per call{driver}), more than {limit_name} "
+            f"({limit_bytes / 2**20:,.0f} MiB); lower {param or 'batch_size'} or give the workers more memory")
+    return need
 
 
 def _planned_targets(workspace: str, target: str, predictions: str | None, images: Any) -> np.ndarray | None:
@@ -94,6 +116,26 @@ def _planned_targets(workspace: str, target: str, predictions: str | None, image
     if predictions:
         return np.asarray(zarr.open_group(workspace, path=predictions, mode="r", zarr_format=3)["predicted"][:], np.int64)
     return None
+
+
+def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_classes: int) -> None:
+    """Every method builds with its parameters (errors name the method key), and one chunk task of
+    each fits the per-worker memory budget (estimated on the CPU, before anything is written)."""
+    model, cpu = entry.load(), torch.device("cpu")
+    n, h, w = images[schema.IMAGE].shape
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    shape = (model.in_channels, h, w)
+    per_eval = evaluation_bytes(model, entry.sha256, shape, cpu)
+    batch = cfg.batch_size or default_batch_size(cpu)
+    evals = _evals_per_pass(cfg.memory_budget_mb, per_eval, cfg.max_evals_per_pass.get("cpu", 8))
+    chunk_bytes = 2 * chunk * (n_classes if cfg.target == "all" else 1) * h * w * 4
+    for spec in cfg.methods:
+        try:
+            method, _ = _batched_method(MethodRun(spec.key, spec.name, dict(spec.params)), model, batch, evals)
+        except (KeyError, ValueError) as e:
+            raise AttributionError(f"methods[{spec.key}]: {e}") from None
+        check_memory(method, spec.key, batch, shape, per_eval, chunk_bytes, cfg.memory_budget_mb * 2**20,
+                     "attribution.memory_budget_mb per worker")
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
@@ -107,7 +149,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     if entry.num_classes != len(classes):
         raise AttributionError(f"model {model_id} has {entry.num_classes} outputs but dataset "
                                f"{cfg.dataset!r} has {len(classes)} classes {classes}")
-    _check_methods(cfg, entry.load())
+    _check_methods(cfg, entry, images, len(classes))
 
     group = saliency_group(cfg.dataset, model_id)
     group_attrs = {"model_id": model_id, "checkpoint_sha256": entry.sha256, "target": cfg.target}
@@ -151,7 +193,8 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     chunk = images[schema.IMAGE].data.chunksize[0]
     selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
     root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
-    done = np.logical_and.reduce([np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods])
+    flags = {m.key: np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods}
+    done = np.logical_and.reduce(list(flags.values()))
     predictions = current_predictions(workspace, entry, cfg.dataset) if cfg.target == "predicted" else None
     known = _planned_targets(workspace, cfg.target, predictions, images)
 
@@ -165,8 +208,9 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
         workspace=workspace, dataset=cfg.dataset, model=entry, n_classes=len(classes), target=cfg.target,
         methods=tuple(MethodRun(m.key, m.name, dict(m.params)) for m in cfg.methods), storage=cfg.storage,
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
-        max_evals_per_pass=dict(cfg.max_evals_per_pass), gpu=cfg.gpu, predictions=predictions, chunks=chunks,
-        n_chunks=n_selected_chunks)
+        max_evals_per_pass=dict(cfg.max_evals_per_pass), gpu=cfg.gpu, predictions=predictions,
+        splits=tuple(cfg.splits) if cfg.splits is not None else None,
+        done_before={k: int((v & selected).sum()) for k, v in flags.items()}, chunks=chunks, n_chunks=n_selected_chunks)
 
 
 # ------------------------------------------------------------------ batching
@@ -235,6 +279,8 @@ class AttributionJob(ChunkJob):
     #: ``predictions/<dataset>/<model_id>`` when it holds this checkpoint's predictions of these
     #: images: ``target: predicted`` then reads the stored class instead of a forward pass
     predictions: str | None
+    splits: tuple[str, ...] | None  # the samples explained (None: all)
+    done_before: dict[str, int]  # method key -> selected samples whose map was stored at planning
 
     @property
     def group(self) -> str:
@@ -278,9 +324,14 @@ class AttributionJob(ChunkJob):
         pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[done_index]] for ps in paths.values())],
                                            region)
         batch = self.batch_size or default_batch_size(device)
-        per_eval = evaluation_bytes(model, self.model.sha256, (1, *pixels.shape[1:]), device)
+        shape = (model.in_channels, *pixels.shape[1:])
+        per_eval = evaluation_bytes(model, self.model.sha256, shape, device)
         cap = self.max_evals_per_pass.get(device.type, self.max_evals_per_pass.get("cpu", 8))
-        evals = int(max(1, min(cap, self.memory_budget_mb * 2**20 // per_eval)))
+        evals = _evals_per_pass(self.memory_budget_mb, per_eval, cap)
+        worker_limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+        limit, limit_name = ((worker_limit, "this worker's memory limit") if worker_limit
+                             else (self.memory_budget_mb * 2**20, "attribution.memory_budget_mb"))
+        chunk_bytes = 2 * (s1 - s0) * (self.n_classes if self.target == "all" else 1) * pixels[0].size * 4
         chunk_targets = self._targets(chosen, model, pixels, local, batch, device)
         result: dict[str, Any] = {"index": chunk.index, "computed": {}, "nonfinite": {}, "seconds": {},
                                   "batching": {}, "worker": worker.address if worker is not None else None}
@@ -293,9 +344,8 @@ class AttributionJob(ChunkJob):
             if not len(todo):
                 continue
             tick = time.perf_counter()
-            cls = METHODS.get(m.name)
-            batching = {} if cls.batch_param in m.params else cls.batching(batch, evals)
-            method = make_method(m.name, model, **m.params, **batching)
+            method, batching = _batched_method(m, model, batch, evals)
+            check_memory(method, m.key, batch, shape, per_eval, chunk_bytes, limit, limit_name)
             if done.any():  # keep the maps of samples done earlier
                 stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, region)
                 maps = decode_maps(stored_maps, scale[0] if scale else None)
@@ -330,13 +380,31 @@ class AttributionJob(ChunkJob):
             result["batching"][m.key] = {**batching, "images_per_call": batch, "device": str(device)}
         return result
 
+    def _stored(self) -> dict[str, int]:
+        """Method key -> selected samples whose map is stored now (read from the done flags)."""
+        images = store.open_group(self.workspace, schema.group_path(schema.IMAGES, self.dataset))
+        selected = (np.ones(images.sizes[schema.SAMPLE], bool) if self.splits is None
+                    else np.isin(store.strings(images[schema.SPLIT].values), self.splits))
+        root = zarr.open_group(self.workspace, path=self.group, mode="r", zarr_format=3)
+        return {m.key: int((np.asarray(root[m.key + DONE_SUFFIX][:], bool) & selected).sum()) for m in self.methods} \
+            | {"": int(selected.sum())}
+
     def finalize(self, results: list[dict[str, Any]]) -> AttributionResult:
-        """Record provenance, mark the group complete, and sum up (non-finite maps are reported)."""
-        out = AttributionResult(self.group, self.n_chunks, self.skipped, len(results))
+        """Verify every selected map is stored (else the group stays incomplete and the error says how
+        many are missing), record provenance, mark the group complete, and sum up: maps computed are
+        counted from the flags, so maps a killed worker stored before dying count too."""
+        stored = self._stored()
+        wanted = stored.pop("")
+        missing = {k: wanted - n for k, n in stored.items() if n < wanted}
+        if missing:
+            raise AttributionError(f"{self.group}: maps missing after the run ({missing} of {wanted} per method key): "
+                                   "a chunk task did not finish; run the same command again to compute them")
+        out = AttributionResult(self.group, self.n_chunks, self.skipped, len(results),
+                                maps_computed={k: n - self.done_before.get(k, 0) for k, n in stored.items()
+                                               if n > self.done_before.get(k, 0)})
         batching: dict[str, Any] = {}
         for r in results:
-            for k, v in r["computed"].items():
-                out.maps_computed[k] = out.maps_computed.get(k, 0) + v
+            for k in r["computed"]:
                 out.nonfinite[k] = out.nonfinite.get(k, 0) + r["nonfinite"][k]
                 out.seconds[k] = out.seconds.get(k, 0.0) + r["seconds"][k]
                 batching[k] = r["batching"][k]
@@ -360,6 +428,10 @@ def run_attribution(workspace: str | os.PathLike[str], cfg: AttributionConfig, *
                     overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None,
                     runner: Callable[[ChunkJob], Any] | None = None) -> AttributionResult:
     """Compute every requested map that is not stored yet (one Dask task per image chunk)."""
-    job = prepare(workspace, cfg, run, overwrite)
-    log.info("%s: %d chunk(s) to compute, %d already complete", job.group, len(job.chunks), job.skipped)
-    return (runner or partial(run_job, client=client, progress=progress))(job)
+    entry = ModelCatalog(workspace).resolve(cfg.model, run=run, dataset=cfg.dataset)
+    cfg = cfg.model_copy(update={"model": entry.model_id})
+    keys = ", ".join(m.key for m in cfg.methods)
+    with group_lock(workspace, saliency_group(cfg.dataset, entry.model_id), f"attribution ({keys})"):
+        job = prepare(workspace, cfg, run, overwrite)
+        log.info("%s: %d chunk(s) to compute, %d already complete", job.group, len(job.chunks), job.skipped)
+        return (runner or partial(run_job, client=client, progress=progress))(job)

@@ -46,11 +46,14 @@ from pydantic import Field
 from torch import Tensor
 
 from xaiflow.attribution.base import (
+    MAX_PER_PASS,
+    MAX_SAMPLES,
     METHODS,
     AttributionMethod,
     Baseline,
     Cost,
     MethodParams,
+    image_values,
     make_baseline,
     seeded,
 )
@@ -98,13 +101,14 @@ class InputXGradientMethod(AttributionMethod):
 
 class IntegratedGradientsParams(MethodParams):
     baseline: Baseline = Field("zeros", description=_BASELINE_DOC)
-    n_steps: int = Field(32, ge=1, description="number of quadrature points along the path")
+    n_steps: int = Field(32, ge=1, le=MAX_SAMPLES, description="number of quadrature points along the path")
     method: Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"] = Field(
         "gausslegendre", description="quadrature rule for the path integral"
     )
     internal_batch_size: int | None = Field(
         None,
         ge=1,
+        le=MAX_PER_PASS,
         description="evaluate at most this many path points per forward/backward pass to bound memory "
         "(None: all B * n_steps at once)",
     )
@@ -120,8 +124,14 @@ class IntegratedGradientsMethod(AttributionMethod):
     Params = IntegratedGradientsParams
     params: IntegratedGradientsParams
 
+    memory_param = "n_steps"
+
     def cost(self, image_shape: tuple[int, ...]) -> Cost:
         return Cost(self.params.n_steps)
+
+    def extra_bytes(self, images_per_call: int, image_shape: tuple[int, ...]) -> int:
+        # Captum holds the scaled inputs and the gradients of every path point of every image
+        return 3 * self.params.n_steps * images_per_call * image_values(image_shape) * 4
 
     @classmethod
     def batching(cls, images_per_call: int, evals_per_pass: int) -> dict[str, int]:
@@ -144,10 +154,12 @@ class IntegratedGradientsMethod(AttributionMethod):
 
 
 class SmoothGradParams(MethodParams):
-    nt_samples: int = Field(16, ge=1, description="number of noisy copies averaged per image")
+    nt_samples: int = Field(16, ge=1, le=MAX_SAMPLES,
+                            description="number of noisy copies averaged per image")
     stdevs: float = Field(0.15, ge=0, description=_STDEVS_DOC + " (Smilkov et al. suggest 0.1-0.2)")
     nt_samples_batch_size: int | None = Field(
-        None, ge=1, description="noisy copies per forward/backward pass to bound memory (None: all at once)"
+        None, ge=1, le=MAX_PER_PASS,
+        description="noisy copies per forward/backward pass to bound memory (None: all at once)"
     )
     abs: bool = Field(True, description="average absolute gradients (as saliency)")
     seed: int = Field(0, description=_SEED_DOC)
@@ -163,8 +175,14 @@ class SmoothGradMethod(AttributionMethod):
     Params = SmoothGradParams
     params: SmoothGradParams
 
+    memory_param = "nt_samples"
+
     def cost(self, image_shape: tuple[int, ...]) -> Cost:
         return Cost(self.params.nt_samples)
+
+    def extra_bytes(self, images_per_call: int, image_shape: tuple[int, ...]) -> int:
+        # the noisy copies of one image and their gradients (images are explained one at a time)
+        return 3 * self.params.nt_samples * image_values(image_shape) * 4
 
     def evals_per_pass(self, images_per_call: int) -> int:
         # noisy copies of one image per pass: images are explained one at a time (seeded per image)
@@ -190,14 +208,15 @@ class SmoothGradMethod(AttributionMethod):
 
 
 class GradientShapParams(MethodParams):
-    n_samples: int = Field(16, ge=1, description="number of (noisy input, baseline, path point) draws per image")
+    n_samples: int = Field(16, ge=1, le=MAX_SAMPLES,
+                           description="number of (noisy input, baseline, path point) draws per image")
     stdevs: float = Field(0.15, ge=0, description=_STDEVS_DOC + " (noise added to the input)")
     baselines: Literal["zeros", "uniform"] = Field(
         "zeros",
         description="baseline distribution: 'zeros' (one all-zero image; the randomness is the input noise) or "
         "'uniform' (n_baselines images of pixels drawn uniformly in the image's [min, max])",
     )
-    n_baselines: int = Field(8, ge=1, description="number of random baselines when baselines='uniform'")
+    n_baselines: int = Field(8, ge=1, le=MAX_SAMPLES, description="number of random baselines when baselines='uniform'")
     seed: int = Field(0, description=_SEED_DOC)
 
 
@@ -210,8 +229,14 @@ class GradientShapMethod(AttributionMethod):
     Params = GradientShapParams
     params: GradientShapParams
 
+    memory_param = "n_samples"
+
     def cost(self, image_shape: tuple[int, ...]) -> Cost:
         return Cost(self.params.n_samples)
+
+    def extra_bytes(self, images_per_call: int, image_shape: tuple[int, ...]) -> int:
+        # noisy inputs, baselines, path points and gradients of one image's draws
+        return 4 * (self.params.n_samples + self.params.n_baselines) * image_values(image_shape) * 4
 
     def evals_per_pass(self, images_per_call: int) -> int:
         return self.params.n_samples  # all draws of one image in one pass, one image at a time

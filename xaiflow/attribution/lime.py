@@ -46,20 +46,26 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import pairwise_distances
 from torch import Tensor
 
-from xaiflow.attribution.base import METHODS, AttributionMethod, Cost, MethodParams
+from xaiflow.attribution.base import (MAX_PER_PASS, METHODS, AttributionMethod, Cost, MethodParams,
+                                      image_values)
+
+#: upper limits of LIME's sample and superpixel counts (the surrogate's design matrix is their product)
+MAX_LIME_SAMPLES = 100_000
+MAX_SEGMENTS = 10_000
 
 
 class LimeParams(MethodParams):
     segmentation: Literal["slic", "quickshift"] = Field("slic", description="superpixel algorithm")
-    n_segments: int = Field(50, ge=1, description="slic: approximate number of superpixels")
+    n_segments: int = Field(50, ge=1, le=MAX_SEGMENTS, description="slic: approximate number of superpixels")
     compactness: float = Field(
         0.1, gt=0, description="slic: shape regularity versus intensity fit (image scaled to [0, 1])"
     )
     kernel_size: float = Field(4.0, gt=0, description="quickshift: width of the density kernel (pixels)")
     max_dist: float = Field(200.0, gt=0, description="quickshift: cut-off distance of the hierarchy")
     ratio: float = Field(0.2, ge=0, le=1, description="quickshift: balance of color versus space")
-    num_samples: int = Field(500, ge=2, description="number of perturbed images (the first is the image itself)")
-    batch_size: int = Field(64, ge=1, description="perturbed images per forward pass (bounds memory)")
+    num_samples: int = Field(500, ge=2, le=MAX_LIME_SAMPLES,
+                             description="number of perturbed images (the first is the image itself)")
+    batch_size: int = Field(64, ge=1, le=MAX_PER_PASS, description="perturbed images per forward pass (bounds memory)")
     hide_color: Literal["mean"] | float = Field(
         "mean", description="fill of switched-off superpixels: 'mean' (the superpixel's own mean) or a constant"
     )
@@ -78,8 +84,17 @@ class LimeMethod(AttributionMethod):
     params: LimeParams
     libraries = ("scikit-learn", "scikit-image")
 
+    memory_param = "num_samples"
+
     def cost(self, image_shape: tuple[int, ...]) -> Cost:
         return Cost(self.params.num_samples, "fwd")
+
+    def extra_bytes(self, images_per_call: int, image_shape: tuple[int, ...]) -> int:
+        # the surrogate's design matrix (samples x superpixels, float64, and its weighted copy), the
+        # class probabilities, and one batch of perturbed images
+        p = self.params
+        return (2 * p.num_samples * p.n_segments * 8 + p.num_samples * 64
+                + 2 * p.batch_size * image_values(image_shape) * 4)
 
     def evals_per_pass(self, images_per_call: int) -> int:
         return self.params.batch_size  # perturbed copies of one image per pass

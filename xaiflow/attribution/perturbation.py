@@ -15,17 +15,18 @@ from captum.attr import Occlusion
 from pydantic import Field
 from torch import Tensor
 
-from xaiflow.attribution.base import METHODS, AttributionMethod, Baseline, Cost, MethodParams, make_baseline
+from xaiflow.attribution.base import (MAX_PER_PASS, MAX_SIDE, METHODS, AttributionMethod, Baseline, Cost,
+                                      MethodParams, make_baseline)
 
 
 class OcclusionParams(MethodParams):
-    window: int = Field(8, ge=1, description="side of the square occluding window, in pixels")
-    stride: int = Field(4, ge=1, description="step between window positions, in pixels")
+    window: int = Field(8, ge=1, le=MAX_SIDE, description="side of the square occluding window, in pixels")
+    stride: int = Field(4, ge=1, le=MAX_SIDE, description="step between window positions, in pixels")
     baseline: Baseline = Field(
         "zeros", description="value put under the window: 'zeros', 'mean' (the image's per-channel mean) or a constant"
     )
     perturbations_per_eval: int = Field(
-        16, ge=1, description="occluded copies per forward pass (batch size; bounds memory)"
+        16, ge=1, le=MAX_PER_PASS, description="occluded copies per forward pass (batch size; bounds memory)"
     )
 
 

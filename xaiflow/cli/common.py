@@ -10,8 +10,8 @@ The convention, the same for every command:
 * ``--cluster`` picks where Dask tasks run (:data:`CLUSTER_HELP`).
 
 Errors: a command body runs inside :func:`reporting_errors`; every
-:class:`~xaiflow.errors.XaiflowError` is printed as one ``error:`` line (no traceback) and
-the command exits with status 2; Ctrl-C exits with 130 after saying that finished work is
+:class:`~xaiflow.errors.XaiflowError` (and ``OSError``: a file that cannot be read or written)
+is printed as one ``error:`` line (no traceback) and the command exits with status 2; Ctrl-C exits with 130 after saying that finished work is
 kept. Commands hold no library decisions: they parse, call one library function, print.
 """
 
@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from xaiflow.errors import XaiflowError
 
@@ -80,8 +81,8 @@ def reporting_errors() -> Iterator[None]:
     """User-facing errors as one line and exit 2; Ctrl-C as exit 130 (finished work is kept)."""
     try:
         yield
-    except XaiflowError as e:
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    except (XaiflowError, OSError) as e:  # OSError: a path that cannot be read or written (it names the file)
+        console.print("[bold red]error:[/]", Text(str(e)), highlight=False)  # verbatim: [k8s] is not markup
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished chunks are kept; run the command again to resume")

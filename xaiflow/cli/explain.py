@@ -34,7 +34,7 @@ def attribute(
                                   progress=RichProgress(bars, f"{acfg.dataset} chunks"))
         out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} already complete")
         rows = [{"method": k, "maps": n, "non-finite": res.nonfinite.get(k, 0),
-                 "s/map (worker)": res.seconds[k] / max(n, 1)} for k, n in res.maps_computed.items()]
+                 "s/map (worker)": res.seconds.get(k, 0.0) / max(n, 1)} for k, n in res.maps_computed.items()]
         if rows:
             out.print(rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"]))
 

@@ -38,6 +38,7 @@ from xaiflow import schema, store
 from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, build_extractor
 from xaiflow.features.config import FeaturesConfig
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.locks import group_lock
 from xaiflow.runtime import ProgressFn, current_worker
 
 log = logging.getLogger("xaiflow")
@@ -237,11 +238,12 @@ def extract_features(workspace: str | os.PathLike[str], dataset: str, name: str,
                      client: Any = None, progress: ProgressFn | None = None,
                      runner: Callable[[ChunkJob], Any] | None = None) -> ExtractResult:
     """Write ``features/<dataset>/<key or name>`` with extractor ``name`` (see the module docstring)."""
-    job = prepare(workspace, dataset, name, params, key=key, overwrite=overwrite, fit_samples=fit_samples,
-                  default_model=default_model)
-    if isinstance(job, ExtractResult):
-        return job
-    return (runner or partial(run_job, client=client, progress=progress))(job)
+    with group_lock(workspace, feature_group(dataset, key or name), f"features {key or name} of {dataset!r}"):
+        job = prepare(workspace, dataset, name, params, key=key, overwrite=overwrite, fit_samples=fit_samples,
+                      default_model=default_model)
+        if isinstance(job, ExtractResult):
+            return job
+        return (runner or partial(run_job, client=client, progress=progress))(job)
 
 
 def extract_all(workspace: str | os.PathLike[str], cfg: FeaturesConfig, *, run: Any = None,

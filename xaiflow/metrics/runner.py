@@ -46,9 +46,10 @@ import zarr
 import xaiflow
 from xaiflow import schema, store
 from xaiflow.attribution import make_method
-from xaiflow.device import resolve_device
+from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.locks import group_lock
 from xaiflow.metrics import METRICS, Metric, make_metric
 from xaiflow.metrics.base import Output, stored_name
 from xaiflow.models.base import MicrographModel
@@ -222,6 +223,7 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
     """Validate, create or extend the metrics group; return the job with its pending chunks
     (``metrics``: default :func:`default_metrics`)."""
     workspace = str(workspace)
+    check_device_name(device)
     metrics = default_metrics(workspace, dataset) if metrics is None else metrics
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
     sal = saliency_group(dataset, model_id)
@@ -469,7 +471,8 @@ def run_metrics(workspace: str | os.PathLike[str], dataset: str, model_id: str,
     metric call. One Dask task per image chunk (see the module docstring for the layout and
     resume rules).
     """
-    job = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device, batch_size=batch_size,
-                  overwrite=overwrite)
-    log.info("%s: %d chunk(s) to compute, %d complete or without maps", job.group, len(job.chunks), job.skipped)
-    return (runner or partial(run_job, client=client, progress=progress))(job)
+    with group_lock(workspace, metrics_group(dataset, model_id), "metrics"):
+        job = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device,
+                      batch_size=batch_size, overwrite=overwrite)
+        log.info("%s: %d chunk(s) to compute, %d complete or without maps", job.group, len(job.chunks), job.skipped)
+        return (runner or partial(run_job, client=client, progress=progress))(job)

@@ -37,9 +37,11 @@ from xaiflow.errors import XaiflowError
 from xaiflow.modelref import LATEST, THIS, ModelRef, TrainRef
 from xaiflow.models.checkpoint import (
     MANIFEST,
+    WEIGHTS,
     CheckpointError,
     Manifest,
     load_checkpoint,
+    load_state_dict_file,
     read_history,
     read_metrics,
     verify_checkpoint,
@@ -132,7 +134,9 @@ class ModelCatalog:
                       if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def listing(self) -> list[Listing]:
-        """Every checkpoint directory with its status, oldest first."""
+        """Every checkpoint directory with its status, oldest first: ``ok``, ``invalid: ...`` (incomplete,
+        or weights changed since saving) or ``refused: ...`` (weights that are not a plain state dict,
+        e.g. a pickle carrying code, which is never unpickled)."""
         rows = []
         for model_id in self.ids():
             directory = self.directory / model_id
@@ -141,6 +145,11 @@ class ModelCatalog:
                 status = "ok"
             except CheckpointError as e:
                 entry, status = None, f"invalid: {e}"
+            if entry is not None:
+                try:
+                    load_state_dict_file(directory / WEIGHTS)
+                except CheckpointError as e:
+                    entry, status = None, f"refused: unsafe or unreadable weights ({e})"
             created = entry.manifest.created.timestamp() if entry else directory.stat().st_mtime
             rows.append(Listing(model_id, status, entry, created))
         return sorted(rows, key=lambda r: (r.created, r.model_id))

@@ -70,6 +70,9 @@ class ImageSource(ABC):
     kind: ClassVar[str]
     #: the pydantic model of its ``source:`` config section (``kind: Literal[<kind>]``)
     Config: ClassVar[type[BaseModel]]
+    #: fields of ``Config`` that guard reading (size limits, path permissions) without changing what
+    #: is read: left out of the dataset's config hash, so tightening a limit keeps a workspace current
+    guard_fields: ClassVar[frozenset[str]] = frozenset()
 
     #: names of the mask classes (index = pixel value), or None when the source has no masks
     mask_classes: list[str] | None = None

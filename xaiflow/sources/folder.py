@@ -12,11 +12,17 @@ used as it is. Example for the UHCS data (``configs/uhcs.yaml``)::
 
 Optional expert masks: a folder of label images matched to the micrographs by file name
 (``masks: {dir: masks, suffix: .png, classes: [matrix, carbide]}``).
+
+The CSV is data, not configuration: a row whose file resolves outside ``root`` (``../``, an
+absolute path, a symlink pointing elsewhere) is refused unless ``allow_outside_root: true``;
+a cell that is not a number where one is expected is that row's problem only; an image
+declaring more than ``max_pixels`` pixels is refused before it is decoded.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,7 +31,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError
-from xaiflow.sources.imageio import read_image
+from xaiflow.sources.imageio import DEFAULT_MAX_PIXELS, read_image
 
 
 class ColumnMap(BaseModel):
@@ -63,6 +69,23 @@ class FolderConfig(BaseModel):
         None, ge=1, description="keep at most this many images per (specimen, label): a stratified subset"
     )
     masks: MaskFolder | None = None
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=10**10,
+                            description="largest image (height x width) to decode; larger files are refused "
+                                        "from their header")
+    allow_outside_root: bool = Field(False, description="accept CSV rows whose file lies outside root "
+                                                        "(refused by default: the CSV is data)")
+
+
+def _number(value: Any) -> float | None:
+    """A CSV cell as a number (None when empty); a ValueError for text that is not one."""
+    value = _clean(value)
+    if value is None or isinstance(value, bool):
+        if value is None:
+            return None
+        raise ValueError
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(str(value).strip())
 
 
 def _clean(value: Any) -> Any:
@@ -81,6 +104,7 @@ def _clean(value: Any) -> Any:
 class FolderSource(ImageSource):
     kind: ClassVar[str] = "folder"
     Config = FolderConfig
+    guard_fields = frozenset({"max_pixels", "allow_outside_root"})
 
     def __init__(self, config: FolderConfig) -> None:
         self.config = config
@@ -121,32 +145,41 @@ class FolderSource(ImageSource):
     def list_samples(self) -> list[SampleRef]:
         cfg, cols = self.config, self.config.columns
         table = self.read_table()
+        root = Path(cfg.root).resolve()
         refs: list[SampleRef] = []
         for i, row in enumerate(table.to_dict("records")):
             origin = f"{self.csv_path.name} row {i + 2}"  # +1 header, +1 one-based
             rel = _clean(row[cols.file])
-            path = Path(cfg.root) / str(rel or "")
+            path = Path(os.path.normpath(Path(cfg.root) / str(rel or "")))
+            real = path.resolve()  # symlinks followed: where the bytes really are
             label = "unlabeled" if cols.label is None else _clean(row[cols.label])
-            um = _clean(row[cols.um_per_px]) if cols.um_per_px else None
+            um_cell = row[cols.um_per_px] if cols.um_per_px else None
+            try:
+                um = _number(um_cell)
+            except ValueError:
+                um = float("nan")
             if um is None:
                 um = cfg.um_per_px
             problem = ""
             if not rel:
                 problem = f"column {cols.file!r} is empty"
+            elif not cfg.allow_outside_root and not real.is_relative_to(root):
+                problem = (f"image file {rel!r} lies outside the data folder {root} (resolves to {real}); "
+                           "set source.allow_outside_root: true to read it anyway")
             elif not path.is_file():
                 problem = f"image file {path} does not exist"
             elif label is None:
                 problem = f"label column {cols.label!r} is empty"
             elif cfg.classes is not None and str(label) not in cfg.classes:
                 problem = f"unknown label {label!r}; expected one of {cfg.classes}"
-            elif um is not None and (not isinstance(um, (int, float)) or um <= 0):
-                problem = f"{cols.um_per_px!r} must be a positive number, got {um!r}"
+            elif um is not None and not um > 0:
+                problem = f"column {cols.um_per_px!r} must be a positive number, got {_clean(um_cell)!r}"
             sample_id = str(_clean(row[cols.id])) if cols.id else (path.stem or f"row{i + 2}")
             group = _clean(row[cols.group]) if cols.group else None
             refs.append(SampleRef(
                 id=sample_id, uri=str(path), label=str(label),
                 group=str(group) if group is not None else sample_id,
-                um_per_px=float(um) if isinstance(um, (int, float)) and um > 0 else float("nan"),
+                um_per_px=float(um) if um is not None and um > 0 else float("nan"),
                 metadata={c: _clean(row[c]) for c in cols.metadata},
                 origin=origin, problem=problem,
             ))
@@ -155,7 +188,7 @@ class FolderSource(ImageSource):
         return refs
 
     def read(self, ref: SampleRef) -> np.ndarray:
-        return read_image(Path(ref.uri))
+        return read_image(Path(ref.uri), self.config.max_pixels)
 
     def mask_path(self, ref: SampleRef) -> Path:
         assert self.config.masks is not None
@@ -170,7 +203,7 @@ class FolderSource(ImageSource):
         path = self.mask_path(ref)
         if not path.is_file():
             raise SourceError(f"{ref.origin or ref.id}: mask file {path} does not exist")
-        mask = read_image(path)
+        mask = read_image(path, self.config.max_pixels)
         if mask.dtype != np.uint8 or mask.max() >= len(self.config.masks.classes):
             raise SourceError(
                 f"{path}: mask values must be uint8 class indices < {len(self.config.masks.classes)} "

@@ -12,7 +12,12 @@ from xaiflow.sources.base import SourceError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TIFF = (".tif", ".tiff")
 
-# decompression-bomb protection would reject large panoramas; they are our normal input
+#: the default pixel limit of one decoded image (``source.max_pixels``): 100 MP, 100 MB as uint8;
+#: a micrograph is rarely over 30 MP, and a decompression bomb (a few KB of PNG declaring 30000 x
+#: 30000 px) is refused from its header, before a byte is decoded
+DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow's own bomb check (a warning from 89 MP, an error from 179 MP) would refuse large panoramas
+# that a config allows: every decode goes through read_image, which checks the declared size first
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -46,8 +51,19 @@ def to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
     raise SourceError(f"{path}: unsupported image layout {arr.shape} (expected 2-D gray or RGB)")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to a 2-D uint8, uint16 or float32 array."""
+def check_size(path: Path, max_pixels: int, field: str = "source.max_pixels") -> tuple[int, int]:
+    """The declared (height, width) of an image file, refused (naming the file, its size and the limit)
+    when it exceeds ``max_pixels``: read from the header, nothing is decoded."""
+    h, w = image_shape(path)
+    if h * w > max_pixels:
+        raise SourceError(f"{path}: the image declares {h} x {w} = {h * w:,} pixels, more than {field} = "
+                          f"{max_pixels:,}; raise {field} if the file is trusted")
+    return h, w
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to a 2-D uint8, uint16 or float32 array, after :func:`check_size`."""
+    check_size(path, max_pixels)
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile

@@ -22,7 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError, Window
 from xaiflow.sources.folder import ColumnMap, FolderConfig, FolderSource
-from xaiflow.sources.imageio import IMAGE_SUFFIXES, image_shape, read_image
+from xaiflow.sources.imageio import IMAGE_SUFFIXES, check_size, read_image
+
+#: the default pixel limit of one panorama: 250 MP, 250 MB decoded as uint8 (a 16k x 16k mosaic)
+PANORAMA_MAX_PIXELS = 250_000_000
 
 
 class PanoramaConfig(BaseModel):
@@ -35,6 +38,10 @@ class PanoramaConfig(BaseModel):
     tile: tuple[int, int] = Field((256, 256), description="(height, width) of each tile in source pixels")
     overlap: int = Field(0, ge=0, description="pixels shared by neighbouring tiles")
     um_per_px: float | None = Field(None, gt=0)
+    max_pixels: int = Field(PANORAMA_MAX_PIXELS, ge=1, le=10**11,
+                            description="largest panorama (height x width) to read; a worker decodes a panorama "
+                                        "whole once for all its tiles, so this bounds its memory")
+    allow_outside_root: bool = Field(False, description="accept CSV rows whose file lies outside root")
 
     @model_validator(mode="after")
     def _overlap_smaller_than_tile(self) -> "PanoramaConfig":
@@ -60,6 +67,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 class PanoramaSource(ImageSource):
     kind: ClassVar[str] = "panorama"
     Config = PanoramaConfig
+    guard_fields = frozenset({"max_pixels", "allow_outside_root"})
 
     def __init__(self, config: PanoramaConfig) -> None:
         self.config = config
@@ -74,7 +82,8 @@ class PanoramaSource(ImageSource):
     def _images(self) -> list[SampleRef]:
         cfg = self.config
         if cfg.csv is not None:
-            folder = FolderSource(FolderConfig(root=cfg.root, csv=cfg.csv, columns=cfg.columns, um_per_px=cfg.um_per_px))
+            folder = FolderSource(FolderConfig(root=cfg.root, csv=cfg.csv, columns=cfg.columns, um_per_px=cfg.um_per_px,
+                                               allow_outside_root=cfg.allow_outside_root, max_pixels=cfg.max_pixels))
             return folder.list_samples()
         if not Path(cfg.root).is_dir():
             raise SourceError(f"panorama folder {cfg.root} does not exist")
@@ -82,14 +91,24 @@ class PanoramaSource(ImageSource):
         if not files:
             raise SourceError(f"no images match {cfg.pattern!r} in {cfg.root}")
         um = cfg.um_per_px if cfg.um_per_px is not None else float("nan")
-        return [SampleRef(id=p.stem, uri=str(p), label="unlabeled", group=p.stem, um_per_px=um, origin=str(p))
+        root = Path(cfg.root).resolve()
+        return [SampleRef(id=p.stem, uri=str(p), label="unlabeled", group=p.stem, um_per_px=um, origin=str(p),
+                          problem="" if cfg.allow_outside_root or p.resolve().is_relative_to(root) else
+                          f"{p} lies outside the data folder {root}; set source.allow_outside_root: true to read it")
                 for p in files]
 
     def list_samples(self) -> list[SampleRef]:
         th, tw = self.config.tile
         refs: list[SampleRef] = []
         for image in self._images():
-            h, w = image_shape(Path(image.uri))
+            if image.problem:  # reported (or skipped) at ingest, as one bad item
+                refs.append(image)
+                continue
+            try:
+                h, w = check_size(Path(image.uri), self.config.max_pixels)
+            except SourceError as e:
+                refs.append(replace(image, problem=str(e)))
+                continue
             ys, xs = tile_starts(h, th, self.config.overlap), tile_starts(w, tw, self.config.overlap)
             if not ys or not xs:
                 raise SourceError(f"{image.uri}: image {h}x{w} px is smaller than the tile {th}x{tw}")
@@ -103,7 +122,7 @@ class PanoramaSource(ImageSource):
         if self._cache is None:
             self._cache = OrderedDict()
         if uri not in self._cache:
-            self._cache[uri] = read_image(Path(uri))
+            self._cache[uri] = read_image(Path(uri), self.config.max_pixels)
             while len(self._cache) > 2:
                 self._cache.popitem(last=False)
         return self._cache[uri]

@@ -23,10 +23,12 @@ def dask_task_runner(profile: str | ClusterConfig | None) -> DaskTaskRunner:
     cfg = profile if isinstance(profile, ClusterConfig) else load_cluster_profile(profile)
     spec = cluster_spec(cfg)
     configure_dask()
+    security = {"security": spec.tls.security()} if spec.tls else {}
     if spec.address:
-        return DaskTaskRunner(address=spec.address)
+        return DaskTaskRunner(address=spec.address, client_kwargs=security)
     check_startable(spec)
-    return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=spec.kwargs, adapt_kwargs=spec.adapt)
+    return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs={**spec.kwargs, **security},
+                          client_kwargs=security, adapt_kwargs=spec.adapt)
 
 
 def on_cluster(stage: Flow[..., Any], cluster: str) -> Flow[..., Any]:

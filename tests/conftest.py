@@ -15,6 +15,9 @@ UHCS_DIR = Path(os.environ.get("XAIFLOW_UHCS_DIR", REPO.parent / "shared" / "dat
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+#: session fixtures of real services (Prefect server, Dask scheduler and workers, served deployments)
+pytest_plugins = ["services"]
+
 # plugin modules named in $XAIFLOW_PLUGINS register before the contract tests loop over the registries
 from xaiflow.plugins import load_plugins  # noqa: E402
 

@@ -78,6 +78,8 @@ class SlurmSection(_Section):
     interface: str | None = Field(None, description="network interface of scheduler and workers, e.g. ib0")
     local_directory: str | None = Field(None, description="worker scratch space on the node, e.g. $TMPDIR")
     log_directory: str | None = Field(None, description="where SLURM writes the job logs")
+    shared_temp_directory: str | None = Field(None, description="a folder every node sees, for the files of "
+                                                                "tls.temporary (dask-jobqueue)")
 
     @field_validator("queue", "account", "python", "interface", "local_directory", "log_directory")
     @classmethod
@@ -99,6 +101,38 @@ class KubernetesSection(_Section):
     maximum_workers: int | None = Field(None, ge=1, description="adaptive scaling up to this many workers")
 
 
+class TLSSection(_Section):
+    """Mutual TLS between the client, the scheduler and the workers (``distributed.security.Security``):
+    a scheduler reachable from a network then accepts only peers holding a certificate of this CA."""
+
+    ca_file: Path | None = Field(None, description="CA certificate every peer's certificate is checked against")
+    cert: Path | None = Field(None, description="this client's certificate (PEM)")
+    key: Path | None = Field(None, description="its private key (PEM; may sit in the cert file)")
+    temporary: bool = Field(False, description="slurm: a self-signed certificate made for this run and handed to "
+                                               "the jobs through slurm.shared_temp_directory (dask-jobqueue)")
+
+    @model_validator(mode="after")
+    def _files_or_temporary(self) -> "TLSSection":
+        if self.temporary == bool(self.ca_file or self.cert):
+            raise ValueError("give either ca_file and cert (and key) or temporary: true")
+        if not self.temporary and not (self.ca_file and self.cert):
+            raise ValueError("TLS needs ca_file and cert (and key, unless it is in the cert file)")
+        return self
+
+    def security(self) -> Any:
+        """The ``distributed.security.Security`` of this section (files checked to exist)."""
+        from distributed.security import Security
+
+        if self.temporary:
+            return Security.temporary()
+        for name in ("ca_file", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ClusterProfileError(f"tls.{name}: {path} does not exist")
+        return Security(tls_ca_file=str(self.ca_file), tls_client_cert=str(self.cert),
+                        tls_client_key=str(self.key) if self.key else None, require_encryption=True)
+
+
 class ClusterConfig(_Section):
     """A cluster profile; ``kind`` picks the cluster, kind-specific settings sit in their section."""
 
@@ -113,6 +147,9 @@ class ClusterConfig(_Section):
     cuda_visible_devices: str | None = Field(None, description="gpu-local: GPUs to use, e.g. '0,1' (default all)")
     slurm: SlurmSection | None = None
     kubernetes: KubernetesSection | None = None
+    tls: TLSSection | None = Field(None, description="address, slurm: mutual TLS with the scheduler (tls:// "
+                                                     "addresses); without it, anyone who reaches the scheduler's "
+                                                     "port can run code on the workers")
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> "ClusterConfig":
@@ -132,6 +169,13 @@ class ClusterConfig(_Section):
                 raise ValueError("kind slurm needs memory_limit (the job's memory), e.g. 32GiB")
         if self.kind == "kubernetes" and self.kubernetes is None:
             raise ValueError("kind kubernetes needs a 'kubernetes' section with the DaskCluster 'manifest'")
+        if self.tls is not None and self.kind not in ("address", "slurm"):
+            raise ValueError(f"'tls' applies to kinds address and slurm, not {self.kind} (local clusters stay on "
+                             "loopback)")
+        if self.tls is not None and self.tls.temporary and self.kind != "slurm":
+            raise ValueError("tls.temporary applies to kind slurm; a running scheduler has its own certificates")
+        if self.kind == "address" and self.address and (self.tls is not None) != self.address.startswith("tls://"):
+            raise ValueError("a tls:// address needs the 'tls' section, and the 'tls' section a tls:// address")
         return self
 
 
@@ -262,6 +306,8 @@ class ClusterSpec(BaseModel):
     kwargs: dict[str, Any] = {}
     adapt: dict[str, int] | None = None
     n_workers: int = 0
+    #: TLS of the client (and, for batch clusters, of the scheduler and workers it starts)
+    tls: TLSSection | None = None
 
 
 def local_workers(cfg: ClusterConfig) -> int:
@@ -276,7 +322,7 @@ def cluster_spec(cfg: ClusterConfig) -> ClusterSpec:
     """The cluster class and arguments of a profile (checks optional packages and devices)."""
     t = cfg.threads_per_worker
     if cfg.kind == "address":
-        return ClusterSpec(address=cfg.address)
+        return ClusterSpec(address=cfg.address, tls=cfg.tls)
     require_extra(cfg.kind)
     if cfg.kind in ("threads", "local"):
         processes = cfg.kind == "local"
@@ -325,14 +371,16 @@ def slurm_spec(cfg: ClusterConfig) -> ClusterSpec:
         "worker_extra_args": ["--resources", f"GPU={s.gpus_per_job}"] if s.gpus_per_job else [],
         "scheduler_options": {"dashboard_address": cfg.dashboard_address or ":0"},
     }
-    for key in ("queue", "account", "python", "interface", "local_directory", "log_directory"):
+    for key in ("queue", "account", "python", "interface", "local_directory", "log_directory",
+                "shared_temp_directory"):
         if getattr(s, key) is not None:
             kwargs[key] = getattr(s, key)
     if s.maximum_jobs is not None:
-        return ClusterSpec(cluster_class="dask_jobqueue.SLURMCluster", kwargs=kwargs,
+        return ClusterSpec(cluster_class="dask_jobqueue.SLURMCluster", kwargs=kwargs, tls=cfg.tls,
                            adapt={"minimum_jobs": s.minimum_jobs, "maximum_jobs": s.maximum_jobs})
     n = cfg.n_workers or 1
-    return ClusterSpec(cluster_class="dask_jobqueue.SLURMCluster", kwargs={**kwargs, "n_workers": n}, n_workers=n)
+    return ClusterSpec(cluster_class="dask_jobqueue.SLURMCluster", kwargs={**kwargs, "n_workers": n}, n_workers=n,
+                       tls=cfg.tls)
 
 
 def kubernetes_spec(cfg: ClusterConfig) -> ClusterSpec:

@@ -51,7 +51,8 @@ def start_cluster(spec: ClusterSpec) -> Any:
 
     check_startable(spec)
     module, _, name = spec.cluster_class.rpartition(".")
-    cluster = getattr(importlib.import_module(module), name)(**spec.kwargs)
+    kwargs = {**spec.kwargs, **({"security": spec.tls.security()} if spec.tls else {})}
+    cluster = getattr(importlib.import_module(module), name)(**kwargs)
     if spec.adapt:
         cluster.adapt(**spec.adapt)
     return cluster
@@ -61,13 +62,14 @@ def start_cluster(spec: ClusterSpec) -> Any:
 CONNECT_TIMEOUT = "10s"
 
 
-def connect(address: str) -> Any:
-    """A client of the scheduler at ``address``; a :class:`ClusterProfileError` naming the address when
-    it does not answer within :data:`CONNECT_TIMEOUT` (instead of a traceback, or waiting forever)."""
+def connect(address: str, security: Any = None) -> Any:
+    """A client of the scheduler at ``address`` (with TLS ``security`` for ``tls://`` addresses); a
+    :class:`ClusterProfileError` naming the address when it does not answer within
+    :data:`CONNECT_TIMEOUT` (instead of a traceback, or waiting forever)."""
     from distributed import Client
 
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT)
+        return Client(address, timeout=CONNECT_TIMEOUT, security=security)
     except (OSError, TimeoutError) as e:
         raise ClusterProfileError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} "
                                   f"({type(e).__name__}: {e}); is it running, and is the address right?") from None
@@ -98,7 +100,7 @@ def dask_client(profile: ClusterConfig | str | None = None) -> Iterator[Any]:
     spec = cluster_spec(cfg)
     configure_dask()
     if spec.address:
-        with connect(spec.address) as client:
+        with connect(spec.address, spec.tls.security() if spec.tls else None) as client:
             yield client
         return
     local = spec.cluster_class == "distributed.LocalCluster"

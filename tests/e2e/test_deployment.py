@@ -12,7 +12,7 @@ from distributed import Client
 from flows.pipeline import STAGES
 from xaiflow import store
 
-from .conftest import api_json, wait_for_flow_run
+from services import api_json, wait_for_flow_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

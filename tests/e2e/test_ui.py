@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import REPO, api_json, wait_for_flow_run
+from services import REPO, api_json, wait_for_flow_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,12 +23,14 @@ from xaiflow import store
 pytestmark = pytest.mark.slow
 
 
-#: runs the CLI as ``python -m xaiflow.cli`` does, then prints the process's peak resident memory
-_PEAK = ("import resource, runpy, sys\n"
+#: runs the CLI as ``python -m xaiflow.cli`` does, then prints the process's peak resident memory:
+#: VmHWM of its own address space (``ru_maxrss`` would report the forking parent's size, kept across exec)
+_PEAK = ("import runpy, sys\n"
          "sys.argv = ['xaiflow', *sys.argv[1:]]\n"
          "try:\n    runpy.run_module('xaiflow.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
          "else:\n    code = 0\n"
-         "print(f'PEAK_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+         "print(f'PEAK_KB={hwm}', file=sys.stderr)\n"
          "sys.exit(code)\n")
 
 

@@ -140,3 +140,94 @@ def test_serving_without_the_servers_password_is_one_clear_error(tmp_path):
     finally:
         os.killpg(server.pid, 9)
         server.wait(timeout=30)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A CA-less self-signed certificate and key for 127.0.0.1 (the scheduler, workers and client share it)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xaiflow-test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_an_address_profile_with_tls_joins_only_with_its_certificate(tmp_path):
+    """A real `dask scheduler` and worker requiring TLS: the address profile with the tls section
+    runs tasks on it; a client without the certificate is refused."""
+    from distributed import Client
+
+    from xaiflow.clusters import ClusterProfileError
+    from xaiflow.runtime import dask_client
+
+    cert, key = _self_signed(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tls://127.0.0.1:{port}"
+    tls = ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--protocol", "tls", "--dashboard-address", "127.0.0.1:0", *tls],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
+                                   "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", *tls],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    profile = tmp_path / "site.yaml"
+    profile.write_text(f"kind: address\naddress: {address}\ntls: {{ca_file: {cert}, cert: {cert}, key: {key}}}\n")
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with dask_client(str(profile)) as client:
+                    client.wait_for_workers(1, timeout=30)
+                    assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+                    break
+            except ClusterProfileError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        with pytest.raises(OSError):  # no certificate: the scheduler does not talk to it
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+    finally:
+        for p in procs:
+            os.killpg(p.pid, 9)
+            p.wait(timeout=30)
+
+
+def test_a_slurm_profile_with_tls_runs_its_scheduler_and_workers_on_tls(tmp_path, monkeypatch):
+    """The SLURM job script of a `tls: {temporary: true}` profile starts workers with certificates and a
+    tls:// scheduler address: a scheduler on a shared network then accepts no stranger."""
+    from xaiflow.clusters import cluster_spec, load_cluster_profile
+    from xaiflow.runtime import start_cluster
+
+    (tmp_path / "bin").mkdir()
+    for command, output in (("sbatch", "Submitted batch job 1"), ("scancel", "")):  # no job really runs
+        (tmp_path / "bin" / command).write_text(f"#!/bin/sh\necho '{output}'\n")
+        (tmp_path / "bin" / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    profile = tmp_path / "hpc.yaml"
+    profile.write_text(f"kind: slurm\nmemory_limit: 8GiB\nslurm: {{shared_temp_directory: {tmp_path}}}\n"
+                       "tls: {temporary: true}\n")
+    spec = cluster_spec(load_cluster_profile(str(profile)))
+    with start_cluster(spec.model_copy(update={"adapt": None})) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        script = cluster.job_script()
+        assert "--tls-ca-file" in script and "tls://" in script

@@ -69,8 +69,14 @@ def test_a_second_writer_is_refused_and_nothing_is_lost(tmp_path, trained):
                   "--cluster", "threads")
     lock = lock_path(ws, f"saliency/syn/{model}")
     wait_for(lock.is_file, 120, "the first run's lock", first)
-    second = cli("attribute", slow_config(tmp_path / "test.yaml", run, splits=["test"]), "-w", ws,
-                 "--cluster", "threads")
+    # paused (not ended) while the second starts: on a busy machine the first could otherwise finish
+    # before the second process has even imported xaiflow
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = cli("attribute", slow_config(tmp_path / "test.yaml", run, splits=["test"]), "-w", ws,
+                     "--cluster", "threads")
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert_clean_error(second, "being written by another run", f"pid {first.pid}", str(lock))
     assert first.wait(timeout=600) == 0, first.stderr.read()
     assert not lock.exists()

@@ -56,13 +56,13 @@ BaselineName = Literal["zeros", "mean", "blur"]
 class PerturbationParams(MetricParams):
     n_steps: int = Field(16, ge=2, le=1024, description="curve points after the first: fractions k/n_steps")
     unit: Literal["pixel", "superpixel"] = Field("pixel", description="what is removed or inserted at each step")
-    n_segments: int = Field(64, ge=2, description="unit=superpixel: approximate number of SLIC superpixels")
+    n_segments: int = Field(64, ge=2, le=10_000, description="unit=superpixel: approximate number of SLIC superpixels")
     compactness: float = Field(0.1, gt=0, description="unit=superpixel: SLIC shape regularity (image in [0, 1])")
     baseline: BaselineName | float = Field("zeros", description="what replaces removed units (see module docs)")
     blur_sigma: float = Field(5.0, gt=0, description="baseline=blur: Gaussian sigma in px (Petsiuk et al.: 5)")
     random_reference: bool = Field(True, description="also compute the curve for a random order (chance level)")
     seed: int = Field(0, ge=0, description="seed of the random orders (one stream per sample index)")
-    batch_size: int = Field(64, ge=1, description="perturbed images per forward pass (speed and memory only)")
+    batch_size: int = Field(64, ge=1, le=4096, description="perturbed images per forward pass (speed and memory only)")
 
 
 class InsertionParams(PerturbationParams):

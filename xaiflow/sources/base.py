@@ -102,7 +102,7 @@ def _source_config(value: Any) -> BaseModel:
     if isinstance(value, BaseModel):
         return value
     kind = value.get("kind") if isinstance(value, dict) else None
-    if kind not in SOURCES:
+    if not isinstance(kind, str) or kind not in SOURCES:
         raise ValueError(f"kind: unknown image source {kind!r}; valid: {', '.join(SOURCES.names())}")
     return SOURCES.get(kind).Config.model_validate(value)
 

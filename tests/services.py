@@ -1,4 +1,7 @@
-"""End-to-end fixtures: real processes, started once per test session and all stopped at teardown.
+"""Real services for end-to-end and soak tests: processes started once per session, stopped at teardown.
+
+Registered for the whole suite by ``tests/conftest.py`` (``pytest_plugins``), so the e2e tests and
+the reliability soak share one server and one Dask cluster:
 
 * a Prefect server (``prefect server start``) on a free loopback port, with its own
   ``PREFECT_HOME`` (so its SQLite database is fresh and isolated);
@@ -27,7 +30,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
 

@@ -50,12 +50,18 @@ def test_cli_ingests_all_598_images(uhcs_dir, tmp_path):
 
 @pytest.mark.slow
 def test_small_cnn_beats_majority_on_held_out_specimens(uhcs_dir, tmp_path, client):
-    """The issue's check: small CNN on 2 CPU cores, test balanced accuracy clearly above majority."""
+    """The issue's check: small CNN on 2 CPU cores, test balanced accuracy clearly above majority.
+
+    The config's model and augmentation at half its resolution (96 px, crops of 80), 12 epochs: about
+    25 s of training here instead of 2-3 minutes at 192 px, and still 0.52 vs a majority's 0.17."""
     from xaiflow.training import train_model
 
     cfg = load_config(REPO / "configs/uhcs.yaml", data_dir=uhcs_dir)
-    ingest_dataset(cfg.datasets[0], tmp_path / "ws.zarr", client=client)
-    row = train_model(tmp_path / "ws.zarr", cfg.train.model_copy(update={"epochs": 12, "device": "cpu"}))
+    data = cfg.datasets[0]
+    data = data.model_copy(update={"geometry": data.geometry.model_copy(update={"size": (96, 96)})})
+    ingest_dataset(data, tmp_path / "ws.zarr", client=client)
+    train = cfg.train.model_copy(update={"epochs": 12, "device": "cpu",
+                                         "augment": cfg.train.augment.model_copy(update={"crop": 80})})
+    row = train_model(tmp_path / "ws.zarr", train)
     assert row["test_balanced_accuracy"] > row["test_majority_balanced_accuracy"] + 0.2, row
-    again = train_model(tmp_path / "ws.zarr", cfg.train.model_copy(update={"epochs": 12, "device": "cpu"}))
-    assert again["reused"]
+    assert train_model(tmp_path / "ws.zarr", train)["reused"]

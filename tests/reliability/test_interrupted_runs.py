@@ -4,6 +4,7 @@ store ends equal to an uninterrupted run's."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -58,6 +59,26 @@ def flags(ws: Path, model: str, key: str) -> np.ndarray:
 
 def model_id(ws: Path) -> str:
     return next(p.name for p in store.models_dir(ws).iterdir() if not p.name.startswith("."))
+
+
+def _chunk_counts(stdout: str) -> tuple[int, int]:
+    """(computed, already complete) chunks, from an attribute run's summary."""
+    found = re.search(r"(\d+) chunk\(s\) computed, (\d+) already complete", stdout)
+    assert found, stdout
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory) -> tuple[Path, Path, tuple[int, int]]:
+    """(slow config, workspace, (computed, complete) chunks): the trained workspace with the slow
+    config's maps from one uninterrupted run, which every interrupted run must come out equal to."""
+    config, ws = trained
+    root = tmp_path_factory.mktemp("reference")
+    slow = slow_config(root / "slow.yaml", yaml.safe_load(config.read_text()))
+    ws = copy_workspace(ws, root / "ws.zarr")
+    res = cli("attribute", slow, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 0, res.stderr
+    return slow, ws, _chunk_counts(res.stdout)
 
 
 def test_a_second_writer_is_refused_and_nothing_is_lost(tmp_path, trained):
@@ -127,21 +148,35 @@ def test_ctrl_c_during_ingest_keeps_finished_chunks_and_resumes(tmp_path):
                                   store.open_group(fresh, "images/syn").image.values)
 
 
-def test_a_crash_between_maps_and_flags_recomputes_that_chunk(tmp_path, trained):
-    config, ws = trained
-    ws, fresh = copy_workspace(ws, tmp_path / "ws.zarr"), copy_workspace(ws, tmp_path / "fresh.zarr")
+def test_a_crash_between_maps_and_flags_recomputes_that_chunk(tmp_path, reference):
+    slow, expected, _ = reference
+    ws = copy_workspace(expected, tmp_path / "ws.zarr")
     model = model_id(ws)
-    for w in (ws, fresh):
-        assert cli("attribute", config, "-w", w, "--cluster", "threads").returncode == 0
     # the state a task leaves when it dies after writing chunk 1's maps, before its flags: garbage, not done
     group = zarr.open_group(str(ws), path=f"saliency/syn/{model}", mode="r+")
-    for key in ("saliency", "grad_cam"):
-        group[key][6:12] = np.full(group[key][6:12].shape, 123.0, np.float32)
-        group[key + "__done"][6:12] = False
-    res = cli("attribute", config, "-w", ws, "--cluster", "threads")
-    assert res.returncode == 0 and "1 chunk(s) computed, 4 already complete" in res.stdout, res.stderr
+    group["integrated_gradients"][6:12] = np.full(group["integrated_gradients"][6:12].shape, 123.0, np.float32)
+    group["integrated_gradients__done"][6:12] = False
+    res = cli("attribute", slow, "-w", ws, "--cluster", "threads")
+    assert res.returncode == 0 and "1 chunk(s) computed" in res.stdout, res.stdout + res.stderr
     np.testing.assert_array_equal(open_saliency(ws, "syn", model).saliency.values,
-                                  open_saliency(fresh, "syn", model).saliency.values)
+                                  open_saliency(expected, "syn", model).saliency.values)
+
+
+def test_a_killed_run_resumes_only_missing_chunks(tmp_path, trained, reference):
+    slow, expected, fresh_counts = reference
+    ws = copy_workspace(trained[1], tmp_path / "ws.zarr")
+    model = model_id(ws)
+    proc = popen("attribute", slow, "-w", ws, "--cluster", "threads")
+    # 12 stored maps: at least two chunks (of 6 samples) finished
+    wait_for(lambda: flags(ws, model, "integrated_gradients").sum() >= 12, 300, "two finished chunks", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, at once: no clean-up of any kind
+    proc.wait(timeout=30)
+    resumed = cli("attribute", slow, "-w", ws, "--cluster", "threads")
+    assert resumed.returncode == 0, resumed.stderr
+    computed, skipped = _chunk_counts(resumed.stdout)
+    assert skipped >= fresh_counts[1] + 2 and computed + skipped == sum(fresh_counts), resumed.stdout
+    np.testing.assert_array_equal(open_saliency(ws, "syn", model).saliency.values,
+                                  open_saliency(expected, "syn", model).saliency.values)
 
 
 @pytest.fixture
@@ -175,12 +210,12 @@ def cluster(tmp_path):
             p.wait(timeout=30)
 
 
-def test_a_killed_worker_loses_nothing(tmp_path, trained, cluster):
+def test_a_killed_worker_loses_nothing(tmp_path, trained, reference, cluster):
     config, ws = trained
     address, workers = cluster
     run = yaml.safe_load(config.read_text())
     slow = slow_config(tmp_path / "slow.yaml", run)
-    ws, fresh = copy_workspace(ws, tmp_path / "ws.zarr"), copy_workspace(ws, tmp_path / "fresh.zarr")
+    ws = copy_workspace(ws, tmp_path / "ws.zarr")
     model = model_id(ws)
     proc = popen("attribute", slow, "-w", ws, "--cluster", address)
     wait_for(lambda: flags(ws, model, "integrated_gradients").sum() >= 1, 300, "the first stored map", proc)
@@ -188,9 +223,8 @@ def test_a_killed_worker_loses_nothing(tmp_path, trained, cluster):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert "integrated_gradients  27" in out  # every map counted, also those the killed worker stored
-    assert cli("attribute", slow, "-w", fresh, "--cluster", "threads").returncode == 0
     np.testing.assert_array_equal(open_saliency(ws, "syn", model).saliency.values,
-                                  open_saliency(fresh, "syn", model).saliency.values)
+                                  open_saliency(reference[1], "syn", model).saliency.values)
 
 
 def test_a_workspace_that_cannot_be_written_is_a_clear_error(tmp_path, trained):

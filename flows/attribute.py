@@ -38,7 +38,7 @@ def attribute_stage(run: RunConfig, workspace: str, methods: list[str] | None = 
 def attribute_flow(config_path: str = "configs/quickstart.yaml", workspace: str = "workspace/quickstart.zarr",
                    methods: list[str] | None = None, overwrite: bool = False, device: str | None = None,
                    cluster: str = "local") -> dict:
-    """Compute the config's attribution maps that are not stored yet, one task per image chunk.
+    """Compute the config's attribution maps that are not stored yet, in tasks sized to ~30 s of chunks.
 
     Args:
         config_path: run config YAML with an `attribution:` section.

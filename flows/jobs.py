@@ -1,61 +1,107 @@
-"""Any chunked job of the library as Prefect tasks: one task per pending chunk, with retries and progress.
+"""Any chunked job of the library as Prefect tasks sized to the work.
 
 The library plans a job (:mod:`xaiflow.jobs`); :func:`run_chunks` is the ``runner`` the stage
 flows hand to library calls (``ingest_dataset(..., runner=run_chunks)``, ``run_attribution(...)``),
-in place of the library's own Dask loop. Each chunk becomes a Prefect task (``<kind>-chunk``,
-e.g. ``attribute-chunk``; ``attribute_chunk`` on the Dask dashboard) sent to the flow's DaskTaskRunner, retried twice on failure (a chunk is idempotent: it writes
-only its own region, then its flags); a progress artifact follows the chunks; the job is
-finalized when every chunk task has finished, in chunk order. A failed chunk fails the flow run
-after every other chunk has run, and leaves the output ``incomplete`` for a re-run to resume.
+in place of the library's own Dask loop.
+
+Orchestration costs: each Prefect task run is a few round trips to the server (~0.2 s here), so
+one task per chunk would spend about an hour of orchestration and ~450 MB of server database on
+10^6 images in chunks of 64. So a Prefect task (``<kind>-chunks``, e.g. ``attribute-chunks``)
+covers a group of chunks: the first covers one chunk per worker and measures them on the workers;
+every further task covers enough chunks for about :data:`TASK_SECONDS` of work at that measured
+cost (:func:`group_size`). Inside a task every chunk is still a Dask task of its own on the
+flow's cluster (``attribute_chunk`` on the dashboard; :func:`xaiflow.jobs.run_chunk_group`): every
+worker works for every task, Dask retries a failed chunk, a retried Prefect task redoes only its
+unfinished chunks (chunks are idempotent and flag what they finished), and the task's log follows
+its chunks. The progress artifact advances by each finished task's chunks. The job is finalized
+when every task has finished; a failed chunk fails the flow run after every other chunk has run
+and leaves the output ``incomplete`` for a re-run to resume.
 """
 
 from __future__ import annotations
 
-import re
-from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
-import dask
-from prefect import Task, task, unmapped
+from prefect import Task, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from flows.artifacts import Progress, artifact_key
-from xaiflow.jobs import Chunk, ChunkJob
+from flows.runners import flow_client
+from xaiflow.jobs import Chunk, ChunkJob, ChunkOutcome, job_kind, run_chunk_group
 from xaiflow.plugins import load_plugins
 from xaiflow.runtime import TaskError
 
+#: seconds of (measured) chunk work one Prefect task covers: 10-60 s keeps orchestration a few
+#: percent of the work and still gives retries and progress a useful grain
+TASK_SECONDS = 30.0
+#: chunk-progress lines a task logs at most
+_LOG_LINES = 10
+
+
+def group_size(chunk_seconds: float, target: float = TASK_SECONDS) -> int:
+    """Chunks per task for ``target`` seconds of work at ``chunk_seconds`` per chunk (at least 1)."""
+    return max(1, int(target / max(chunk_seconds, 1e-3)))
+
 
 @lru_cache(maxsize=None)  # one per kind of job
-def chunk_task(kind: str) -> Task[..., Any]:
-    """The Prefect task that runs one chunk of a ``kind`` job (``attribute``, ``write``, ...), named
-    ``<kind>-chunk`` in Prefect and ``<kind>_chunk`` on the Dask scheduler and dashboard."""
+def chunks_task(kind: str) -> Task[..., Any]:
+    """The Prefect task that runs a group of chunks of a ``kind`` job (``attribute``, ``write``, ...),
+    named ``<kind>-chunks``; its chunks run as ``<kind>_chunk`` tasks on the Dask scheduler."""
 
-    def run(chunk: Chunk, job: ChunkJob) -> Any:
+    def run(chunks: list[Chunk], job: ChunkJob) -> list[ChunkOutcome]:
+        logger = get_run_logger()
+        every = max(1, len(chunks) // _LOG_LINES)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if done % every == 0 or done == total:
+                logger.info("%s: %d/%d chunks of this task (chunks %d-%d)", stage, done, total,
+                            chunks[0].index, chunks[-1].index)
+
         load_plugins()  # a worker process looks plugins up by name (methods, metrics): register $XAIFLOW_PLUGINS
-        return job.run_chunk(chunk)
+        return run_chunk_group(job, chunks, progress=progress)
 
-    run.__name__ = run.__qualname__ = f"{kind}_chunk"
-    return task(run, name=f"{kind}-chunk", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+    run.__name__ = run.__qualname__ = f"{kind}_chunks"
+    return task(run, name=f"{kind}-chunks", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+
+
+def _n_workers() -> int:
+    try:
+        return max(1, len(flow_client().scheduler_info()["workers"]))
+    except RuntimeError:  # not on a DaskTaskRunner: the group runs in the task's own process
+        return 1
+
+
+def _collect(futures: list[PrefectFuture[Any]], sizes: dict[int, int], progress: Progress,
+             outcomes: list[ChunkOutcome], failed: list[BaseException]) -> None:
+    """Wait for ``futures``; keep their chunks' outcomes or their errors (every task runs to its end)."""
+    for fut in as_completed(futures):
+        try:
+            outcomes.extend(fut.result())
+        except Exception as e:
+            failed.append(e)
+        progress.advance(sizes[id(fut)])
 
 
 def run_chunks(job: ChunkJob) -> Any:
-    """Run every pending chunk of ``job`` as a Prefect task on the flow's task runner, then finalize."""
-    progress = Progress(f"{artifact_key(job.stage)}-progress", len(job.chunks), f"chunks of {job.stage}")
-    kind = re.match(r"\w+", job.stage).group(0)  # "features glcm" -> features
-    with dask.annotate(resources=job.resources) if job.resources else nullcontext():
-        futures = chunk_task(kind).map(list(job.chunks), job=unmapped(job.shipped()))
-    order = {id(f): i for i, f in enumerate(futures)}
-    results: list[Any] = [None] * len(futures)
-    failed = []
-    for fut in as_completed(futures):
-        try:
-            results[order[id(fut)]] = fut.result()
-        except Exception as e:  # every chunk runs to the end (its work is kept); the first error is raised below
-            failed.append(e)
-        progress.advance()
+    """Run every pending chunk of ``job`` in Prefect tasks sized to the work (module docstring), then
+    finalize it; returns what the job's ``finalize`` returns."""
+    chunks = list(job.chunks)
+    progress = Progress(f"{artifact_key(job.stage)}-progress", len(chunks), f"chunks of {job.stage}")
+    run_group, shipped = chunks_task(job_kind(job)), job.shipped()
+    outcomes: list[ChunkOutcome] = []
+    failed: list[BaseException] = []
+    probe = min(len(chunks), _n_workers())
+    if probe:
+        first = run_group.submit(chunks[:probe], shipped)
+        _collect([first], {id(first): probe}, progress, outcomes, failed)
+    rest = chunks[probe:]
+    if rest:
+        size = group_size(min(o.seconds for o in outcomes)) if outcomes else probe
+        groups = [rest[i:i + size] for i in range(0, len(rest), size)]
+        futures = run_group.map(groups, job=unmapped(shipped))
+        _collect(futures, {id(f): len(g) for f, g in zip(futures, groups)}, progress, outcomes, failed)
     if failed:
-        raise TaskError(f"{len(failed)} of {len(futures)} {job.stage} chunk tasks failed; first: {failed[0]}") \
-            from failed[0]
-    return job.finalize(results)
+        raise TaskError(f"{len(failed)} {job.stage} tasks failed; first: {failed[0]}") from failed[0]
+    return job.finalize([o.result for o in sorted(outcomes, key=lambda o: o.index)])

@@ -49,7 +49,30 @@ def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
     assert preds.sizes["sample"] == 24 and 0 <= row["test_balanced_accuracy"] <= 1
 
 
-def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
+def _task_runs(flow_run_id, prefix: str) -> list[dict]:
+    """The task runs of a flow run and its subflow runs whose names start with ``prefix`` (REST API)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    body = {"flow_runs": {"parent_flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200}
+    response = httpx.post(f"{api}/flow_runs/filter", json=body)
+    response.raise_for_status()
+    runs = [str(flow_run_id), *(r["id"] for r in response.json())]
+    body = {"task_runs": {"flow_run_id": {"any_": runs}}, "limit": 200}
+    response = httpx.post(f"{api}/task_runs/filter", json=body)
+    response.raise_for_status()
+    return [t for t in response.json() if t["name"].startswith(prefix)]
+
+
+def test_group_size_covers_the_target_seconds():
+    from flows.jobs import TASK_SECONDS, group_size
+
+    assert group_size(0.1) == int(TASK_SECONDS / 0.1) and group_size(TASK_SECONDS * 3) == 1
+    assert group_size(0.0) >= 1 and group_size(2.0, target=10) == 5
+
+
+def test_attribute_flow_groups_chunks_into_few_tasks_on_dask(prefect_harness, tmp_path):
     from flows.attribute import attribute_flow
     from flows.ingest import ingest_flow
     from flows.train import train_flow
@@ -60,8 +83,12 @@ def test_attribute_flow_one_task_per_chunk_on_dask(prefect_harness, tmp_path):
     ws = tmp_path / "ws.zarr"
     ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     (row,) = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
-    res = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads")
+    state = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads", return_state=True)
+    res = state.result()
     assert res["chunks_run"] == 3 and res["maps_computed"] == {"saliency": 24, "grad_cam": 24}
+    # a first task measures one chunk per worker, one more covers the rest (far less than 30 s of work)
+    runs = _task_runs(state.state_details.flow_run_id, "attribute-chunks")
+    assert len(runs) == 2 and all(r["state_type"] == "COMPLETED" for r in runs), runs
     ds = open_saliency(ws, "syn", row["model_id"])
     assert bool(ds.done.all()) and ds.attrs["status"] == "complete"
     again = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads")
@@ -89,7 +116,7 @@ def _artifacts(flow_run_id, subflows: bool = False) -> dict[str, list[dict]]:
     return out
 
 
-def test_evaluate_flow_one_task_per_chunk_with_artifacts(prefect_harness, tmp_path):
+def test_evaluate_flow_in_chunk_groups_with_artifacts(prefect_harness, tmp_path):
     from flows.attribute import attribute_flow
     from flows.evaluate import evaluate_flow
     from flows.ingest import ingest_flow

@@ -16,8 +16,9 @@ attribution maps, metrics; next, concept activations and uncertainty passes) is 
    provenance and marks the group ``status: complete``.
 
 :func:`run_job` runs a job on a Dask client (one task per pending chunk, progress per chunk);
-``flows/jobs.py`` runs any job as one Prefect task per chunk. Re-running a finished job finds
-no pending chunk; re-running a killed one computes only what is missing.
+``flows/jobs.py`` runs any job as Prefect tasks that each cover a group of chunks sized to ~30 s
+of work, every chunk still its own Dask task inside (:func:`run_chunk_group`). Re-running a
+finished job finds no pending chunk; re-running a killed one computes only what is missing.
 
 Done flags, one scheme: a boolean array per output, indexed by sample first (and by the
 output's own item dimensions after that: method, metric), chunked like the samples, set
@@ -32,15 +33,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from xaiflow.plugins import load_plugins
-from xaiflow.runtime import ProgressFn, map_tasks
+from xaiflow.runtime import ProgressFn, current_worker, map_tasks
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,56 @@ def _run_chunk(chunk: Chunk, job: ChunkJob) -> Any:
     return job.run_chunk(chunk)
 
 
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What one chunk of a group returned (:func:`run_chunk_group`), and its seconds on the worker."""
+
+    index: int
+    seconds: float
+    result: Any
+
+
+def _timed_chunk(chunk: Chunk, job: ChunkJob) -> ChunkOutcome:
+    tick = time.perf_counter()
+    result = _run_chunk(chunk, job)
+    return ChunkOutcome(chunk.index, time.perf_counter() - tick, result)
+
+
+def run_chunk_group(job: ChunkJob, chunks: Sequence[Chunk], *, progress: ProgressFn | None = None,
+                    retries: int = 1) -> list[ChunkOutcome]:
+    """Run ``chunks`` of ``job`` from inside a task that runs on a Dask worker, each chunk a Dask task
+    of its own (``<kind>_chunk``, retried ``retries`` times) on that worker's cluster, while the
+    calling task waits outside the worker's thread pool: one orchestration task (a Prefect task in
+    ``flows/jobs.py``) covers many chunks and still uses every worker. Outside a worker the chunks
+    run here, one after the other. Chunks already done cost a read of their flags: a retried group
+    redoes only its unfinished chunks. Outcomes in chunk order; the first error is raised after
+    every chunk has run."""
+    chunks = list(chunks)
+    if current_worker() is None:
+        outcomes = []
+        for i, chunk in enumerate(chunks):
+            outcomes.append(_timed_chunk(chunk, job))
+            if progress:
+                progress(job.stage, i + 1, len(chunks))
+        return outcomes
+    from distributed import worker_client
+
+    with worker_client() as client:  # secedes: this task's thread leaves the pool while its chunks run
+        return map_tasks(_timed_chunk, chunks, client=client, progress=progress, stage=job.stage,
+                         resources=job.resources, name=f"{job_kind(job)}_chunk", retries=retries, job=job.shipped())
+
+
+def job_kind(job: ChunkJob) -> str:
+    """The job's kind, for task names: "features glcm" -> features."""
+    return re.match(r"\w+", job.stage).group(0)
+
+
 def run_job(job: ChunkJob, *, client: Any = None, progress: ProgressFn | None = None) -> Any:
     """Run every pending chunk of ``job`` as one Dask task, then finalize it.
 
     Every chunk runs even if some fail (their work is kept); the first error is raised after,
     and the job is not finalized, so its group stays ``incomplete`` and a re-run resumes it.
     """
-    kind = re.match(r"\w+", job.stage).group(0)  # "features glcm" -> features
     results = map_tasks(_run_chunk, list(job.chunks), client=client, progress=progress, stage=job.stage,
-                        resources=job.resources, name=f"{kind}_chunk", job=job.shipped())
+                        resources=job.resources, name=f"{job_kind(job)}_chunk", job=job.shipped())
     return job.finalize(results)

@@ -136,11 +136,13 @@ def client_or_default(client: Any = None) -> Iterator[Any]:
 
 def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = None,
               progress: ProgressFn | None = None, stage: str = "tasks",
-              resources: dict[str, float] | None = None, name: str | None = None, **kwargs: Any) -> list[Any]:
+              resources: dict[str, float] | None = None, name: str | None = None, retries: int = 0,
+              **kwargs: Any) -> list[Any]:
     """Run ``fn(item, **kwargs)`` for every item as one Dask task each; results in item order.
 
     ``resources`` (e.g. ``{"GPU": 1}``) restricts the tasks to workers that declare them; ``name``
-    is the tasks' name on the scheduler and dashboard (default: the function's).
+    is the tasks' name on the scheduler and dashboard (default: the function's); ``retries``: how
+    often Dask reruns a failed task (also on another worker when one died).
 
     All tasks run to the end even if some fail, so every finished chunk is kept; the first
     error is raised afterwards with the count of failed tasks.
@@ -152,7 +154,7 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
     with client_or_default(client) as c, c.as_current():  # as_completed finds the current client
         token = uuid.uuid4().hex
         keys = [f"{name}-{token}-{i}" for i in range(len(items))] if name else None
-        futures = c.map(fn, items, key=keys, pure=False, resources=resources, **kwargs)
+        futures = c.map(fn, items, key=keys, pure=False, resources=resources, retries=retries, **kwargs)
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, BaseException]] = []

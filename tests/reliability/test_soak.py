@@ -1,5 +1,5 @@
 """Soak: 2,048 images through the real Prefect server and a Dask cluster (a scheduler and two worker
-processes): ingest, train and Grad-CAM maps as flows, every chunk a Prefect task; then a second pass of
+processes): ingest, train and Grad-CAM maps as flows, chunks in groups of Prefect tasks; then a second pass of
 the same size (saliency maps). Both complete, no chunk is lost or run twice, and the services' memory
 does not keep growing: the first pass loads libraries and caches, the second must add little (figures
 printed)."""
@@ -45,13 +45,13 @@ def _rss_mb(pid: int) -> float:
 
 
 def _chunk_runs(api: str, flow_run: str, method: str) -> list[dict]:
-    """The chunk task runs of the attribution stage under ``flow_run``."""
+    """The chunk-group task runs of the attribution stage under ``flow_run``."""
     stage = api_json("POST", f"{api}/flow_runs/filter",
                      json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run]}}, "limit": 10})
     (attribute,) = [r for r in stage if r["name"] == "attribute"]
     task_runs = api_json("POST", f"{api}/task_runs/filter",
                          json={"task_runs": {"flow_run_id": {"any_": [attribute["id"]]}}, "limit": 200})
-    return [t for t in task_runs if t["name"].startswith("attribute-chunk")]
+    return [t for t in task_runs if t["name"].startswith("attribute-chunks")]
 
 
 def test_two_thousand_images_through_prefect_and_dask(tmp_path, processes, prefect_server, dask_cluster):
@@ -71,12 +71,14 @@ def test_two_thousand_images_through_prefect_and_dask(tmp_path, processes, prefe
         assert res.returncode == 0, res.stderr[-4000:]
         outcome = json.loads(res.stdout.strip().splitlines()[-1])
         rss.append({name: _rss_mb(pid) for name, pid in services.items()})
-        # nothing lost: every map stored, the group complete; nothing run twice: one task run per chunk
+        # nothing lost: every map stored, the group complete; nothing run twice: every chunk once, in a
+        # few task runs (chunk groups sized to the measured work)
         assert outcome["maps_computed"] == {method: N_IMAGES}, outcome
+        assert outcome["chunks_run"] == N_IMAGES // CHUNK, outcome
         ds = open_saliency(ws, "syn", outcome["group"].rsplit("/", 1)[1], [method])
         assert ds.attrs["status"] == "complete" and bool(ds.done.all()) and np.isfinite(ds.saliency.values).all()
         runs = _chunk_runs(prefect_server.api, outcome["flow_run"], method)
-        assert len(runs) == N_IMAGES // CHUNK and all(t["state_type"] == "COMPLETED" for t in runs)
+        assert 2 <= len(runs) <= N_IMAGES // CHUNK // 4 and all(t["state_type"] == "COMPLETED" for t in runs), runs
     assert store.open_group(ws, "images/syn").sizes["sample"] == N_IMAGES
 
     first = {name: round(rss[1][name] - rss[0][name]) for name in services}

@@ -7,8 +7,8 @@ in place of the library's own Dask loop.
 Orchestration costs: each Prefect task run is a few round trips to the server (~0.2 s here), so
 one task per chunk would spend about an hour of orchestration and ~450 MB of server database on
 10^6 images in chunks of 64. So a Prefect task (``<kind>-chunks``, e.g. ``attribute-chunks``)
-covers a group of chunks: the first covers one chunk per worker and measures them on the workers;
-every further task covers enough chunks for about :data:`TASK_SECONDS` of work at that measured
+covers a group of chunks: a job of up to two chunks per worker is one task; else the first task
+covers one chunk per worker and measures them on the workers, and every further task covers enough chunks for about :data:`TASK_SECONDS` of work at that measured
 cost (:func:`group_size`). Inside a task every chunk is still a Dask task of its own on the
 flow's cluster (``attribute_chunk`` on the dashboard; :func:`xaiflow.jobs.run_chunk_group`): every
 worker works for every task, Dask retries a failed chunk, a retried Prefect task redoes only its
@@ -92,7 +92,9 @@ def run_chunks(job: ChunkJob) -> Any:
     run_group, shipped = chunks_task(job_kind(job)), job.shipped()
     outcomes: list[ChunkOutcome] = []
     failed: list[BaseException] = []
-    probe = min(len(chunks), _n_workers())
+    workers = _n_workers()
+    # a few chunks (up to two per worker) are one task; else a first task measures one chunk per worker
+    probe = len(chunks) if len(chunks) <= 2 * workers else workers
     if probe:
         first = run_group.submit(chunks[:probe], shipped)
         _collect([first], {id(first): probe}, progress, outcomes, failed)

@@ -1,6 +1,7 @@
 """Flows under Prefect's test harness (one harness per session: it takes ~13 s to start)."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -80,19 +81,26 @@ def test_attribute_flow_groups_chunks_into_few_tasks_on_dask(prefect_harness, tm
 
     config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
                                                           "device": "cpu"})
+    run = yaml.safe_load(config.read_text())
+    run["datasets"][0]["chunk_size"] = 2  # 12 chunks: more than two per worker
+    config.write_text(yaml.safe_dump(run))
     ws = tmp_path / "ws.zarr"
     ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     (row,) = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     state = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads", return_state=True)
     res = state.result()
-    assert res["chunks_run"] == 3 and res["maps_computed"] == {"saliency": 24, "grad_cam": 24}
-    # a first task measures one chunk per worker, one more covers the rest (far less than 30 s of work)
-    runs = _task_runs(state.state_details.flow_run_id, "attribute-chunks")
+    assert res["chunks_run"] == 12 and res["maps_computed"] == {"saliency": 24, "grad_cam": 24}
+    # a first task measures one chunk per worker, one more covers the rest (far less than 30 s of work);
+    # the server records task runs a moment after they end
+    deadline = time.monotonic() + 30
+    while len(runs := _task_runs(state.state_details.flow_run_id, "attribute-chunks")) < 2 and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(runs) == 2 and all(r["state_type"] == "COMPLETED" for r in runs), runs
     ds = open_saliency(ws, "syn", row["model_id"])
     assert bool(ds.done.all()) and ds.attrs["status"] == "complete"
     again = attribute_flow(config_path=str(config), workspace=str(ws), cluster="threads")
-    assert again["chunks_run"] == 0 and again["chunks_skipped"] == 3
+    assert again["chunks_run"] == 0 and again["chunks_skipped"] == 12
 
 
 def _artifacts(flow_run_id, subflows: bool = False) -> dict[str, list[dict]]:

@@ -108,18 +108,23 @@ class DatasetConfig(StrictModel):
     geometry: GeometryConfig = GeometryConfig()
     split: SplitConfig = SplitConfig()
     dtype: Literal["uint8", "uint16", "float32"] = "uint8"
-    chunk_size: int = Field(32, ge=1, le=4096, description="samples per Zarr chunk (= per Dask task)")
+    chunk_size: int = Field(32, ge=1, le=4096, description="samples per Zarr chunk (what a read fetches)")
+    shard_chunks: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="chunks per Zarr v3 shard file (= per write task); 1: a file per chunk; auto: 1 below "
+                            "64 chunks, else up to 16 chunks and 64 MB per shard (xaiflow.layout)")
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="raise: stop on the first bad item list; skip: record and ingest the rest"
     )
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of this config: equal hashes mean the same ingest (the source's
-        guard fields, which only limit what may be read, are left out)."""
+        guard fields, which only limit what may be read, and the shard layout, which a stored group
+        keeps, are left out)."""
         from xaiflow.sources import SOURCES
 
         guards = SOURCES.get(self.source.kind).guard_fields
-        blob = json.dumps(self.model_dump(mode="json", exclude={"source": set(guards)}), sort_keys=True,
+        blob = json.dumps(self.model_dump(mode="json", exclude={"source": set(guards), "shard_chunks": True}),
+                          sort_keys=True,
                           separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -163,6 +168,9 @@ class AttributionConfig(StrictModel):
     target: Literal["predicted", "label", "all"] = Field(
         "predicted", description="explain the predicted class, the true label, or every class")
     splits: list[Literal["train", "val", "test"]] | None = Field(None, description="samples to explain (None: all)")
+    shard_chunks: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="image chunks per Zarr v3 shard of a new maps group (= per task); 1: a file per chunk; "
+                            "auto: from the number of chunks, the maps' size and the methods' cost (xaiflow.layout)")
     storage: Literal["float32", "float16"] = Field(
         "float32", description="dtype of stored maps; float16 halves their size: each map is divided by its largest "
                                "absolute value (stored beside it) first, so no value becomes a float16 subnormal")

@@ -8,8 +8,9 @@ Ingestion runs in three steps, each safe to interrupt, the last two as chunked j
    window, check the mask, so that every bad item is reported at once, *before anything is
    written*: with ``on_error: raise`` nothing is written at all; with ``on_error: skip`` bad
    items are left out and recorded in the ``skipped`` attribute;
-3. **write** (:class:`WriteJob`, one task per chunk of ``chunk_size`` samples) into a template
-   created up front, each task writing its own chunk-aligned region and then its samples'
+3. **write** (:class:`WriteJob`, one task per shard of ``shard_chunks`` chunks of ``chunk_size``
+   samples, or per chunk in a group without shards: :mod:`xaiflow.layout`) into a template
+   created up front, each task writing its own shard-aligned region and then its samples'
    ``done`` flags. The group is marked ``complete`` only at the end, so a failed ingest never
    looks complete, and re-running the same config resumes the missing chunks. A finished
    ingest with the same config is a no-op; a different config for an existing dataset is
@@ -30,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 import xaiflow
-from xaiflow import schema, store
+from xaiflow import layout, schema, store
 from xaiflow.config import DatasetConfig, RunConfig
 from xaiflow.errors import XaiflowError
 from xaiflow.geometry import convert_dtype, plan_window, resample
@@ -206,8 +207,11 @@ def build_template(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef
         schema.TILE_W: (schema.SAMPLE, np.array([win.w for win in windows], np.int64)),
         **_metadata_coords(refs),
     }
-    image = da.zeros((n, h, w), dtype=cfg.dtype, chunks=(cfg.chunk_size, h, w))
+    per_shard = layout.chunks_per_shard(cfg.shard_chunks, n, cfg.chunk_size, h * w * np.dtype(cfg.dtype).itemsize)
+    # lazy, chunked by the write unit (a shard, else a chunk); stored in chunks of chunk_size
+    image = da.zeros((n, h, w), dtype=cfg.dtype, chunks=(cfg.chunk_size * per_shard, h, w))
     ds = xr.Dataset({schema.IMAGE: ((schema.SAMPLE, schema.Y, schema.X), image)}, coords=coords)
+    ds[schema.IMAGE].encoding = layout.sample_encoding(cfg.chunk_size, per_shard, (h, w))
     ds.attrs.update({
         schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
         schema.ATTR_CLASSES: classes,
@@ -228,6 +232,7 @@ def _mask_template(images: xr.Dataset, mask_classes: list[str]) -> xr.Dataset:
     mask = da.zeros(images[schema.IMAGE].shape, dtype=np.uint8, chunks=images[schema.IMAGE].data.chunks)
     ds = xr.Dataset({schema.MASK: ((schema.SAMPLE, schema.Y, schema.X), mask)},
                     coords={k: images[k] for k in keep})
+    ds[schema.MASK].encoding = dict(images[schema.IMAGE].encoding)  # the images' chunks and shards
     ds.attrs.update({schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_MASK_CLASSES: mask_classes,
                      schema.ATTR_PROVENANCE: images.attrs[schema.ATTR_PROVENANCE]})
     return ds
@@ -322,8 +327,9 @@ def write_job(scan: ScanJob, scanned: list[Window | str]) -> WriteJob:
         if with_masks:
             store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes))
         done[:] = False
-    chunks = pending_chunks(~done, cfg.chunk_size, lambda a, b: (refs[a:b], windows[a:b]))
-    n_chunks = chunk_count(len(refs), cfg.chunk_size)
+    unit = layout.write_unit(workspace, f"{images_group}/{schema.IMAGE}")  # a task writes whole shards
+    chunks = pending_chunks(~done, unit, lambda a, b: (refs[a:b], windows[a:b]))
+    n_chunks = chunk_count(len(refs), unit)
     if done.any():
         log.info("dataset %s: resuming, %d of %d chunks already written", cfg.name, n_chunks - len(chunks), n_chunks)
     return WriteJob(workspace, cfg, source, with_masks, bool(done.any()), len(refs), tuple(skipped), chunks=chunks,

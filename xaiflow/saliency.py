@@ -35,7 +35,7 @@ import pandas as pd
 import xarray as xr
 from zarr.codecs import BloscCodec
 
-from xaiflow import schema, store
+from xaiflow import layout, schema, store
 from xaiflow.errors import XaiflowError
 
 #: the method dimension; not "method", which would collide with ``.sel(method=...)``
@@ -57,10 +57,13 @@ def saliency_group(dataset: str, model_id: str) -> str:
 
 
 def method_template(images: xr.Dataset, key: str, classes: list[str], all_targets: bool, attrs: dict[str, Any],
-                    storage: str = "float32") -> xr.Dataset:
-    """Empty (lazy) variables of one method key, to be appended to the saliency group."""
+                    storage: str = "float32", unit: int | None = None) -> xr.Dataset:
+    """Empty (lazy) variables of one method key, to be appended to the saliency group: maps in the
+    images' chunks, inside shards of ``unit`` samples when ``unit`` is a multiple of more than one
+    chunk (:mod:`xaiflow.layout`); flags and targets in one chunk per ``unit``."""
     n, h, w = images[schema.IMAGE].shape
-    s = images[schema.IMAGE].data.chunksize[0]
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    s = unit or chunk
     dtype = STORAGE_DTYPES[storage]
     if all_targets:
         data = da.full((n, len(classes), h, w), np.nan, dtype=dtype, chunks=(s, 1, h, w))
@@ -76,6 +79,8 @@ def method_template(images: xr.Dataset, key: str, classes: list[str], all_target
     })
     if storage == "float16":
         ds[key + SCALE_SUFFIX] = (dims[:-2], da.full(data.shape[:-2], np.nan, dtype=np.float32, chunks=data.chunks[:-2]))
+    if s > chunk:
+        ds[key].encoding = layout.sample_encoding(chunk, s // chunk, data.chunksize[1:])
     return ds
 
 
@@ -123,7 +128,8 @@ def map_codec() -> BloscCodec:
 
 
 def write_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset, mode: str) -> None:
-    encoding: dict[str, dict[str, Any]] = {v: {"chunks": ds[v].data.chunksize} for v in ds.data_vars}
+    encoding: dict[str, dict[str, Any]] = {v: {"chunks": ds[v].data.chunksize, **ds[v].encoding}
+                                           for v in ds.data_vars}
     for v in ds.data_vars:
         if ds[v].ndim >= 3:  # maps; flags and targets keep the default codec
             encoding[v]["compressors"] = (map_codec(),)

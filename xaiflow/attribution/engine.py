@@ -36,7 +36,7 @@ import torch
 import zarr
 
 import xaiflow
-from xaiflow import regions, schema, store
+from xaiflow import layout, regions, schema, store
 from xaiflow.attribution import METHODS, AttributionMethod, make_method
 from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
@@ -118,9 +118,10 @@ def _planned_targets(workspace: str, target: str, predictions: str | None, image
     return None
 
 
-def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_classes: int) -> None:
+def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_classes: int) -> int:
     """Every method builds with its parameters (errors name the method key), and one chunk task of
-    each fits the per-worker memory budget (estimated on the CPU, before anything is written)."""
+    each fits the per-worker memory budget (estimated on the CPU, before anything is written).
+    Returns the model evaluations per image of all methods together."""
     model, cpu = entry.load(), torch.device("cpu")
     n, h, w = images[schema.IMAGE].shape
     chunk = images[schema.IMAGE].data.chunksize[0]
@@ -129,6 +130,7 @@ def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_cla
     batch = cfg.batch_size or default_batch_size(cpu)
     evals = _evals_per_pass(cfg.memory_budget_mb, per_eval, cfg.max_evals_per_pass.get("cpu", 8))
     chunk_bytes = 2 * chunk * (n_classes if cfg.target == "all" else 1) * h * w * 4
+    evaluations = 0
     for spec in cfg.methods:
         try:
             method, _ = _batched_method(MethodRun(spec.key, spec.name, dict(spec.params)), model, batch, evals)
@@ -136,6 +138,22 @@ def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_cla
             raise AttributionError(f"methods[{spec.key}]: {e}") from None
         check_memory(method, spec.key, batch, shape, per_eval, chunk_bytes, cfg.memory_budget_mb * 2**20,
                      "attribution.memory_budget_mb per worker")
+        evaluations += method.cost(shape).evaluations * (n_classes if cfg.target == "all" else 1)
+    return evaluations
+
+
+def _write_unit(workspace: str, group: str, cfg: AttributionConfig, images: Any, n_classes: int,
+                evaluations: int) -> int:
+    """Samples one chunk task writes in the saliency group: the unit of its stored method arrays,
+    else (a new group) image chunks in shards chosen from the maps' size and the methods' cost."""
+    root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
+    flags = sorted(k for k in root.array_keys() if k.endswith(DONE_SUFFIX))
+    if flags:
+        return layout.write_unit(workspace, f"{group}/{flags[0]}")
+    n, h, w = images[schema.IMAGE].shape
+    chunk = images[schema.IMAGE].data.chunksize[0]
+    map_bytes = h * w * np.dtype(cfg.storage).itemsize * (n_classes if cfg.target == "all" else 1)
+    return chunk * layout.chunks_per_shard(cfg.shard_chunks, n, chunk, map_bytes, evaluations)
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
@@ -149,7 +167,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     if entry.num_classes != len(classes):
         raise AttributionError(f"model {model_id} has {entry.num_classes} outputs but dataset "
                                f"{cfg.dataset!r} has {len(classes)} classes {classes}")
-    _check_methods(cfg, entry, images, len(classes))
+    evaluations = _check_methods(cfg, entry, images, len(classes))
 
     group = saliency_group(cfg.dataset, model_id)
     group_attrs = {"model_id": model_id, "checkpoint_sha256": entry.sha256, "target": cfg.target}
@@ -168,6 +186,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
         write_template(workspace, group, group_template(images, classes, group_attrs), mode="w")
 
     stored = stored_methods(workspace, group)
+    unit = _write_unit(workspace, group, cfg, images, len(classes), evaluations)
     for spec in cfg.methods:
         identity = {"method": spec.name, "params": METHODS.get(spec.name).identity_of(spec.params),
                     ATTR_STORAGE: cfg.storage}
@@ -185,12 +204,12 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
                 store.delete_array(workspace, group, spec.key + suffix)
         attrs = {ATTR_METHOD: spec.name, ATTR_PARAMS: identity["params"]}
         write_template(workspace, group, method_template(images, spec.key, classes, cfg.target == "all", attrs,
-                                                         cfg.storage), mode="a")
+                                                         cfg.storage, unit), mode="a")
     # appending variables with xarray rewrites the group attrs: set them again
     store.set_attrs(workspace, group, **group_attrs, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
 
     n = images.sizes[schema.SAMPLE]
-    chunk = images[schema.IMAGE].data.chunksize[0]
+    chunk = unit  # a task writes whole shards (xaiflow.layout)
     selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
     root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
     flags = {m.key: np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods}

@@ -74,6 +74,17 @@ def contract_model():
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test server, one per session (~15 s to start) for every test running flows in this
+    process: Prefect caches its events client per process, so task runs reported after a second
+    harness started would go to the first one's (gone) server."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def client():
     """A real LocalCluster: 2 worker processes, 1 thread each (as on this 2-core machine)."""
     from xaiflow.runtime import ClusterConfig, dask_client

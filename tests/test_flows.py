@@ -13,14 +13,6 @@ from conftest import folder_config, write_folder_dataset, write_tiny_run_config
 pytestmark = pytest.mark.prefect
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_ingest_flow_runs_library_ingest(prefect_harness, tmp_path):
     from flows.ingest import ingest_flow
 

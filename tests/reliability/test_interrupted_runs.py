@@ -46,11 +46,11 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def slow_config(path: Path, run: dict, **attribution) -> Path:
+def slow_config(path: Path, run: dict, n_steps: int = 512, **attribution) -> Path:
     """The trained workspace's config with Integrated Gradients slow enough to be caught running."""
     return write_config(path, **{**run, "attribution": {
-        **run["attribution"], "batch_size": 1, "methods": [{"name": "integrated_gradients", "params": {"n_steps": 512}}],
-        **attribution}})
+        **run["attribution"], "batch_size": 1,
+        "methods": [{"name": "integrated_gradients", "params": {"n_steps": n_steps}}], **attribution}})
 
 
 def flags(ws: Path, model: str, key: str) -> np.ndarray:
@@ -86,7 +86,7 @@ def test_a_second_writer_is_refused_and_nothing_is_lost(tmp_path, trained):
     run = yaml.safe_load(config.read_text())
     ws = copy_workspace(ws, tmp_path / "ws.zarr")
     model = model_id(ws)
-    first = popen("attribute", slow_config(tmp_path / "train.yaml", run, splits=["train"]), "-w", ws,
+    first = popen("attribute", slow_config(tmp_path / "train.yaml", run, 128, splits=["train"]), "-w", ws,
                   "--cluster", "threads")
     lock = lock_path(ws, f"saliency/syn/{model}")
     wait_for(lock.is_file, 120, "the first run's lock", first)
@@ -94,7 +94,7 @@ def test_a_second_writer_is_refused_and_nothing_is_lost(tmp_path, trained):
     # before the second process has even imported xaiflow
     os.killpg(first.pid, signal.SIGSTOP)
     try:
-        second = cli("attribute", slow_config(tmp_path / "test.yaml", run, splits=["test"]), "-w", ws,
+        second = cli("attribute", slow_config(tmp_path / "test.yaml", run, 128, splits=["test"]), "-w", ws,
                      "--cluster", "threads")
     finally:
         os.killpg(first.pid, signal.SIGCONT)

@@ -22,15 +22,7 @@ CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_feature_and_study_flows(harness, tmp_path):
+def test_feature_and_study_flows(prefect_harness, tmp_path):
     from flows.features import features_flow
     from flows.ingest import ingest_flow
     from flows.studies import generalization_flow, reduction_flow

@@ -116,7 +116,20 @@ def dask_client(profile: ClusterConfig | str | None = None) -> Iterator[Any]:
         with cluster, Client(cluster) as client:
             log.info("dask cluster (%s): %s workers x %d threads, dashboard %s", cfg.kind,
                      spec.adapt or spec.n_workers, cfg.threads_per_worker, client.dashboard_link)
-            yield client
+            try:
+                yield client
+            except KeyboardInterrupt:
+                _quiet_shutdown()
+                raise
+
+
+def _quiet_shutdown() -> None:
+    """Ctrl-C: the cluster is closed with tasks still running, and Dask and Tornado log what that
+    cancels (lost keys, callbacks of cancelled futures, with tracebacks); the command reports the
+    interruption once instead. ``--verbose`` keeps those logs."""
+    if not log.isEnabledFor(logging.INFO):
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import yaml
 
 import xaiflow
 from conftest import folder_config, write_folder_dataset, write_tiny_run_config
+from services import tiny_pipeline_config
 
 pytestmark = pytest.mark.prefect
 
@@ -176,13 +177,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     from flows.pipeline import STAGES, PipelineParams, pipeline_flow
     from xaiflow import store
 
-    config = write_tiny_run_config(
-        tmp_path,
-        attribution={"dataset": "syn", "methods": ["saliency"], "splits": ["test"], "device": "cpu"},
-        features={"dataset": "syn", "extractors": [{"name": "glcm", "params": {"distances": [1, 2]}}]},
-        studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
-                 "feature_sets": {"texture": ["glcm"]},
-                 "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}})
+    config = tiny_pipeline_config(tmp_path)  # every stage configured, as the e2e deployment runs it
     ws = str(tmp_path / "ws.zarr")
     params = PipelineParams(config_path=str(config), workspace=ws, cluster="threads", device="cpu",
                             metrics=["sparseness", "entropy"], report_out=str(tmp_path / "report"))

@@ -169,3 +169,23 @@ def test_error_cases(ws, client, tmp_path):
     store.set_attrs(copy, f"saliency/syn/{model_id}", target="all")
     with pytest.raises(MetricsError, match="target='all'"):
         run_metrics(copy, "syn", model_id, ["sparseness"], client=client)
+
+
+def test_a_method_rerun_that_cannot_fit_its_worker_is_refused(ws, tmp_path):
+    """Model randomization runs the attribution method again, on ``batch_size`` maps per call: its
+    chunk task estimates that call's peak as an attribution task does, against the worker's limit
+    (a real worker whose limit is 1 MB; Dask's own memory management off, so only the estimate acts)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from xaiflow.runtime import TaskError
+
+    ws, model_id = ws
+    copy = copy_of(ws, tmp_path)
+    off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")}
+    with dask.config.set(off), LocalCluster(processes=False, n_workers=1, threads_per_worker=1, memory_limit="1MB",
+                                            dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as small:
+        with pytest.raises(TaskError, match=r"methods\[saliency\].*more than this worker's memory limit"):
+            run_metrics(copy, "syn", model_id, metrics=["model_randomization"], methods=["saliency"], device="cpu",
+                        client=small)
+    assert store.group_attrs(copy, f"metrics/syn/{model_id}")["status"] == "incomplete"

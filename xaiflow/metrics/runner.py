@@ -383,10 +383,10 @@ class MetricsJob(ChunkJob):
 
     def run_chunk(self, chunk: Chunk) -> dict[str, Any]:
         """Score every finished map of one chunk that lacks a metric of the job; write the chunk back."""
-        with worker_compute():
-            return self._compute(chunk)
+        with worker_compute() as worker:
+            return self._compute(chunk, worker)
 
-    def _compute(self, chunk: Chunk) -> dict[str, Any]:
+    def _compute(self, chunk: Chunk, worker: Any = None) -> dict[str, Any]:
         device = resolve_device(self.device)
         model = self.model.cached(device) if self.model is not None else None
         root = zarr.open_group(self.workspace, mode="r+", zarr_format=3)
@@ -420,6 +420,8 @@ class MetricsJob(ChunkJob):
                 if metric.needs_method and method is None:
                     name, params = self.method_specs[m]
                     method = make_method(name, model, **params)  # type: ignore[arg-type]
+                    _check_method_memory(method, m, min(self.batch_size, len(pixels)), pixels, model,
+                                         self.model.sha256, device, worker)
                 scored = todo[~nonfinite[todo]]  # maps with NaN/inf stay NaN here (flagged in the saliency group)
                 for b in range(0, len(scored), self.batch_size):
                     idx = scored[b:b + self.batch_size]
@@ -456,6 +458,21 @@ class MetricsJob(ChunkJob):
 
 
 # ------------------------------------------------------------------ whole run (client)
+
+def _check_method_memory(method: Any, key: str, batch: int, pixels: np.ndarray, model: MicrographModel, sha: str,
+                         device: torch.device, worker: Any) -> None:
+    """A metric that runs the attribution method again (model randomization) holds what one
+    attribution call on ``batch`` images holds: refused, as an attribution chunk task would be,
+    when that estimate exceeds the worker's memory limit."""
+    from xaiflow.attribution.engine import check_memory, evaluation_bytes
+
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    if not limit:
+        return
+    shape = (model.in_channels, *pixels.shape[1:])
+    check_memory(method, key, batch, shape, evaluation_bytes(model, sha, shape, device), 8 * pixels.size, limit,
+                 "this worker's memory limit")
+
 
 def run_metrics(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                 metrics: list[PluginSpec | str | dict[str, Any]] | None = None, methods: list[str] | None = None,

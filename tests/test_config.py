@@ -71,3 +71,14 @@ def test_config_hash_tracks_content(tmp_path):
     b = parse_config({"datasets": [folder_config(tmp_path, chunk_size=8)]}).datasets[0]
     assert a.config_hash() == parse_config({"datasets": [folder_config(tmp_path)]}).datasets[0].config_hash()
     assert a.config_hash() != b.config_hash()
+
+
+def test_one_write_task_is_bounded_by_the_product_of_its_fields(tmp_path):
+    big = ("datasets:\n  - name: x\n    source: {kind: synthetic}\n    geometry: {size: [4096, 4096]}\n"
+           "    chunk_size: 4096\n")
+    with pytest.raises(ConfigError, match=r"datasets\.0.*65,536 MiB per write task.*lower chunk_size"):
+        load_config(write(tmp_path, big))
+    sharded = big.replace("chunk_size: 4096", "chunk_size: 32\n    shard_chunks: 64")  # 32 GiB per shard
+    with pytest.raises(ConfigError, match="shard_chunks 64"):
+        load_config(write(tmp_path, sharded))
+    assert load_config(write(tmp_path, big.replace("chunk_size: 4096", "chunk_size: 32"))).datasets[0].chunk_size == 32

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -100,6 +101,10 @@ class SplitConfig(StrictModel):
         return {s: float(v.get(s, 0.0)) for s in SPLITS}
 
 
+#: bytes of decoded samples one ingest write task may hold (a chunk, or a shard of chunks)
+MAX_WRITE_TASK_BYTES = 2**30
+
+
 class DatasetConfig(StrictModel):
     """One dataset of the workspace: where it comes from and how it is stored."""
 
@@ -115,6 +120,19 @@ class DatasetConfig(StrictModel):
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="raise: stop on the first bad item list; skip: record and ingest the rest"
     )
+
+    @model_validator(mode="after")
+    def _bounded_write_task(self) -> "DatasetConfig":
+        """One write task holds a chunk (or an explicit shard) of decoded samples: each field is capped,
+        but their product is checked too (4096 samples of 4096 x 4096 px would be 64 GiB)."""
+        h, w = self.geometry.size
+        per_shard = self.shard_chunks if isinstance(self.shard_chunks, int) else 1
+        need = self.chunk_size * per_shard * h * w * np.dtype(self.dtype).itemsize
+        if need > MAX_WRITE_TASK_BYTES:
+            raise ValueError(f"chunk_size {self.chunk_size} x shard_chunks {per_shard} samples of {h} x {w} "
+                             f"{self.dtype} make {need / 2**20:,.0f} MiB per write task, more than "
+                             f"{MAX_WRITE_TASK_BYTES / 2**20:,.0f} MiB; lower chunk_size or shard_chunks")
+        return self
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of this config: equal hashes mean the same ingest (the source's

@@ -7,9 +7,11 @@ in place of the library's own Dask loop.
 Orchestration costs: each Prefect task run is a few round trips to the server (~0.2 s here), so
 one task per chunk would spend about an hour of orchestration and ~450 MB of server database on
 10^6 images in chunks of 64. So a Prefect task (``<kind>-chunks``, e.g. ``attribute-chunks``)
-covers a group of chunks: a job of up to two chunks per worker is one task; else the first task
-covers one chunk per worker and measures them on the workers, and every further task covers enough chunks for about :data:`TASK_SECONDS` of work at that measured
-cost (:func:`group_size`). Inside a task every chunk is still a Dask task of its own on the
+covers a group of chunks: a job of up to two chunks per worker is one task; else one chunk per
+worker runs first as plain Dask tasks on the flow's cluster (:func:`probe_chunk`: every worker
+imports the job's code, its model and Prefect at once, instead of one after the other as the
+Prefect tasks reach them) and their measured seconds size the groups: every further task covers
+enough chunks for about :data:`TASK_SECONDS` of work (:func:`group_size`). Inside a task every chunk is still a Dask task of its own on the
 flow's cluster (``attribute_chunk`` on the dashboard; :func:`xaiflow.jobs.run_chunk_group`): every
 worker works for every task, Dask retries a failed chunk, a retried Prefect task redoes only its
 unfinished chunks (chunks are idempotent and flag what they finished), and the task's log follows
@@ -29,9 +31,9 @@ from prefect.futures import PrefectFuture, as_completed
 
 from flows.artifacts import Progress, artifact_key
 from flows.runners import flow_client
-from xaiflow.jobs import Chunk, ChunkJob, ChunkOutcome, job_kind, run_chunk_group
+from xaiflow.jobs import Chunk, ChunkJob, ChunkOutcome, timed_chunk, job_kind, run_chunk_group
 from xaiflow.plugins import load_plugins
-from xaiflow.runtime import TaskError
+from xaiflow.runtime import TaskError, map_tasks
 
 #: seconds of (measured) chunk work one Prefect task covers: 10-60 s keeps orchestration a few
 #: percent of the work and still gives retries and progress a useful grain
@@ -84,6 +86,27 @@ def _collect(futures: list[PrefectFuture[Any]], sizes: dict[int, int], progress:
         progress.advance(sizes[id(fut)])
 
 
+def probe_chunk(chunk: Chunk, job: ChunkJob) -> ChunkOutcome:
+    """One chunk, timed, as a plain Dask task: defined here so that unpickling it on a worker also
+    imports Prefect, which the worker needs for the Prefect tasks that follow."""
+    return timed_chunk(chunk, job)
+
+
+def _probe(job: ChunkJob, chunks: list[Chunk], outcomes: list[ChunkOutcome], failed: list[BaseException]) -> None:
+    """Run ``chunks`` (one per worker) as plain Dask tasks on the flow's cluster: every worker imports
+    the job's code and Prefect at once, in parallel, and their seconds size the Prefect tasks."""
+    try:
+        try:
+            client = flow_client()
+        except RuntimeError:  # not on a DaskTaskRunner: here, one after the other
+            outcomes.extend(run_chunk_group(job, chunks))
+            return
+        outcomes.extend(map_tasks(probe_chunk, chunks, client=client, stage=job.stage, retries=1,
+                                  resources=job.resources, name=f"{job_kind(job)}_chunk", job=job.shipped()))
+    except Exception as e:  # kept like a failed task's: every other chunk still runs
+        failed.append(e)
+
+
 def run_chunks(job: ChunkJob) -> Any:
     """Run every pending chunk of ``job`` in Prefect tasks sized to the work (module docstring), then
     finalize it; returns what the job's ``finalize`` returns."""
@@ -93,15 +116,15 @@ def run_chunks(job: ChunkJob) -> Any:
     outcomes: list[ChunkOutcome] = []
     failed: list[BaseException] = []
     workers = _n_workers()
-    # a few chunks (up to two per worker) are one task; else a first task measures one chunk per worker
-    probe = len(chunks) if len(chunks) <= 2 * workers else workers
-    if probe:
-        first = run_group.submit(chunks[:probe], shipped)
-        _collect([first], {id(first): probe}, progress, outcomes, failed)
-    rest = chunks[probe:]
-    if rest:
-        size = group_size(min(o.seconds for o in outcomes)) if outcomes else probe
+    if len(chunks) <= 2 * workers:  # a few chunks: one task
+        groups = [chunks] if chunks else []
+    else:  # one chunk per worker measures the work (and warms every worker), the rest is grouped by it
+        _probe(job, chunks[:workers], outcomes, failed)
+        progress.advance(workers)
+        size = group_size(min(o.seconds for o in outcomes)) if outcomes else workers
+        rest = chunks[workers:]
         groups = [rest[i:i + size] for i in range(0, len(rest), size)]
+    if groups:
         futures = run_group.map(groups, job=unmapped(shipped))
         _collect(futures, {id(f): len(g) for f, g in zip(futures, groups)}, progress, outcomes, failed)
     if failed:

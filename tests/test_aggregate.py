@@ -73,3 +73,37 @@ def test_method_agreement_matches_scipy(explained):
     b = np.abs(ds.saliency.values[:, 1].reshape(ds.sizes["sample"], -1))
     expected = np.mean([spearmanr(x, y).statistic for x, y in zip(a, b)])
     assert agree.spearman.values[0, 1] == pytest.approx(expected, rel=1e-4)
+
+
+def test_group_sums_one_pass_both_paths_skip_bad_maps(explained):
+    """The block reduction behind group means: the matrix-product path (few groups) and the sorted-runs
+    path (many groups) agree with numpy, and a zero or non-finite map is left out of its group's count."""
+    from xaiflow.aggregate import _MATMUL_GROUPS, _group_sums
+
+    _, ds = explained
+    maps = ds.saliency.values.copy()
+    maps[0, 0] = 0.0
+    maps[1, 1, 0, 0] = np.nan
+    codes = np.arange(len(maps)) % 3
+    codes[2] = -1  # left out
+    a = np.abs(maps.reshape(len(maps), maps.shape[1], -1))
+    for n_groups in (3, _MATMUL_GROUPS + 5):
+        out = _group_sums(maps, codes, n_groups)[0]
+        for g in range(3):
+            for m in range(maps.shape[1]):
+                rows = [i for i in np.flatnonzero(codes == g) if np.isfinite(a[i, m]).all() and a[i, m].sum() > 0]
+                assert out[g, m, -1] == len(rows)
+                np.testing.assert_allclose(out[g, m, :-1], sum(a[i, m] / a[i, m].sum() for i in rows), rtol=1e-4,
+                                           atol=1e-7)
+        assert not out[3:].any()
+
+
+def test_group_means_respect_split(explained):
+    _, ds = explained
+    test = group_maps(ds, by="label", split="test").compute()
+    sel = ds.split.values == "test"
+    assert int(test.n_samples.sum()) == sel.sum()
+    raw = np.abs(ds.saliency.values[sel])
+    norm = raw / raw.sum(axis=(2, 3), keepdims=True)
+    g = str(test.label.values[0])
+    np.testing.assert_allclose(test.sel(label=g).values, norm[ds.label.values[sel] == g].mean(0), rtol=1e-5)

@@ -53,6 +53,9 @@ def test_images_in_shards_hold_the_same_values_in_fewer_files(sharded):
     assert files(ws / "images/syn/image") == -(-n // 8) + 1 and files(flat / "images/syn/image") == n // 2 + 1
     np.testing.assert_array_equal(a.image.values, b.image.values)
     assert a.image.data.chunksize[0] == 2  # reads (and Dask) still see the chunks
+    whole = store.open_group(ws, "images/syn", by_shard=True)  # for whole-collection queries: a task per shard file
+    assert whole.image.data.chunksize[0] == 8 and whole.split.chunks is None  # coordinates read eagerly, once
+    np.testing.assert_array_equal(whole.image.values, a.image.values)
 
 
 def test_maps_in_shards_equal_unsharded_maps_one_task_per_shard(sharded, client, tmp_path):

@@ -125,7 +125,8 @@ class ChunkOutcome:
     result: Any
 
 
-def _timed_chunk(chunk: Chunk, job: ChunkJob) -> ChunkOutcome:
+def timed_chunk(chunk: Chunk, job: ChunkJob) -> ChunkOutcome:
+    """Run one chunk (plugins loaded) and time it on the worker: the measure orchestration sizes its tasks by."""
     tick = time.perf_counter()
     result = _run_chunk(chunk, job)
     return ChunkOutcome(chunk.index, time.perf_counter() - tick, result)
@@ -144,14 +145,14 @@ def run_chunk_group(job: ChunkJob, chunks: Sequence[Chunk], *, progress: Progres
     if current_worker() is None:
         outcomes = []
         for i, chunk in enumerate(chunks):
-            outcomes.append(_timed_chunk(chunk, job))
+            outcomes.append(timed_chunk(chunk, job))
             if progress:
                 progress(job.stage, i + 1, len(chunks))
         return outcomes
     from distributed import worker_client
 
     with worker_client() as client:  # secedes: this task's thread leaves the pool while its chunks run
-        return map_tasks(_timed_chunk, chunks, client=client, progress=progress, stage=job.stage,
+        return map_tasks(timed_chunk, chunks, client=client, progress=progress, stage=job.stage,
                          resources=job.resources, name=f"{job_kind(job)}_chunk", retries=retries, job=job.shipped())
 
 

@@ -151,13 +151,14 @@ class SaliencyQueryError(XaiflowError):
 
 def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
                   methods: list[str] | None = None, with_images: bool = True) -> xr.Dataset:
-    """Stored maps as ``saliency(sample, xai_method, y, x)`` (lazy), with ``target(sample, xai_method)``,
-    ``done(sample, xai_method)``, the images and their coordinates (label, split, group, ...)."""
+    """Stored maps as ``saliency(sample, xai_method, y, x)`` (lazy, a Dask chunk per shard), with
+    ``target(sample, xai_method)``, ``done(sample, xai_method)``, the images and their coordinates
+    (label, split, group, ...)."""
     group = saliency_group(dataset, model)
     if not store.group_exists(workspace, group):
         raise SaliencyQueryError(f"{workspace}: no saliency for dataset {dataset!r} and model {model!r} "
                                  f"(groups: {', '.join(store.list_groups(workspace))}); run `xaiflow attribute`")
-    raw = store.open_group(workspace, group, check_complete=False)
+    raw = store.open_group(workspace, group, check_complete=False, by_shard=True)
     stored = sorted(k for k in raw.data_vars if ATTR_METHOD in raw[k].attrs)  # listing order varies
     keys = methods or stored
     missing = sorted(set(keys) - set(stored))
@@ -179,7 +180,7 @@ def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
                       "nonfinite": stack(NONFINITE_SUFFIX)},
                      attrs={**raw.attrs, "methods": {k: raw[k].attrs for k in keys}})
     if with_images:
-        images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+        images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset), by_shard=True)
         out["image"] = images[schema.IMAGE]
         out = out.assign_coords({k: images[k] for k in images.coords if k not in out.coords and k != schema.SAMPLE})
     return out

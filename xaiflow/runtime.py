@@ -172,15 +172,16 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, BaseException]] = []
         done = 0
-        for fut in as_completed(futures):
-            i = index[fut.key]
-            if fut.status == "error":
-                errors.append((i, fut.exception()))
-            else:
-                results[i] = fut.result()
-            done += 1
-            if progress:
-                progress(stage, done, len(items))
+        for batch in as_completed(futures).batches():  # whatever finished meanwhile: one gather, not a round trip each
+            failed = [f for f in batch if f.status == "error"]
+            errors += [(index[f.key], f.exception()) for f in failed]
+            finished = [f for f in batch if f.status != "error"]
+            for f, value in zip(finished, c.gather(finished)):
+                results[index[f.key]] = value
+            for _ in batch:
+                done += 1
+                if progress:
+                    progress(stage, done, len(items))
         if errors:
             i, first = sorted(errors, key=lambda e: e[0])[0]
             raise TaskError(f"{len(errors)} of {len(items)} {stage} tasks failed; first (task {i}): {first}") from first

@@ -230,7 +230,7 @@ def _agreement_block(block: np.ndarray, top_fraction: float) -> np.ndarray:
 
 
 #: bytes of maps per block of :func:`method_agreement`
-_AGREEMENT_BLOCK_BYTES = 16 * 2**20
+_AGREEMENT_BLOCK_BYTES = 4 * 2**20
 
 
 def method_agreement(ds: xr.Dataset, top_fraction: float = 0.1, split: str | None = None) -> xr.Dataset:

@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 from zarr.codecs import BloscCodec
 
 from xaiflow import layout, schema, store
@@ -152,8 +153,8 @@ class SaliencyQueryError(XaiflowError):
 def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
                   methods: list[str] | None = None, with_images: bool = True) -> xr.Dataset:
     """Stored maps as ``saliency(sample, xai_method, y, x)`` (lazy, a Dask chunk per shard), with
-    ``target(sample, xai_method)``, ``done(sample, xai_method)``, the images and their coordinates
-    (label, split, group, ...)."""
+    ``target(sample, xai_method)``, ``done(sample, xai_method)``, ``nonfinite`` (small: in memory),
+    the images (lazy) and their coordinates (label, split, group, ...)."""
     group = saliency_group(dataset, model)
     if not store.group_exists(workspace, group):
         raise SaliencyQueryError(f"{workspace}: no saliency for dataset {dataset!r} and model {model!r} "
@@ -172,8 +173,14 @@ def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
             return stored.astype(np.float32) * raw[k + SCALE_SUFFIX].drop_attrs()
         return stored
 
+    root = zarr.open_group(str(workspace), path=group, mode="r", zarr_format=3)
+
+    def small(name: str) -> xr.DataArray:
+        """A per-sample array (flags, targets): read now, in one zarr call (a Dask task per chunk costs more)."""
+        return raw[name].drop_attrs().rename(None).copy(data=np.asarray(root[name][:]))
+
     def stack(suffix: str) -> xr.DataArray:
-        arrays = [maps(k) if not suffix else raw[k + suffix].drop_attrs().rename(None) for k in keys]
+        arrays = [maps(k) if not suffix else small(k + suffix) for k in keys]
         return xr.concat(arrays, dim=index, coords="minimal", compat="override").transpose(schema.SAMPLE, METHOD, ...)
 
     out = xr.Dataset({"saliency": stack(""), "target": stack(TARGET_SUFFIX), "done": stack(DONE_SUFFIX),

@@ -68,17 +68,22 @@ def open_workspace(workspace: str | os.PathLike[str]) -> xr.DataTree:
     return tree.map_over_datasets(_eager_coords)
 
 
-def _eager_coords(ds: xr.Dataset, source: xr.Dataset | None = None) -> xr.Dataset:
-    """Load the small 1-D coordinates (labels, splits, metadata) so selections need no compute,
-    from ``source`` (the same group opened without dask) when given."""
+def _eager_coords(ds: xr.Dataset, root: zarr.Group | None = None) -> xr.Dataset:
+    """Load the small 1-D coordinates (labels, splits, metadata) so selections need no compute:
+    from the group ``root`` in one zarr call each where that gives what xarray decodes (same dtype;
+    else, e.g. a masked integer, through Dask), not a Dask task per sample chunk."""
     lazy = {k: v for k, v in ds.coords.items() if v.ndim == 1 and v.chunks is not None}
     if not lazy:
         return ds
-    if source is not None:
-        values = tuple(source[k].values for k in lazy)
-    else:  # read in this process: small arrays, not worth a round trip to a cluster
-        values = dask.compute(*(v.data for v in lazy.values()), scheduler="synchronous")
-    return ds.assign_coords({k: (v.dims, val, v.attrs) for (k, v), val in zip(lazy.items(), values)})
+    values = {}
+    for k, v in lazy.items():
+        direct = np.asarray(root[k][:]) if root is not None and k in root else None
+        if direct is not None and direct.dtype == v.dtype and direct.shape == v.shape:
+            values[k] = direct
+    rest = [k for k in lazy if k not in values]
+    # read in this process: small arrays, not worth a round trip to a cluster
+    values.update(zip(rest, dask.compute(*(lazy[k].data for k in rest), scheduler="synchronous")))
+    return ds.assign_coords({k: (v.dims, values[k], v.attrs) for k, v in lazy.items()})
 
 
 def list_groups(workspace: str | os.PathLike[str]) -> list[str]:
@@ -118,9 +123,7 @@ def open_group(workspace: str | os.PathLike[str], group: str, check_complete: bo
         warnings.filterwarnings("ignore", "The specified chunks separate the stored chunks", UserWarning)
         ds = xr.open_zarr(path, group=group, consolidated=False, zarr_format=3,
                           **({"chunks": chunks} if chunks else {}))
-    # coordinates from a plain (not dask) opening: one read per array, not one per sample chunk
-    plain = xr.open_zarr(path, group=group, consolidated=False, zarr_format=3, chunks=None) if chunks else None
-    ds = _eager_coords(ds, plain)
+    ds = _eager_coords(ds, zarr.open_group(path, path=group, mode="r", zarr_format=3))
     if check_complete and ds.attrs.get(schema.ATTR_STATUS) != schema.STATUS_COMPLETE:
         raise WorkspaceError(
             f"{workspace}: group {group!r} is incomplete (status={ds.attrs.get(schema.ATTR_STATUS)!r}); "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xaiflow import schema, store
+from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, pending_chunks, run_job
@@ -94,7 +94,9 @@ def prepare(workspace: str | os.PathLike[str], model_id: str, dataset: str, *, d
         raise PredictionError(f"model {model.model_id} has {model.num_classes} outputs but dataset {dataset!r} has "
                               f"{len(classes)} classes {classes}")
     n = images.sizes[schema.SAMPLE]
-    chunk = images[schema.IMAGE].data.chunksize[0]
+    # a task per image shard (its chunk when unsharded): the small per-sample arrays take that as their
+    # chunk, a file per shard of images instead of per image chunk (xaiflow.layout)
+    chunk = layout.write_unit(workspace, f"{schema.group_path(schema.IMAGES, dataset)}/{schema.IMAGE}")
     k = len(classes)
     ds = xr.Dataset(
         {"logits": ((schema.SAMPLE, CLASS), da.zeros((n, k), dtype=np.float32, chunks=(chunk, k))),

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 import xaiflow
-from xaiflow import schema, store
+from xaiflow import layout, schema, store
 from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, build_extractor
 from xaiflow.features.config import FeaturesConfig
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
@@ -214,12 +214,15 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, name: str, params: 
     if extractor.requires_fit:
         idx = np.unique(np.linspace(0, n - 1, min(n, fit_samples)).round().astype(int))
         extractor.fit(images[schema.IMAGE].data[idx].compute(scheduler="synchronous"))
-    chunk = images[schema.IMAGE].data.chunksize[0]
+    # a task per image shard (its chunk when unsharded), which the feature arrays take as their chunk: a
+    # file per shard of images (xaiflow.layout); a resumed group keeps the unit it was written with
+    chunk = layout.write_unit(workspace, f"{schema.group_path(schema.IMAGES, dataset)}/{schema.IMAGE}")
     done = np.zeros(n, bool)
     if state == "incomplete":
         old = store.open_group(workspace, group, check_complete=False)
         if list(old[schema.SAMPLE].values) == list(images[schema.SAMPLE].values):
             done = store.resume_flags(workspace, group)
+            chunk = layout.write_unit(workspace, f"{group}/{schema.DONE}")
     if state == "replace":
         store.delete_group(workspace, group)
     if not done.any():

@@ -78,7 +78,7 @@ def test_two_thousand_images_through_prefect_and_dask(tmp_path, processes, prefe
         ds = open_saliency(ws, "syn", outcome["group"].rsplit("/", 1)[1], [method])
         assert ds.attrs["status"] == "complete" and bool(ds.done.all()) and np.isfinite(ds.saliency.values).all()
         runs = _chunk_runs(prefect_server.api, outcome["flow_run"], method)
-        assert 2 <= len(runs) <= N_IMAGES // CHUNK // 4 and all(t["state_type"] == "COMPLETED" for t in runs), runs
+        assert 1 <= len(runs) <= N_IMAGES // CHUNK // 4 and all(t["state_type"] == "COMPLETED" for t in runs), runs
     assert store.open_group(ws, "images/syn").sizes["sample"] == N_IMAGES
 
     first = {name: round(rss[1][name] - rss[0][name]) for name in services}

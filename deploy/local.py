@@ -58,14 +58,18 @@ def wait_healthy(api_url: str, timeout: float, proc: subprocess.Popen | None = N
 
 @contextmanager
 def prefect_server(port: int | None = None, home: str | os.PathLike[str] | None = None, host: str = LOOPBACK,
-                   timeout: float = 120.0, log: str | os.PathLike[str] | None = None) -> Iterator[str]:
+                   timeout: float = 120.0, log: str | os.PathLike[str] | None = None,
+                   database_url: str | None = None) -> Iterator[str]:
     """Start ``prefect server start`` on ``host:port`` (a free loopback port by default), wait for its
     health check, set ``PREFECT_API_URL`` for this process and its children, yield the UI URL; stop
-    the server on exit. ``home``: its ``PREFECT_HOME`` (database, logs)."""
+    the server on exit. ``home``: its ``PREFECT_HOME`` (database, logs); ``database_url``: a
+    SQLAlchemy URL of another database than SQLite in ``home`` (PostgreSQL: deploy/postgres.py)."""
     port = port or free_port(host)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": host,
            "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
     env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if home is not None:
         Path(home).mkdir(parents=True, exist_ok=True)
         env["PREFECT_HOME"] = str(Path(home).resolve())

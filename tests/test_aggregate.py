@@ -107,3 +107,29 @@ def test_group_means_respect_split(explained):
     norm = raw / raw.sum(axis=(2, 3), keepdims=True)
     g = str(test.label.values[0])
     np.testing.assert_allclose(test.sel(label=g).values, norm[ds.label.values[sel] == g].mean(0), rtol=1e-5)
+
+
+def test_queries_read_a_workspace_on_object_storage(explained):
+    """A finished workspace copied to an fsspec file system (the in-memory one stands in for s3:// or
+    gs://) answers the same queries through its URL; writing to it is refused with the reason."""
+    import uuid
+
+    import fsspec
+
+    ws, ds = explained
+    model = ds.attrs["model_id"]
+    top = f"xaiflow-{uuid.uuid4().hex}"
+    url = f"memory://{top}/ws.zarr"
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.put(str(ws), root, recursive=True)
+    try:
+        assert store.is_workspace(url) and "saliency/syn/" + model in store.list_groups(url)
+        remote = open_saliency(url, "syn", model)
+        # threads of this process: the in-memory file system is per process, unlike s3:// seen by every worker
+        np.testing.assert_allclose(group_maps(remote, by="label").compute(scheduler="threads").values,
+                                   group_maps(ds, by="label").compute().values, rtol=1e-6)
+        with pytest.raises(store.WorkspaceError, match="object storage can be read .* not written"):
+            store.set_attrs(url, f"saliency/syn/{model}", status="incomplete")
+        assert store.group_attrs(url, f"saliency/syn/{model}")["status"] == "complete"
+    finally:
+        fs.rm(f"/{top}", recursive=True)

@@ -173,7 +173,7 @@ def open_saliency(workspace: str | os.PathLike[str], dataset: str, model: str,
             return stored.astype(np.float32) * raw[k + SCALE_SUFFIX].drop_attrs()
         return stored
 
-    root = zarr.open_group(str(workspace), path=group, mode="r", zarr_format=3)
+    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
 
     def small(name: str) -> xr.DataArray:
         """A per-sample array (flags, targets): read now, in one zarr call (a Dask task per chunk costs more)."""

@@ -41,30 +41,53 @@ def models_dir(workspace: str | os.PathLike[str]) -> Path:
     A sibling folder, not a folder inside the store: zarr and xarray treat every folder of
     a store as part of the hierarchy.
     """
-    path = Path(workspace)
+    path = _path(workspace)
     return path.with_name((path.stem if path.suffix == ".zarr" else path.name) + ".models")
 
 
+def is_url(workspace: str | os.PathLike[str]) -> bool:
+    """Whether ``workspace`` is an fsspec URL (``s3://bucket/ws.zarr``, ``gs://...``, ``memory://...``)."""
+    return isinstance(workspace, str) and "://" in workspace
+
+
 def _path(workspace: str | os.PathLike[str]) -> Path:
+    """A local (or shared POSIX) workspace's path: writers, and what lives beside the store
+    (checkpoints, locks), need one. A URL is refused with the reason."""
+    if is_url(workspace):
+        raise WorkspaceError(f"{workspace}: a workspace on object storage can be read (queries, plain xarray) but "
+                             "not written yet (locks and checkpoints live beside the store on a POSIX file "
+                             "system); run the stage on a local or shared path and copy the store there")
     return Path(workspace)
+
+
+def location(workspace: str | os.PathLike[str]) -> str:
+    """What zarr and xarray open for reading: the path, or the URL of a workspace on object storage."""
+    return workspace if is_url(workspace) else str(Path(workspace))
 
 
 def is_workspace(workspace: str | os.PathLike[str]) -> bool:
     """Whether ``workspace`` holds a Zarr v3 store (a workspace, possibly empty)."""
-    return (_path(workspace) / "zarr.json").is_file()
+    if is_url(workspace):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(workspace)
+        return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+    return (Path(workspace) / "zarr.json").is_file()
 
 
 def _root(workspace: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
-    path = _path(workspace)
-    if mode == "r" and not (path / "zarr.json").is_file():
-        raise WorkspaceError(f"{path} is not an xaiflow workspace (no Zarr v3 store there); create it with `xaiflow ingest`")
-    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    if mode != "r":
+        return zarr.open_group(str(_path(workspace)), mode=mode, zarr_format=3)
+    if not is_workspace(workspace):
+        raise WorkspaceError(f"{workspace} is not an xaiflow workspace (no Zarr v3 store there); "
+                             "create it with `xaiflow ingest`")
+    return zarr.open_group(location(workspace), mode=mode, zarr_format=3)
 
 
 def open_workspace(workspace: str | os.PathLike[str]) -> xr.DataTree:
     """The whole workspace as an ``xarray.DataTree`` (lazy, dask-backed)."""
     _root(workspace)
-    tree = xr.open_datatree(str(_path(workspace)), engine="zarr", consolidated=False, chunks={})
+    tree = xr.open_datatree(location(workspace), engine="zarr", consolidated=False, chunks={})
     return tree.map_over_datasets(_eager_coords)
 
 
@@ -102,10 +125,10 @@ def list_groups(workspace: str | os.PathLike[str]) -> list[str]:
 
 
 def group_exists(workspace: str | os.PathLike[str], group: str) -> bool:
-    if not (_path(workspace) / "zarr.json").is_file():
+    if not is_workspace(workspace):
         return False
     try:
-        zarr.open_group(str(_path(workspace)), path=group, mode="r", zarr_format=3)
+        zarr.open_group(location(workspace), path=group, mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
         return False
     return True
@@ -116,9 +139,9 @@ def open_group(workspace: str | os.PathLike[str], group: str, check_complete: bo
     """One dataset of the workspace, lazily (dask-backed): a Dask chunk per stored chunk, or per shard
     with ``by_shard`` (for reads of a whole collection, see :func:`_shard_chunks`)."""
     if not group_exists(workspace, group):
-        existing = ", ".join(list_groups(workspace)) if (_path(workspace) / "zarr.json").is_file() else "none"
+        existing = ", ".join(list_groups(workspace)) if is_workspace(workspace) else "none"
         raise WorkspaceError(f"{workspace}: group {group!r} does not exist (groups: {existing})")
-    path, chunks = str(_path(workspace)), _shard_chunks(workspace, group) if by_shard else None
+    path, chunks = location(workspace), _shard_chunks(workspace, group) if by_shard else None
     with warnings.catch_warnings():  # whole-array 1-D coordinates are split by the sample chunks: read apart below
         warnings.filterwarnings("ignore", "The specified chunks separate the stored chunks", UserWarning)
         ds = xr.open_zarr(path, group=group, consolidated=False, zarr_format=3,
@@ -136,7 +159,7 @@ def _shard_chunks(workspace: str | os.PathLike[str], group: str) -> dict[str, in
     """Dask chunks of one shard along samples when the group's arrays are sharded (``xaiflow.layout``):
     a task then reads one shard file (at most ``layout.SHARD_BYTES``) instead of each inner chunk
     separately, which is several times faster for whole-collection queries. None: unsharded."""
-    shards = [a.shards[0] for _, a in zarr.open_group(str(_path(workspace)), path=group, mode="r",
+    shards = [a.shards[0] for _, a in zarr.open_group(location(workspace), path=group, mode="r",
                                                       zarr_format=3).arrays() if a.shards]
     return {schema.SAMPLE: max(shards)} if shards else None
 
@@ -147,7 +170,7 @@ def strings(values: Any) -> np.ndarray:
 
 
 def group_attrs(workspace: str | os.PathLike[str], group: str) -> dict[str, Any]:
-    return dict(zarr.open_group(str(_path(workspace)), path=group, mode="r", zarr_format=3).attrs)
+    return dict(zarr.open_group(location(workspace), path=group, mode="r", zarr_format=3).attrs)
 
 
 def set_attrs(workspace: str | os.PathLike[str], group: str, **attrs: Any) -> None:
@@ -194,7 +217,7 @@ def read_region(workspace: str | os.PathLike[str], path: str, start: int, stop: 
     """``array[start:stop]`` of the array at ``path`` (e.g. ``images/uhcs/image``), read straight from
     Zarr: a chunk task needs one array, and opening the whole xarray group (every coordinate) per
     task can cost more than the task's own work."""
-    return np.asarray(zarr.open_array(str(_path(workspace)), path=path, mode="r", zarr_format=3)[start:stop])
+    return np.asarray(zarr.open_array(location(workspace), path=path, mode="r", zarr_format=3)[start:stop])
 
 
 def mark_done(workspace: str | os.PathLike[str], group: str, start: int, stop: int) -> None:

@@ -70,6 +70,7 @@ def postgres_server(home: str | os.PathLike[str], port: int | None = None, datab
     port = port or free_port()
     started = False
     try:
+        pwfile.touch(mode=0o600)  # readable by the server's user only, removed after initdb
         pwfile.write_text(password + "\n")
         if as_root:
             shutil.chown(server_dir, "postgres")

@@ -29,11 +29,16 @@ print(check())
 """
 
 
-def test_compose_file_publishes_on_loopback_only():
-    compose = yaml.safe_load((REPO / "deploy/prefect-postgres/compose.yaml").read_text())
+def test_compose_file_listens_on_loopback_only():
+    text = (REPO / "deploy/prefect-postgres/compose.yaml").read_text()
+    compose = yaml.safe_load(text)
     prefect, postgres = compose["services"]["prefect"], compose["services"]["postgres"]
-    assert prefect["ports"] == ["127.0.0.1:4200:4200"] and "ports" not in postgres
+    assert "0.0.0.0" not in text.split("name: xaiflow-prefect")[1]  # no wildcard address in the services
+    assert "ports" not in prefect and "ports" not in postgres  # nothing published beyond the host
+    assert prefect["command"][prefect["command"].index("--host") + 1] == "127.0.0.1"
+    assert "listen_addresses=127.0.0.1" in postgres["command"]
     assert prefect["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert "@127.0.0.1:" in prefect["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "PREFECT_SERVER_API_AUTH_STRING" in prefect["environment"]
 
 

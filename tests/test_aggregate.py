@@ -133,3 +133,16 @@ def test_queries_read_a_workspace_on_object_storage(explained):
         assert store.group_attrs(url, f"saliency/syn/{model}")["status"] == "complete"
     finally:
         fs.rm(f"/{top}", recursive=True)
+
+
+def test_a_grouping_with_too_many_groups_is_refused_before_any_read(explained, monkeypatch):
+    """Every block holds the sums of every group: a near-unique grouping (sample ids) would multiply
+    the result's size by the blocks in flight, so it is refused, naming the count and the limit."""
+    from xaiflow import aggregate
+
+    _, ds = explained
+    n, (m, h, w) = ds.sizes["sample"], ds.saliency.shape[1:]
+    monkeypatch.setattr(aggregate, "MAX_RESULT_BYTES", (n - 1) * m * h * w * 8)
+    with pytest.raises(QueryError, match=f"grouping by 'sample' gives {n:,} groups: .* MiB, more than"):
+        group_maps(ds, by="sample")
+    assert group_maps(ds, by="label").sizes["label"] <= 4  # a coarse grouping is still answered

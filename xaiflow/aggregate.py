@@ -72,6 +72,10 @@ def _selected(ds: xr.Dataset, split: str | None) -> xr.Dataset:
     return ds.isel({schema.SAMPLE: np.flatnonzero(_kept(ds, split))})
 
 
+#: bytes of one group query's result (a mean map per group and method): every block holds its sums,
+#: so a grouping by something near-unique (sample ids) is refused instead of exhausting memory
+MAX_RESULT_BYTES = 256 * 2**20
+
 #: up to this many groups, a block's group sums are one matrix product; beyond, a sort and run sums
 _MATMUL_GROUPS = 64
 
@@ -146,6 +150,11 @@ def group_maps(ds: xr.Dataset, by: str = schema.LABEL, stat: str = "mean", bins:
         groups = [g for g in (str(c) for c in pd.cut([], bins=bins).categories) if g in groups]
     if not groups:
         raise QueryError(f"grouping by {by!r} leaves no non-empty group")
+    need = len(groups) * int(np.prod(ds["saliency"].shape[1:])) * 8  # float64 sums per group, and a few at once
+    if need > MAX_RESULT_BYTES:
+        raise QueryError(f"grouping by {by!r} gives {len(groups):,} groups: one mean map per group and method "
+                         f"would need {need / 2**20:,.0f} MiB, more than {MAX_RESULT_BYTES / 2**20:,.0f} MiB; "
+                         "group by a coarser coordinate, or cut a numeric one into bins")
     index = pd.Index([str(g) for g in groups], name=labels.name)
     counts = pd.Series(values).value_counts()
     if stat == "mean" and how == "mass":

@@ -100,13 +100,25 @@ def _eager_coords(ds: xr.Dataset, root: zarr.Group | None = None) -> xr.Dataset:
         return ds
     values = {}
     for k, v in lazy.items():
-        direct = np.asarray(root[k][:]) if root is not None and k in root else None
-        if direct is not None and direct.dtype == v.dtype and direct.shape == v.shape:
+        if root is None or k not in root or not _stored_as_decoded(v):
+            continue
+        direct = np.asarray(root[k][:])
+        if direct.dtype == v.dtype and direct.shape == v.shape:
             values[k] = direct
     rest = [k for k in lazy if k not in values]
     # read in this process: small arrays, not worth a round trip to a cluster
     values.update(zip(rest, dask.compute(*(lazy[k].data for k in rest), scheduler="synchronous")))
     return ds.assign_coords({k: (v.dims, values[k], v.attrs) for k, v in lazy.items()})
+
+
+def _stored_as_decoded(v: xr.DataArray) -> bool:
+    """Whether xarray's decoding leaves the stored values of ``v`` as they are: no scale/offset, no
+    time units, and no fill value other than NaN to mask (a NaN fill is NaN either way)."""
+    enc = v.encoding
+    if any(key in enc for key in ("scale_factor", "add_offset", "units", "calendar")):
+        return False
+    fill = enc.get("_FillValue")
+    return fill is None or (isinstance(fill, float) and np.isnan(fill))
 
 
 def list_groups(workspace: str | os.PathLike[str]) -> list[str]:

@@ -227,16 +227,15 @@ def raw_read(ws: Path, group: str, methods: list[str], rows: np.ndarray | None =
     return time.perf_counter() - tick, nbytes
 
 
-def traced(fn):
-    """(seconds, peak traced Python memory in MB incl. numpy buffers, result) of ``fn()``; the Dask
-    threaded scheduler runs in this process, so its tasks' arrays are traced too."""
+def traced_peak(fn) -> float:
+    """Peak traced Python memory (MB, numpy buffers included) while ``fn()`` runs; the Dask threaded
+    scheduler runs in this process, so its tasks' arrays are traced too."""
     tracemalloc.start()
-    tick = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - tick
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return seconds, peak, out
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
 
 
 def queries(ws: Path, model: str, repeat: int = 2) -> dict:
@@ -266,7 +265,7 @@ def queries(ws: Path, model: str, repeat: int = 2) -> dict:
             t_query.append(time.perf_counter() - tick)
             seconds, nbytes = raw_read(ws, group, methods, rows)
             t_raw.append(seconds)
-        peak = traced(query)[1]  # tracing slows allocations down: a run of its own
+        peak = traced_peak(query)  # tracing slows allocations down: a run of its own
         out[name] = {"maps": int(nbytes // (4 * 64 * 64)), "MB": nbytes / 2**20, "query": min(t_query),
                      "raw": min(t_raw), "peak": peak}
     return out

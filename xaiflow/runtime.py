@@ -172,13 +172,15 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *, client: Any = Non
         results: list[Any] = [None] * len(items)
         errors: list[tuple[int, BaseException]] = []
         done = 0
-        for batch in as_completed(futures).batches():  # whatever finished meanwhile: one gather, not a round trip each
-            failed = [f for f in batch if f.status == "error"]
-            errors += [(index[f.key], f.exception()) for f in failed]
-            finished = [f for f in batch if f.status != "error"]
-            for f, value in zip(finished, c.gather(finished)):
-                results[index[f.key]] = value
-            for _ in batch:
+        # results are fetched by as_completed on the client's event loop as the tasks finish, and this
+        # thread takes whatever arrived meanwhile: no round trip per task here, and a Ctrl-C lands in a
+        # queue wait, not inside a call into the event loop (whose cancellation Dask logs as an error)
+        for batch in as_completed(futures, with_results=True, raise_errors=False).batches():
+            for fut, value in batch:
+                if fut.status == "error":
+                    errors.append((index[fut.key], fut.exception()))
+                else:
+                    results[index[fut.key]] = value
                 done += 1
                 if progress:
                     progress(stage, done, len(items))

@@ -1,0 +1,81 @@
+"""``xaiflow uncertainty``: how sure the model is (MC dropout or an ensemble), and whether it is calibrated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xaiflow.cli.common import (OUT_HELP, RichProgress, WorkspaceOption, cluster_option, dataset_option, fmt, out,
+                                progress_bars, reporting_errors, rows_table, split_list)
+
+MODELS_HELP = ("model id(s) or unique prefixes, comma-separated: one model gives MC dropout, several an ensemble "
+               "(e.g. trained with `xaiflow train --seeds 0,1,2`); default: the only model")
+
+
+def uncertainty(
+    workspace: Path = WorkspaceOption,
+    models: Optional[str] = typer.Option(None, "--model", "-m", help=MODELS_HELP),
+    dataset: Optional[str] = dataset_option(),
+    passes: Optional[int] = typer.Option(None, "--passes", help="MC dropout passes per model (default: 20 for one "
+                                                                "model, 1 per ensemble member)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the dropout masks"),
+    split: str = typer.Option("test", "--split", help="samples the tables and figures summarize (all: every sample)"),
+    bins: int = typer.Option(10, "--bins", help="confidence bins of the calibration error"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace draws stored with other settings"),
+    cluster: str = cluster_option(),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help=OUT_HELP),
+) -> None:
+    """Predictive entropy, mutual information and calibration (ECE, reliability diagram) per sample and class."""
+    from xaiflow import uncertainty as unc
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.runtime import dask_client
+    from xaiflow.studies.report import default_out_dir
+
+    with reporting_errors():
+        catalog = ModelCatalog(workspace)
+        refs = split_list(models)
+        entries = [catalog.get(r) for r in refs] if refs else [catalog.resolve(None, dataset=dataset)]
+        dataset = dataset or entries[0].dataset
+        n_passes = passes if passes is not None else (20 if len(entries) == 1 else 1)
+        with dask_client(cluster) as client, progress_bars() as bars:
+            group = unc.estimate_uncertainty(workspace, [e.model_id for e in entries], dataset, passes=n_passes,
+                                             seed=seed, device=device, overwrite=overwrite, client=client,
+                                             progress=RichProgress(bars, f"{dataset} chunks"))
+        ds = unc.open_uncertainty(workspace, group, None if split == "all" else split)
+        cal = unc.calibration(ds, bins)
+        kind = "MC dropout" if len(entries) == 1 else f"ensemble of {len(entries)}"
+        where = "all samples" if split == "all" else f"split {split!r}"
+        out.print(f"[green]{group}[/] ({kind}, {n_passes} pass(es) per model); {where}: accuracy {cal['accuracy']:.3f}, "
+                  f"mean confidence {cal['mean_confidence']:.3f}, expected calibration error {cal['ece']:.3f}")
+        out.print(rows_table(unc.per_class(ds), ["class", "samples", "accuracy", "entropy", "expected_entropy",
+                                                 "mutual_information", "entropy_correct", "entropy_wrong"],
+                             title="mean per true class, in nats (entropy = expected entropy + mutual information)"))
+        folder = output or default_out_dir(workspace)
+        key = group.replace("/", "_")
+        out.print(f"wrote {unc.reliability_figure(cal, folder / f'{key}_reliability.png', f'{group} ({where})')}")
+        _relation(workspace, dataset, entries, ds, folder / f"{key}_disagreement.png")
+
+
+def _relation(workspace: Path, dataset: str, entries: list, ds, path: Path) -> None:
+    """With stored maps of two or more methods for the (first) model: uncertainty against their disagreement."""
+    from xaiflow import store
+    from xaiflow import uncertainty as unc
+    from xaiflow.saliency import open_saliency, saliency_group
+
+    model_id = entries[0].model_id
+    if not store.group_exists(workspace, saliency_group(dataset, model_id)):
+        out.print(f"(no attribution maps of {model_id}: run `xaiflow attribute` with two or more methods to relate "
+                  "uncertainty to their disagreement)")
+        return
+    sal = open_saliency(workspace, dataset, model_id, with_images=False)
+    if sal.sizes["xai_method"] < 2:
+        out.print("(one attribution method stored: two or more are needed to relate uncertainty to disagreement)")
+        return
+    rel = unc.disagreement_relation(ds, sal)
+    out.print(f"uncertainty vs attribution disagreement across {sal.sizes['xai_method']} methods "
+              f"({rel['samples']} samples): Spearman rho {fmt(rel['entropy']['rho'])} (entropy), "
+              f"{fmt(rel['mutual_information']['rho'])} (mutual information); "
+              f"wrote {unc.relation_figure(rel, path)}")

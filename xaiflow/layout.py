@@ -68,3 +68,9 @@ def write_unit(workspace: str | os.PathLike[str], path: str) -> int:
     shard along samples, or its chunk when it has no shards."""
     arr = zarr.open_array(str(workspace), path=path, mode="r", zarr_format=3)
     return int((arr.shards or arr.chunks)[0])
+
+
+def chunk_unit(workspace: str | os.PathLike[str], path: str) -> int:
+    """Samples in one chunk (not shard) of the stored array at ``path``: the unit of groups computed for a
+    subset of samples, which stay unsharded (a task per image chunk, files only where samples were chosen)."""
+    return int(zarr.open_array(str(workspace), path=path, mode="r", zarr_format=3).chunks[0])

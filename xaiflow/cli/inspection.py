@@ -1,4 +1,5 @@
-"""``xaiflow uncertainty``: how sure the model is (MC dropout or an ensemble), and whether it is calibrated."""
+"""``xaiflow uncertainty`` and ``xaiflow adversarial``: how sure the model is (MC dropout or an ensemble), whether
+it is calibrated, and whether the Fisher information exposes adversarial inputs."""
 
 from __future__ import annotations
 
@@ -79,3 +80,50 @@ def _relation(workspace: Path, dataset: str, entries: list, ds, path: Path) -> N
               f"({rel['samples']} samples): Spearman rho {fmt(rel['entropy']['rho'])} (entropy), "
               f"{fmt(rel['mutual_information']['rho'])} (mutual information); "
               f"wrote {unc.relation_figure(rel, path)}")
+
+
+def adversarial(
+    workspace: Path = WorkspaceOption,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id or unique prefix (default: the only one)"),
+    dataset: Optional[str] = dataset_option(),
+    epsilon: float = typer.Option(0.1, "--epsilon", help="L-infinity budget in standardized input units"),
+    steps: int = typer.Option(10, "--steps", help="PGD steps"),
+    step_size: float = typer.Option(0.025, "--step-size", help="PGD step (at most epsilon)"),
+    split: str = typer.Option("test", "--split", help="samples to attack (all: every sample)"),
+    max_samples: int = typer.Option(64, "--max-samples", help="attack at most this many of them (seeded draw)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the sample draw and of PGD's random start"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace results stored with other settings"),
+    cluster: str = cluster_option(),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help=OUT_HELP),
+) -> None:
+    """FGSM and PGD examples, their Fisher information scores, and how well the scores detect them (ROC AUC)."""
+    from xaiflow import adversarial as adv
+    from xaiflow import store
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.runtime import dask_client
+    from xaiflow.schema import IMAGE, IMAGES, group_path
+    from xaiflow.studies.report import default_out_dir
+
+    with reporting_errors():
+        entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
+        dataset = dataset or entry.dataset
+        attack = adv.AttackSettings(epsilon=epsilon, steps=steps, step_size=step_size, seed=seed)
+        with dask_client(cluster) as client, progress_bars() as bars:
+            group = adv.inspect_adversarial(workspace, entry.model_id, dataset, attack=attack,
+                                            split=None if split == "all" else split, max_samples=max_samples,
+                                            device=device, overwrite=overwrite, client=client,
+                                            progress=RichProgress(bars, f"{dataset} chunks"))
+        ds = adv.open_adversarial(workspace, group)
+        out.print(f"[green]{group}[/]: {ds.sizes['sample']} samples attacked (epsilon {epsilon}, PGD {steps} steps)")
+        out.print(rows_table(adv.detection_auc(ds), ["attack", "success_rate", "clean", "adversarial", *adv.SCORES],
+                             title="ROC AUC of each Fisher score, clean vs adversarial inputs that flipped the "
+                                   "decision (0.5: chance)"))
+        folder = output or default_out_dir(workspace)
+        key = group.replace("/", "_")
+        out.print(f"wrote {adv.scores_figure(ds, folder / f'{key}_scores.png', group)}")
+        images = store.open_group(workspace, group_path(IMAGES, dataset))[IMAGE]
+        if ds["flipped"].values[:, 2].any():
+            out.print(f"wrote {adv.maps_figure(ds, images, folder / f'{key}_fisher_maps.png')}")
+        else:
+            out.print("no PGD example flipped a decision: raise --epsilon or --steps to see sensitivity maps")

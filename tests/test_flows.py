@@ -159,6 +159,32 @@ def test_evaluate_flow_in_chunk_groups_with_artifacts(prefect_harness, tmp_path)
     assert again["chunks_run"] == 0
 
 
+def test_uncertainty_and_adversarial_flows_publish_their_results(prefect_harness, tmp_path):
+    from flows.ingest import ingest_flow
+    from flows.inspection import adversarial_flow, uncertainty_flow
+    from flows.train import train_flow
+    from xaiflow import store
+
+    config = write_tiny_run_config(tmp_path)
+    ws = str(tmp_path / "ws.zarr")
+    ingest_flow(config_path=str(config), workspace=ws, cluster="threads")
+    (row,) = train_flow(config_path=str(config), workspace=ws, cluster="threads")
+    state = uncertainty_flow(workspace=ws, passes=5, split="all", out_dir=str(tmp_path / "fig"), cluster="threads",
+                             return_state=True)
+    res = state.result()
+    assert res["group"] == f"uncertainty/syn/{row['model_id']}" and 0 <= res["ece"] <= 1
+    assert res["per_class"][-1]["class"] == "all" and res["per_class"][-1]["samples"] == 24
+    assert store.open_group(ws, res["group"]).sizes["draw"] == 5
+    arts = _artifacts(state.state_details.flow_run_id, subflows=True)
+    assert {a["key"] for a in arts["table"]} == {"uncertainty-per-class"}
+    assert (tmp_path / "fig" / f"uncertainty_syn_{row['model_id']}_reliability.png").stat().st_size > 0
+
+    res = adversarial_flow(workspace=ws, epsilon=0.5, steps=4, step_size=0.2, split="all", max_samples=8,
+                           out_dir=str(tmp_path / "fig"), cluster="threads")
+    assert {r["attack"] for r in res["detection"]} == {"fgsm", "pgd"}
+    assert int(store.open_group(ws, res["group"])["selected"].values.sum()) == 8
+
+
 def test_pipeline_parameters_are_a_typed_form():
     from prefect.utilities.callables import parameter_schema
 

@@ -36,6 +36,7 @@ def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
                   "Mask agreement"):
         assert title in page
     assert "Metrics were not computed" in page
+    assert f"Not computed: <code>xaiflow uncertainty -w {ws} -m {model}</code>" in page
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 5  # examples, means, 2 agreement, mask
     assert {"examples.png", "class_means.png", "mask_ratio.png", "shortcut.json"} <= {p.name for p in path.parent.iterdir()}
     verdict = json.loads((path.parent / "shortcut.json").read_text())["verdict"]
@@ -71,3 +72,21 @@ def test_cli_report_and_shortcut(tiny, tmp_path):
     assert data["kind"] == "masks" and data["verdict"] in {"shortcut", "structure", "inconclusive"}
     bad = run("report", "-w", str(ws), "--model", "nope")
     assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_report_uncertainty_and_adversarial_sections(tiny, client, tmp_path):
+    from xaiflow.adversarial import AttackSettings, inspect_adversarial
+    from xaiflow.uncertainty import estimate_uncertainty
+
+    ws, model = tiny
+    estimate_uncertainty(ws, [model], "syn", passes=4, client=client)
+    inspect_adversarial(ws, model, "syn", attack=AttackSettings(epsilon=1.0, steps=4, step_size=0.5), split=None,
+                        max_samples=6, client=client)
+    page = write_report(ws, model, out=tmp_path / "r3").read_text()
+    section = page[page.index("<h2>7. Uncertainty</h2>"):page.index("<h2>8. Adversarial inspection</h2>")]
+    assert f"uncertainty/syn/{model} (mc dropout, 4 draws per sample, test split)" in section
+    assert re.search(r"expected calibration error \d\.\d{3}: the model is ", section)
+    assert "reliability diagram" in section
+    adversarial = page[page.index("<h2>8. Adversarial inspection</h2>"):]
+    assert "6 samples attacked (epsilon 1.0, PGD 4 steps)" in adversarial and "fisher_trace" in adversarial
+    assert (tmp_path / "r3" / "reliability.png").is_file() and (tmp_path / "r3" / "adversarial_scores.png").is_file()

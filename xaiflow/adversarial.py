@@ -330,7 +330,7 @@ def detection_auc(ds: xr.Dataset) -> list[dict[str, Any]]:
     rows = []
     for j, attack in enumerate(INPUTS[1:], start=1):
         flipped = ds["flipped"].values[:, j].astype(bool)
-        row: dict[str, Any] = {"attack": attack, "success_rate": float(flipped.mean()), "clean": int(len(flipped)),
+        row: dict[str, Any] = {"attack": attack, "success_rate": float(flipped.mean()) if len(flipped) else np.nan, "clean": int(len(flipped)),
                                "adversarial": int(flipped.sum())}
         for name in SCORES:
             clean, adv = ds[name].values[:, 0], ds[name].values[flipped, j]

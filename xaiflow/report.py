@@ -215,6 +215,69 @@ def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str
             + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better"]))
 
 
+def _uncertainty_group(workspace: str, dataset: str, model_id: str) -> str | None:
+    """The model's MC-dropout group, else an ensemble group it is a member of, else None."""
+    from xaiflow.uncertainty import uncertainty_group
+
+    own = uncertainty_group(dataset, model_id)
+    prefix = uncertainty_group(dataset, model_id).rsplit("/", 1)[0] + "/"
+    candidates = [g for g in store.list_groups(workspace) if g.startswith(prefix)]
+    if own in candidates:
+        return own
+    for g in candidates:
+        if model_id in store.group_attrs(workspace, g).get(schema.ATTR_PROVENANCE, {}).get("models", []):
+            return g
+    return None
+
+
+def _uncertainty_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    from xaiflow import uncertainty as unc
+
+    group = _uncertainty_group(workspace, dataset, model_id)
+    if group is None:
+        return (f"<p>Not computed: <code>xaiflow uncertainty -w {html.escape(workspace)} -m {html.escape(model_id)}"
+                "</code> (MC dropout), or with several models trained with <code>--seeds</code> (an ensemble).</p>")
+    ds = unc.open_uncertainty(workspace, group)
+    test = store.strings(ds[schema.SPLIT].values) == "test"
+    where = "test split" if test.any() else "all samples"
+    ds = ds.isel({schema.SAMPLE: np.flatnonzero(test)}) if test.any() else ds
+    cal = unc.calibration(ds)
+    gap = cal["mean_confidence"] - cal["accuracy"]
+    reading = ("over-confident: it is right less often than its confidence says" if gap > 0.05 else
+               "under-confident: it is right more often than its confidence says" if gap < -0.05 else
+               "about as often right as its confidence says")
+    figure = unc.reliability_figure(cal, folder / "reliability.png", f"{group} ({where})")
+    kind = ds.attrs[schema.ATTR_PROVENANCE]["kind"].replace("_", " ")
+    return (f"<p class='note'>{html.escape(group)} ({kind}, {ds.sizes['draw']} draws per sample, {where}). Entropy "
+            "(total) = expected entropy (aleatoric: ambiguity the model expects) + mutual information (epistemic: "
+            "disagreement between draws), in nats.</p>"
+            f"<p>Accuracy {cal['accuracy']:.3f}, mean confidence {cal['mean_confidence']:.3f}, expected calibration "
+            f"error {cal['ece']:.3f}: the model is {reading}.</p>"
+            + _table(unc.per_class(ds), ["class", "samples", "accuracy", "entropy", "expected_entropy",
+                                         "mutual_information", "entropy_correct", "entropy_wrong"])
+            + _img(figure, "reliability diagram"))
+
+
+def _adversarial_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    from xaiflow import adversarial as adv
+
+    group = adv.adversarial_group(dataset, model_id)
+    if not store.group_exists(workspace, group):
+        return (f"<p>Not computed: <code>xaiflow adversarial -w {html.escape(workspace)} -m {html.escape(model_id)}"
+                "</code>.</p>")
+    ds = adv.open_adversarial(workspace, group)
+    settings = ds.attrs[schema.ATTR_PROVENANCE]
+    parts = [f"<p class='note'>{ds.sizes[schema.SAMPLE]} samples attacked (epsilon {settings['epsilon']}, PGD "
+             f"{settings['steps']} steps). ROC AUC of each Fisher-information score for telling correctly classified "
+             "clean inputs from the adversarial versions that flipped the decision (0.5: chance).</p>",
+             _table(adv.detection_auc(ds), ["attack", "success_rate", "clean", "adversarial", *adv.SCORES]),
+             _img(adv.scores_figure(ds, folder / "adversarial_scores.png", group), "Fisher scores")]
+    if ds["flipped"].values[:, 2].any():
+        images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))[schema.IMAGE]
+        parts.append(_img(adv.maps_figure(ds, images, folder / "adversarial_maps.png"), "Fisher sensitivity maps"))
+    return "".join(parts)
+
+
 def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
                  out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
                  methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
@@ -289,6 +352,8 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
                  _img(figures["mask"], "mask ratio")]
     else:
         body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
+    body += ["<h2>7. Uncertainty</h2>", _uncertainty_html(workspace, dataset, model_id, folder),
+             "<h2>8. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = folder / REPORT_FILE

@@ -171,6 +171,20 @@ def ingest_synthetic(workspace: Path, client, **dataset) -> Path:
     return workspace
 
 
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory, client):
+    """A workspace of 108 synthetic images at 48 px (three classes defined by their structures, with
+    masks; a third in the test split) and a small CNN that learned them (40 epochs, test balanced
+    accuracy ~0.8, a few seconds): shared by the tests of what a model learned (adversarial
+    inspection, concepts, structure importance). Returns (workspace, model id)."""
+    ws = tmp_path_factory.mktemp("learned") / "ws.zarr"
+    ingest_synthetic(ws, client, specimens_per_class=6, images_per_specimen=6, size=48, chunk_size=16,
+                     split={"fractions": {"train": 0.5, "val": 0.17, "test": 0.33}})
+    model = train_tiny(ws, epochs=40, patience=100, batch_size=8, lr=3e-3, model_params={"widths": [8, 16, 16]},
+                       augment={"crop": 40})
+    return ws, model
+
+
 def train_tiny(workspace: Path, dataset: str = "syn", **train) -> str:
     """Train a small CNN on the CPU with one thread (1 epoch, widths 8/16 unless ``train`` says
     otherwise, any ``TrainConfig`` field); returns its model id."""

@@ -37,6 +37,8 @@ def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
         assert title in page
     assert "Metrics were not computed" in page
     assert f"Not computed: <code>xaiflow uncertainty -w {ws} -m {model}</code>" in page
+    for command in ("adversarial", "concepts", "probe"):
+        assert f"Not computed: <code>xaiflow {command} -w {ws} -m {model}" in page
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 5  # examples, means, 2 agreement, mask
     assert {"examples.png", "class_means.png", "mask_ratio.png", "shortcut.json"} <= {p.name for p in path.parent.iterdir()}
     verdict = json.loads((path.parent / "shortcut.json").read_text())["verdict"]

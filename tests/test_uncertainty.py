@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from tests.conftest import ingest_synthetic, train_tiny
+from conftest import ingest_synthetic, train_tiny
 from xaiflow import store
 from xaiflow import uncertainty as unc
 

@@ -278,6 +278,49 @@ def _adversarial_html(workspace: str, dataset: str, model_id: str, folder: Path)
     return "".join(parts)
 
 
+def _concepts_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    from xaiflow import concepts as cc
+
+    group = cc.concepts_group(dataset, model_id, "tcav")
+    if not store.group_exists(workspace, group):
+        return (f"<p>Not computed: <code>xaiflow concepts -w {html.escape(workspace)} -m {html.escape(model_id)} "
+                "-c NAME=mask:CLASS ...</code> (concepts from mask classes, metadata or example folders).</p>")
+    ds = store.open_group(workspace, group)
+    rows = cc.tcav_table(ds)
+    drivers = [f"{r['concept']} for {r['class']} ({r['layer']}, {r['tcav']:.2f})" for r in rows if r["significant"]]
+    settings = ds.attrs[schema.ATTR_PROVENANCE]
+    return (f"<p class='note'>TCAV score: the share of a class's {html.escape(settings['split'])} samples whose "
+            f"logit grows along the concept's direction, over {settings['runs']} random counterpart sets; "
+            f"significant: above 0.5 and different from random concepts (Welch t-test, Holm-corrected, alpha "
+            f"{settings['alpha']}). A CAV accuracy near 0.5 means the layer does not tell the concept from random "
+            "examples.</p>"
+            f"<p>Concepts that drive a class: {html.escape('; '.join(drivers) or 'none significant')}.</p>"
+            + _table(rows, ["class", "concept", "layer", "tcav", "std", "random", "cav_accuracy", "p_adjusted",
+                            "significant"])
+            + _img(cc.tcav_figure(ds, folder / "tcav.png"), "TCAV scores"))
+
+
+def _probes_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    from xaiflow import probes
+
+    if not store.group_exists(workspace, probes.probes_group(dataset, model_id)):
+        return (f"<p>Not computed: <code>xaiflow probe -w {html.escape(workspace)} -m {html.escape(model_id)}</code>"
+                " (rotations, flips, zoom, contrast, noise).</p>")
+    ds = probes.open_probes(workspace, dataset, model_id)
+    summary = probes.summarize(ds)
+    parts = ["<p class='note'>Share of unchanged decisions and correlation of the maps turned back into the "
+             "original frame, per true class and transform.</p>"]
+    if probes.probed_rotations(ds):
+        v = probes.rotation_verdict(ds)
+        parts.append(f"<p>Orientation: <b>{v['verdict']}</b> (decisions kept {v['agreement']:.2f}, maps "
+                     f"{v['map_correlation']:.2f}{'; ' + html.escape(v['reason']) if v['reason'] else ''}); least "
+                     f"invariant class: {html.escape(v['weakest_class'])}.</p>")
+    parts.append(_table(summary[summary["class"] == "all"].to_dict("records"),
+                        ["transform", "samples", "agreement", "map_correlation", "probability_change"]))
+    parts.append(_img(probes.probe_figure(summary, folder / "probes.png"), "symmetry probes"))
+    return "".join(parts)
+
+
 def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
                  out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
                  methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
@@ -353,7 +396,9 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     else:
         body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
     body += ["<h2>7. Uncertainty</h2>", _uncertainty_html(workspace, dataset, model_id, folder),
-             "<h2>8. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder)]
+             "<h2>8. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder),
+             "<h2>9. Concepts (TCAV)</h2>", _concepts_html(workspace, dataset, model_id, folder),
+             "<h2>10. Symmetry probes</h2>", _probes_html(workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = folder / REPORT_FILE

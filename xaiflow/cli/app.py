@@ -40,7 +40,7 @@ def main(
 
 for command in (data.ingest, data.info, models.train, models.models, models.predict, explain.attribute, explain.show,
                 explain.evaluate, studies.features, report.shortcut, report.report,
-                inspection.uncertainty, inspection.adversarial, probe.probe):
+                inspection.uncertainty, inspection.adversarial, inspection.concepts, probe.probe):
     app.command()(command)
 app.add_typer(query.query_app, name="query")
 app.add_typer(studies.study_app, name="study")

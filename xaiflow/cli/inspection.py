@@ -1,5 +1,6 @@
-"""``xaiflow uncertainty`` and ``xaiflow adversarial``: how sure the model is (MC dropout or an ensemble), whether
-it is calibrated, and whether the Fisher information exposes adversarial inputs."""
+"""``xaiflow uncertainty``, ``xaiflow adversarial`` and ``xaiflow concepts``: how sure the model is (MC dropout or an
+ensemble), whether it is calibrated, whether the Fisher information exposes adversarial inputs, and which concepts
+drive each class (TCAV)."""
 
 from __future__ import annotations
 
@@ -127,3 +128,56 @@ def adversarial(
             out.print(f"wrote {adv.maps_figure(ds, images, folder / f'{key}_fisher_maps.png')}")
         else:
             out.print("no PGD example flipped a decision: raise --epsilon or --steps to see sensitivity maps")
+
+
+CONCEPT_HELP = ("a concept, repeatable: NAME=mask:CLASS[@LABEL] (patches mostly of a mask class, optionally only of "
+                "images of LABEL), NAME=meta:COORD=VALUE (images with that metadata), NAME=folder:PATH (images of a "
+                "folder)")
+
+
+def concepts(
+    workspace: Path = WorkspaceOption,
+    concept: list[str] = typer.Option(..., "--concept", "-c", help=CONCEPT_HELP),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model id or unique prefix (default: the only one)"),
+    dataset: Optional[str] = dataset_option(),
+    layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default: the model's last "
+                                                                "conv block; see `xaiflow models`)"),
+    runs: int = typer.Option(20, "--runs", help="random counterpart sets (CAVs per concept and layer)"),
+    examples: int = typer.Option(50, "--examples", help="examples per concept and random set"),
+    min_fraction: float = typer.Option(0.6, "--min-fraction", help="mask concepts: least share of the patch in the "
+                                                                   "mask class"),
+    patch: int = typer.Option(0, "--patch", help="mask concepts: patch side in px (0: half the image side)"),
+    split: str = typer.Option("test", "--split", help="samples whose classes are scored (examples come from the rest)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level after Holm correction"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="recompute cached activations"),
+    cluster: str = cluster_option(),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help=OUT_HELP),
+) -> None:
+    """TCAV: which concepts (phases, metadata, example folders) drive each class, tested against random concepts."""
+    from xaiflow import concepts as cc
+    from xaiflow import store
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.runtime import dask_client
+    from xaiflow.studies.report import default_out_dir
+
+    with reporting_errors():
+        specs = [cc.parse_concept(c) for c in concept]
+        specs = [s.model_copy(update={"min_fraction": min_fraction, "patch": patch}) if s.kind == "mask" else s
+                 for s in specs]
+        entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
+        dataset = dataset or entry.dataset
+        settings = cc.TcavSettings(runs=runs, examples=examples, alpha=alpha)
+        with dask_client(cluster) as client, progress_bars() as bars:
+            group = cc.run_tcav(workspace, entry.model_id, dataset, specs, layers=split_list(layers), split=split,
+                                settings=settings, device=device, overwrite=overwrite, client=client,
+                                progress=RichProgress(bars, f"{dataset} chunks"))
+        ds = store.open_group(workspace, group)
+        out.print(f"[green]{group}[/]: {len(specs)} concept(s) x {runs} random runs")
+        out.print(rows_table(cc.tcav_table(ds), ["class", "concept", "layer", "tcav", "std", "random", "cav_accuracy",
+                                                 "p_adjusted", "significant"],
+                             title="TCAV score: share of a class's samples whose logit grows along the concept "
+                                   "(random: the same for random concepts; a CAV accuracy near 0.5 means the layer "
+                                   "does not tell the concept from random examples)"))
+        path = (output or default_out_dir(workspace)) / f"{group.replace('/', '_')}.png"
+        out.print(f"wrote {cc.tcav_figure(ds, path)}")

@@ -55,9 +55,9 @@ def main() -> int:
                 return 1
             result = state.result()
         print()
-        print(f"{'stage':<10} {'status':<28} {'seconds':>8}  result")
+        print(f"{'stage':<12} {'status':<28} {'seconds':>8}  result")
         for row in result["stages"]:
-            print(f"{row['stage']:<10} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
+            print(f"{row['stage']:<12} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
         for r in result["results"].get("evaluate", {}).get("summary", []):
             if r["metric"] in ("deletion", "insertion", "relevance_mass_accuracy"):
                 print(f"  {r['method']:<22} {r['metric']:<24} {r['mean']:.3f} ± {r['std']:.3f}")

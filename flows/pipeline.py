@@ -1,5 +1,6 @@
 """The whole pipeline as one Prefect flow: ingest -> train -> predict -> features -> studies ->
-attribute -> evaluate -> report, each stage a subflow run named after it (the stage flows of
+attribute -> evaluate -> uncertainty -> concepts -> probes -> adversarial -> report, each stage a
+subflow run named after it (the stage flows of
 ``flows/<stage>.py``, which their stand-alone flows also call). The run config is read and
 validated once, here, and the config object is handed to every stage.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Callable, Iterator, Literal, get_args
 
 from prefect import flow, get_run_logger
@@ -30,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.artifacts import publish_figures, publish_summary, publish_table
 from flows.runners import on_cluster
 
-Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "report"]
+Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "uncertainty", "concepts",
+                "probes", "adversarial", "report"]
 STAGES: tuple[str, ...] = get_args(Stage)
 
 
@@ -89,13 +92,25 @@ def _headline(stage: str, result: Any) -> str:
     if stage in ("attribute", "evaluate"):
         return (f"{result['group']}: {result['chunks_run']} chunk(s) computed, {result['chunks_skipped']} "
                 "skipped (done, or no maps to score)")
+    if stage == "uncertainty":
+        return f"{result['group']}: expected calibration error {result['ece']:.3f}"
+    if stage == "concepts":
+        drivers = [f"{r['concept']} -> {r['class']}" for r in result["table"] if r["significant"]]
+        return f"{result['group']}: significant {', '.join(drivers) or 'none'}"
+    if stage == "probes":
+        verdict = result["verdict"]
+        return f"{result['group']}: orientation {verdict['verdict'] if verdict else 'not probed'}"
+    if stage == "adversarial":
+        return f"{result['group']}: " + ", ".join(f"{r['attack']} AUC(fisher_trace) {r['fisher_trace']:.2f}"
+                                                 for r in result["detection"])
     return f"{result['report']} (shortcut verdict: {result['verdict']})"
 
 
 #: the config sections a stage needs (a stage missing one is skipped)
 NEEDS = {"ingest": ("datasets",), "train": ("train",), "predict": ("train",), "features": ("features",),
          "studies": ("studies", "features"), "attribute": ("attribution",), "evaluate": ("attribution",),
-         "report": ("attribution",)}
+         "uncertainty": ("uncertainty",), "concepts": ("concepts",), "probes": ("probes",),
+         "adversarial": ("adversarial",), "report": ("attribution",)}
 
 
 def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Callable[[], Any]]:
@@ -104,6 +119,7 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
     from flows.evaluate import evaluate_stage
     from flows.features import features_stage
     from flows.ingest import ingest_stage
+    from flows.inspection import adversarial_stage, concepts_stage, probes_stage, uncertainty_stage
     from flows.report import report_stage
     from flows.studies import studies_stage
     from flows.train import predict_stage, train_stage
@@ -111,7 +127,9 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
     ws, device = params.workspace, None if params.device == "auto" else params.device
     stage = {name: on_cluster(f, cluster) for name, f in (
         ("ingest", ingest_stage), ("train", train_stage), ("predict", predict_stage), ("features", features_stage),
-        ("studies", studies_stage), ("attribute", attribute_stage), ("evaluate", evaluate_stage))}
+        ("studies", studies_stage), ("attribute", attribute_stage), ("evaluate", evaluate_stage),
+        ("uncertainty", uncertainty_stage), ("concepts", concepts_stage), ("probes", probes_stage),
+        ("adversarial", adversarial_stage))}
     return {
         "ingest": lambda: stage["ingest"](run=run, workspace=ws),
         "train": lambda: stage["train"](run=run, workspace=ws, device=device),
@@ -120,6 +138,8 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
         "studies": lambda: stage["studies"](run=run, workspace=ws),
         "attribute": lambda: stage["attribute"](run=run, workspace=ws, methods=params.methods, device=device),
         "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
+        **{name: partial(stage[name], cfg=getattr(run, name), workspace=ws, run=run)
+           for name in ("uncertainty", "concepts", "probes", "adversarial")},
         "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out),
     }
 
@@ -127,12 +147,14 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
 def _figures(stage: str, result: Any) -> list[str]:
     if stage == "studies":
         return [f for r in result.values() for f in r.get("files", []) if f.endswith(".png")]
-    return list(result["figures"]) if stage == "report" else []
+    inspections = ("uncertainty", "concepts", "probes", "adversarial", "report")
+    return list(result["figures"]) if stage in inspections else []
 
 
 @flow(name="xaiflow-pipeline")
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
-    """Run the xaiflow pipeline (ingest, train, predict, features, studies, attribute, evaluate, report)
+    """Run the xaiflow pipeline (ingest, train, predict, features, studies, attribute, evaluate, uncertainty,
+    concepts, probes, adversarial, report)
     on a run config, reusing finished work; publishes a stage table and a summary."""
     from xaiflow.config import load_config
 

@@ -239,7 +239,12 @@ def tiny_pipeline_config(work: Path) -> Path:
         features={"dataset": "syn", "extractors": [{"name": "glcm", "params": {"distances": [1, 2]}}]},
         studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
                  "feature_sets": {"texture": ["glcm"]},
-                 "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}})
+                 "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}},
+        uncertainty={"dataset": "syn", "passes": 3, "device": "cpu"},
+        concepts={"dataset": "syn", "concepts": ["structure=mask:structure"], "runs": 3, "examples": 6,
+                  "min_fraction": 0.3, "device": "cpu"},
+        probes={"dataset": "syn", "transforms": ["rot90"], "device": "cpu"},
+        adversarial={"dataset": "syn", "max_samples": 4, "steps": 2, "device": "cpu"})
 
 
 @pytest.fixture(scope="session")

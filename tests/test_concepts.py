@@ -19,7 +19,7 @@ CONCEPTS = ["particles=mask:structure@particles", "lamellae=mask:structure@lamel
 @pytest.fixture(scope="module")
 def scored(learned, client):
     ws, model = learned
-    specs = [cc.parse_concept(c).model_copy(update={"min_fraction": 0.3}) for c in CONCEPTS]
+    specs = [cc.with_defaults(cc.parse_concept(c), 0.3, 0) for c in CONCEPTS]
     group = cc.run_tcav(ws, model, "syn", specs, layers=["block3"], settings=cc.TcavSettings(runs=20, examples=50),
                         client=client)
     return ws, model, group
@@ -73,8 +73,17 @@ def test_metadata_and_folder_concepts(learned, tmp_path):
     assert got.shape == (3, 48, 48)
 
 
+def test_concept_text_options_override_the_run_defaults():
+    spec = cc.with_defaults(cc.parse_concept("bar=mask:shortcut@a,patch=8,min=0.5"), 0.3, 32)
+    assert (spec.mask_class, spec.label, spec.patch, spec.min_fraction) == ("shortcut", "a", 8, 0.5)
+    plain = cc.with_defaults(cc.parse_concept("s=mask:structure"), 0.3, 32)
+    assert (plain.patch, plain.min_fraction) == (32, 0.3)
+
+
 @pytest.mark.parametrize("text, message", [
     ("nokind", "expected name=mask:CLASS"),
+    ("x=mask:structure,size=3", "unknown option 'size'"),
+    ("x=mask:structure,min=2", "less than or equal to 1"),
     ("x=shape:round", "unknown kind 'shape'"),
     ("bad name=mask:structure", "concept 'bad name=mask:structure'"),
 ])

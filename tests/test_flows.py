@@ -214,7 +214,8 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     assert [(r["stage"], r["status"]) for r in first["stages"]] == [(s, "done") for s in STAGES]
     model = first["results"]["train"][0]["model_id"]
     for group in ("images/syn", f"predictions/syn/{model}", "features/syn/glcm", "studies/syn/reduction",
-                  f"saliency/syn/{model}", f"metrics/syn/{model}"):
+                  f"saliency/syn/{model}", f"metrics/syn/{model}", f"uncertainty/syn/{model}",
+                  f"concepts/syn/{model}/tcav", f"probes/syn/{model}", f"adversarial/syn/{model}"):
         assert store.group_exists(ws, group), group
     report = first["results"]["report"]
     assert Path(report["report"]).is_file() and report["figures"] and report["verdict"]
@@ -223,6 +224,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     (stages,) = [a for a in arts["table"] if a["key"] == "pipeline-stages"]
     assert [r["stage"] for r in json.loads(stages["data"])] == list(STAGES)
     assert len(arts["image"]) == len(report["figures"])  # the report's figures, from the report subflow
+    assert "<h2>9. Concepts (TCAV)</h2><p class='note'>TCAV score" in Path(report["report"]).read_text()
     (summary,) = arts["markdown"]
     assert f"{model} test balanced accuracy" in summary["data"] and "saliency sparseness" in summary["data"]
 

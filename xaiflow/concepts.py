@@ -24,7 +24,7 @@ Work and storage (``concepts/<dataset>/<model_id>/``): the activations and gradi
 target samples (per channel: :func:`layer_activations`) are a chunked job (:mod:`xaiflow.jobs`: one Dask task per image chunk, resumable)
 into ``activations``; the example sets' activations (one Dask task per set) into ``examples``;
 the CAV fits (one Dask task per concept or random pair, layer and run) give ``tcav``:
-``score(concept, layer, class, run)``, ``random_score(layer, class, run)``,
+``score(concept, layer, class, run)``, ``random_score`` (of the concept's random CAVs, same dims),
 ``cav_accuracy(concept, layer, run)``, ``p_value``, ``p_adjusted`` and ``significant`` per
 (concept, layer, class), with the settings in ``attrs["provenance"]``.
 """
@@ -90,8 +90,13 @@ class ConceptSpec(BaseModel):
         return self
 
 
+#: the per-concept options of a mask concept's text (``,min=0.5,patch=8``) and their fields
+MASK_OPTIONS = {"min": "min_fraction", "patch": "patch"}
+
+
 def parse_concept(text: str) -> ConceptSpec:
-    """``name=mask:CLASS[@LABEL]``, ``name=meta:COORD=VALUE`` or ``name=folder:PATH`` (the CLI's form)."""
+    """``name=mask:CLASS[@LABEL][,min=F][,patch=P]``, ``name=meta:COORD=VALUE`` or ``name=folder:PATH``
+    (the CLI's and the config's form)."""
     try:
         name, rest = text.split("=", 1)
         kind, arg = rest.split(":", 1)
@@ -100,8 +105,15 @@ def parse_concept(text: str) -> ConceptSpec:
                            "name=folder:PATH") from None
     try:
         if kind == "mask":
-            mask_class, _, label = arg.partition("@")
-            return ConceptSpec(name=name, kind="mask", mask_class=mask_class, label=label or None)
+            main, *options = arg.split(",")
+            mask_class, _, label = main.partition("@")
+            extra = {}
+            for option in options:
+                key, _, value = option.partition("=")
+                if key not in MASK_OPTIONS:
+                    raise ValueError(f"unknown option {key!r}; valid: {', '.join(MASK_OPTIONS)}")
+                extra[MASK_OPTIONS[key]] = value
+            return ConceptSpec(name=name, kind="mask", mask_class=mask_class, label=label or None, **extra)
         if kind == "meta":
             coord, _, value = arg.partition("=")
             return ConceptSpec(name=name, kind="metadata", coord=coord, value=value)
@@ -110,6 +122,14 @@ def parse_concept(text: str) -> ConceptSpec:
     except ValueError as e:
         raise ConceptError(f"concept {text!r}: {e}") from None
     raise ConceptError(f"concept {text!r}: unknown kind {kind!r}; valid: mask, meta, folder")
+
+
+def with_defaults(spec: ConceptSpec, min_fraction: float, patch: int) -> ConceptSpec:
+    """A mask concept with the run's ``min_fraction`` and ``patch`` where its text did not set them."""
+    if spec.kind != "mask":
+        return spec
+    given = {"min_fraction": min_fraction, "patch": patch}
+    return spec.model_copy(update={k: v for k, v in given.items() if k not in spec.model_fields_set})
 
 
 def concepts_group(dataset: str, model_id: str, part: str) -> str:
@@ -432,19 +452,23 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
         for i, spec in enumerate(concepts):
             sets[spec.name] = concept_examples(workspace, dataset, spec, pool, size, settings.examples,
                                                settings.seed + i)
-        side = max((c.patch or size[0] // 2 for c in concepts if c.kind == "mask"), default=None)
-        randoms = [f"random_{r}" for r in range(settings.runs + 1)]
-        for r, name in enumerate(randoms):
-            sets[name] = random_examples(workspace, dataset, pool, side, settings.examples,
-                                         settings.seed + 1000 + r)
+        # random counterparts of the same kind of picture as each concept: patches of its side, or whole images
+        sides = {c.name: (c.patch or size[0] // 2) if c.kind == "mask" else 0 for c in concepts}
+        randoms = {side: [f"random_{side or 'image'}_{r}" for r in range(settings.runs + 1)]
+                   for side in sorted(set(sides.values()))}
+        for side, names_of_side in randoms.items():
+            for r, name in enumerate(names_of_side):
+                sets[name] = random_examples(workspace, dataset, pool, side or None, settings.examples,
+                                             settings.seed + 1000 + r)
         acts = dict(zip(sets, map_tasks(_set_activations, list(sets.items()), client=client, stage="concept sets",
                                         name="concept_set", model=entry, layers=layers, device=device)))
-        pairs = [(c, randoms[r], layer) for c in names for layer in layers for r in range(settings.runs)]
-        pairs += [(randoms[r], randoms[r + 1], layer) for layer in layers for r in range(settings.runs)]
+        null = {c: randoms[sides[c]] for c in names}  # each concept's random sets
+        pairs = [(c, null[c][r], layer) for c in names for layer in layers for r in range(settings.runs)]
+        pairs += [(rs[r], rs[r + 1], layer) for rs in randoms.values() for layer in layers for r in range(settings.runs)]
         items = [(acts[pos][layer], acts[neg][layer]) for pos, neg, layer in pairs]  # each task gets its two sets
         fits = dict(zip(pairs, map_tasks(_fit_cav, items, client=client, stage="CAV fits", name="cav_fit",
                                          seed=settings.seed)))
-        ds = _scores(workspace, dataset, entry, layers, classes, names, randoms, fits, settings, ttest_ind)
+        ds = _scores(workspace, dataset, entry, layers, classes, names, null, fits, settings, ttest_ind)
         ds.attrs[schema.ATTR_PROVENANCE] = {
             "model_id": entry.model_id, "checkpoint_sha256": entry.sha256, "layers": layers, "split": split,
             "runs": settings.runs, "examples": settings.examples, "alpha": settings.alpha, "seed": settings.seed,
@@ -456,14 +480,15 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
 
 
 def _scores(workspace: str, dataset: str, entry: ModelEntry, layers: list[str], classes: list[str], names: list[str],
-            randoms: list[str], fits: dict, settings: TcavSettings, ttest: Callable[..., Any]) -> xr.Dataset:
-    """TCAV scores of every CAV for the scored samples of every class, and the tests against random CAVs."""
+            null: dict[str, list[str]], fits: dict, settings: TcavSettings, ttest: Callable[..., Any]) -> xr.Dataset:
+    """TCAV scores of every CAV for the scored samples of every class, and the tests against the random
+    CAVs of each concept's random sets (``null``: concept -> its random set names)."""
     acts = store.open_group(workspace, concepts_group(dataset, entry.model_id, "activations"))
     scored = acts["scored"].values
     label = acts[schema.LABEL_INDEX].values
     runs = settings.runs
     score = np.full((len(names), len(layers), len(classes), runs), np.nan)
-    random_score = np.full((len(layers), len(classes), runs), np.nan)
+    random_score = np.full((len(names), len(layers), len(classes), runs), np.nan)
     accuracy = np.full((len(names), len(layers), runs), np.nan)
     for j, layer in enumerate(layers):
         grads = acts[f"grad__{layer}"].values
@@ -473,20 +498,20 @@ def _scores(workspace: str, dataset: str, entry: ModelEntry, layers: list[str], 
                 continue
             for r in range(runs):
                 for i, c in enumerate(names):
-                    cav, acc = fits[(c, randoms[r], layer)]
+                    cav, acc = fits[(c, null[c][r], layer)]
                     score[i, j, k, r] = float((g @ cav > 0).mean())
                     accuracy[i, j, r] = acc
-                random_score[j, k, r] = float((g @ fits[(randoms[r], randoms[r + 1], layer)][0] > 0).mean())
+                    random_score[i, j, k, r] = float((g @ fits[(null[c][r], null[c][r + 1], layer)][0] > 0).mean())
     with warnings.catch_warnings():  # runs that all score 1.0 (or 0.0) are a clear answer, not a precision problem
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        p = np.array([[[ttest(score[i, j, k], random_score[j, k], equal_var=False).pvalue
+        p = np.array([[[ttest(score[i, j, k], random_score[i, j, k], equal_var=False).pvalue
                         if np.isfinite(score[i, j, k]).all() else np.nan
                         for k in range(len(classes))] for j in range(len(layers))] for i in range(len(names))])
     adjusted = holm(p)
     mean = score.mean(axis=-1)
     return xr.Dataset(
         {"score": (("concept", "layer", "class", "run"), score.astype(np.float32)),
-         "random_score": (("layer", "class", "run"), random_score.astype(np.float32)),
+         "random_score": (("concept", "layer", "class", "run"), random_score.astype(np.float32)),
          "cav_accuracy": (("concept", "layer", "run"), accuracy.astype(np.float32)),
          "mean_score": (("concept", "layer", "class"), mean.astype(np.float32)),
          "p_value": (("concept", "layer", "class"), p), "p_adjusted": (("concept", "layer", "class"), adjusted),
@@ -508,7 +533,7 @@ def tcav_table(ds: xr.Dataset) -> list[dict[str, Any]]:
                 part.append({"class": str(k), "concept": str(c), "layer": str(layer),
                              "tcav": float(ds["mean_score"].sel(sel)),
                              "std": float(ds["score"].sel(sel).std()),
-                             "random": float(ds["random_score"].sel(layer=layer, **{"class": k}).mean()),
+                             "random": float(ds["random_score"].sel(sel).mean()),
                              "cav_accuracy": float(ds["cav_accuracy"].sel(concept=c, layer=layer).mean()),
                              "p_adjusted": float(ds["p_adjusted"].sel(sel)),
                              "significant": bool(ds["significant"].sel(sel))})
@@ -518,7 +543,7 @@ def tcav_table(ds: xr.Dataset) -> list[dict[str, Any]]:
 
 def tcav_figure(ds: xr.Dataset, path: str | os.PathLike[str], layer: str | None = None) -> Path:
     """Bars of the mean TCAV score (with the spread over runs) per class and concept at ``layer`` (the
-    last by default), the random CAVs' mean as a line, significant bars marked with a star."""
+    last by default), each concept's random CAVs' mean as a dash, significant bars marked with a star."""
     import matplotlib.pyplot as plt
 
     from xaiflow.figures import save_figure
@@ -533,11 +558,11 @@ def tcav_figure(ds: xr.Dataset, path: str | os.PathLike[str], layer: str | None 
         mean = sel["mean_score"].sel(concept=name).values
         std = sel["score"].sel(concept=name).std("run").values
         ax.bar(xs, mean, width, yerr=std, label=name, capsize=2)
+        ax.plot(xs, sel["random_score"].sel(concept=name).mean("run").values, "k_", markersize=10,
+                label="its random CAVs" if i == 0 else None)
         for x, m, s in zip(xs, mean, sel["significant"].sel(concept=name).values):
             if s:
                 ax.text(x, min(1.0, m + 0.05), "*", ha="center")
-    ax.plot(np.arange(len(classes)) + 0.4 - width / 2, sel["random_score"].mean("run").values, "k_", markersize=20,
-            label="random CAVs")
     ax.set(xticks=np.arange(len(classes)) + 0.4 - width / 2, xticklabels=classes, ylim=(0, 1.1),
            ylabel="TCAV score", title=f"concept sensitivity at {layer} (* significant after Holm correction)")
     ax.legend(fontsize=7, ncol=2)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from xaiflow.errors import XaiflowError
 from xaiflow.features.config import FeaturesConfig
+from xaiflow.inspection_config import AdversarialConfig, ConceptsConfig, ProbesConfig, UncertaintyConfig
 from xaiflow.modelref import THIS, ModelRef, TrainRef
 from xaiflow.plugins import PluginSpec, unique_keys
 from xaiflow.schema import SPLITS
@@ -230,6 +231,11 @@ class RunConfig(StrictModel):
     features: FeaturesConfig | None = Field(None, description="feature extraction (xaiflow features)")
     studies: StudyConfig | None = Field(None, description="feature studies (xaiflow study generalization|reduction)")
     attribution: AttributionConfig | None = Field(None, description="attribution maps (xaiflow attribute)")
+    uncertainty: UncertaintyConfig | None = Field(None, description="MC dropout or ensemble (xaiflow uncertainty)")
+    concepts: ConceptsConfig | None = Field(None, description="TCAV concept scores (xaiflow concepts)")
+    probes: ProbesConfig | None = Field(None, description="symmetry and invariance probes (xaiflow probe)")
+    adversarial: AdversarialConfig | None = Field(None, description="Fisher-information inspection (xaiflow "
+                                                                    "adversarial)")
     _origin: str = PrivateAttr("<config>")
 
     @property

@@ -7,7 +7,7 @@ import logging
 import typer
 
 import xaiflow
-from xaiflow.cli import data, explain, inspection, models, probe, query, report, studies
+from xaiflow.cli import data, explain, importance, inspection, models, probe, query, report, studies
 from xaiflow.cli.common import out, reporting_errors
 from xaiflow.plugins import load_plugins
 
@@ -40,7 +40,8 @@ def main(
 
 for command in (data.ingest, data.info, models.train, models.models, models.predict, explain.attribute, explain.show,
                 explain.evaluate, studies.features, report.shortcut, report.report,
-                inspection.uncertainty, inspection.adversarial, inspection.concepts, probe.probe):
+                inspection.uncertainty, inspection.adversarial, inspection.concepts, probe.probe,
+                importance.importance):
     app.command()(command)
 app.add_typer(query.query_app, name="query")
 app.add_typer(studies.study_app, name="study")

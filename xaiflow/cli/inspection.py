@@ -130,9 +130,9 @@ def adversarial(
             out.print("no PGD example flipped a decision: raise --epsilon or --steps to see sensitivity maps")
 
 
-CONCEPT_HELP = ("a concept, repeatable: NAME=mask:CLASS[@LABEL] (patches mostly of a mask class, optionally only of "
-                "images of LABEL), NAME=meta:COORD=VALUE (images with that metadata), NAME=folder:PATH (images of a "
-                "folder)")
+CONCEPT_HELP = ("a concept, repeatable: NAME=mask:CLASS[@LABEL][,min=F][,patch=P] (patches mostly of a mask class, "
+                "optionally only of images of LABEL; min and patch override --min-fraction and --patch), "
+                "NAME=meta:COORD=VALUE (images with that metadata), NAME=folder:PATH (images of a folder)")
 
 
 def concepts(
@@ -163,8 +163,7 @@ def concepts(
 
     with reporting_errors():
         specs = [cc.parse_concept(c) for c in concept]
-        specs = [s.model_copy(update={"min_fraction": min_fraction, "patch": patch}) if s.kind == "mask" else s
-                 for s in specs]
+        specs = [cc.with_defaults(s, min_fraction, patch) for s in specs]
         entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
         dataset = dataset or entry.dataset
         settings = cc.TcavSettings(runs=runs, examples=examples, alpha=alpha)

@@ -29,7 +29,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ("pipeline", "ingest", "train", "predict", "features", "generalization", "reduction", "attribute",
-               "evaluate", "report", "uncertainty", "concepts", "probes", "adversarial")
+               "evaluate", "report", "uncertainty", "concepts", "importance", "probes",
+               "adversarial")
 
 
 def flows() -> dict:
@@ -38,7 +39,7 @@ def flows() -> dict:
     from flows.evaluate import evaluate_flow
     from flows.features import features_flow
     from flows.ingest import ingest_flow
-    from flows.inspection import adversarial_flow, concepts_flow, probes_flow, uncertainty_flow
+    from flows.inspection import adversarial_flow, concepts_flow, importance_flow, probes_flow, uncertainty_flow
     from flows.pipeline import pipeline_flow
     from flows.report import report_flow
     from flows.studies import generalization_flow, reduction_flow
@@ -47,7 +48,8 @@ def flows() -> dict:
     return {"pipeline": pipeline_flow, "ingest": ingest_flow, "train": train_flow, "predict": predict_flow,
             "features": features_flow, "generalization": generalization_flow, "reduction": reduction_flow,
             "attribute": attribute_flow, "evaluate": evaluate_flow, "report": report_flow,
-            "uncertainty": uncertainty_flow, "concepts": concepts_flow, "probes": probes_flow,
+            "uncertainty": uncertainty_flow, "concepts": concepts_flow, "importance": importance_flow,
+            "probes": probes_flow,
             "adversarial": adversarial_flow}
 
 

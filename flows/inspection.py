@@ -1,7 +1,7 @@
-"""Model-inspection flows: uncertainty, concept scores (TCAV), symmetry probes and the adversarial
-inspection, each the library's chunked jobs as Prefect tasks on Dask with its tables and figures as
-artifacts (:mod:`xaiflow.uncertainty`, :mod:`xaiflow.concepts`, :mod:`xaiflow.probes`,
-:mod:`xaiflow.adversarial`).
+"""Model-inspection flows: uncertainty, concept scores (TCAV), structure importance, symmetry probes
+and the adversarial inspection, each the library's chunked jobs as Prefect tasks on Dask with its
+tables and figures as artifacts (:mod:`xaiflow.uncertainty`, :mod:`xaiflow.concepts`,
+:mod:`xaiflow.importance`, :mod:`xaiflow.probes`, :mod:`xaiflow.adversarial`).
 
 A stage flow takes its config section (the pipeline hands it the run config's); the stand-alone
 flow builds the section from typed parameters, so the Prefect UI shows a form.
@@ -10,6 +10,7 @@ flow builds the section from typed parameters, so the Prefect UI shows a form.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 
@@ -18,11 +19,13 @@ from flows.jobs import run_chunks
 from flows.runners import on_cluster
 from xaiflow import adversarial as adv
 from xaiflow import concepts as cc
+from xaiflow import importance as imp
 from xaiflow import probes as pr
 from xaiflow import store
 from xaiflow import uncertainty as unc
 from xaiflow.config import RunConfig
-from xaiflow.inspection_config import AdversarialConfig, ConceptsConfig, ProbesConfig, UncertaintyConfig
+from xaiflow.inspection_config import (AdversarialConfig, ConceptsConfig, ImportanceConfig, ProbesConfig,
+                                       UncertaintyConfig)
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.schema import IMAGE, IMAGES, group_path
 from xaiflow.studies.report import default_out_dir
@@ -32,7 +35,7 @@ def _folder(workspace: str, out_dir: str | None) -> Path:
     return Path(out_dir) if out_dir else default_out_dir(workspace)
 
 
-def _model(workspace: str, cfg: UncertaintyConfig | ConceptsConfig | ProbesConfig | AdversarialConfig,
+def _model(workspace: str, cfg: UncertaintyConfig | ConceptsConfig | ImportanceConfig | ProbesConfig | AdversarialConfig,
            run: RunConfig | None) -> ModelEntry:
     return ModelCatalog(workspace).resolve(cfg.model, run=run, dataset=cfg.dataset)
 
@@ -88,6 +91,25 @@ def concepts_stage(cfg: ConceptsConfig, workspace: str, run: RunConfig | None = 
                     {"group": group, "concepts": len(specs), "random runs": cfg.runs,
                      "significant": ", ".join(drivers) or "none"}, [figure])
     return {"group": group, "table": rows, "figures": [str(figure)]}
+
+
+@flow(name="stage-importance", flow_run_name="importance")
+def importance_stage(cfg: ImportanceConfig, workspace: str, run: RunConfig | None = None, overwrite: bool = False,
+                     out_dir: str | None = None) -> dict:
+    """Occlusion and keep-only per mask class; the per-class table, its sentences and the figure."""
+    entry = _model(workspace, cfg, run)
+    group = imp.measure_importance(workspace, entry.model_id, cfg.dataset, baseline=cfg.baseline, sigma=cfg.sigma,
+                                   min_area=cfg.min_area, split=_split(cfg.split), device=cfg.device,
+                                   overwrite=overwrite, runner=run_chunks)
+    ds = imp.open_importance(workspace, cfg.dataset, entry.model_id)
+    summary = imp.summarize(ds, imp.relevance_shares(workspace, cfg.dataset, entry.model_id, ds["sample"].values))
+    rows = summary.to_dict("records")
+    publish_table(rows, "importance-per-class", f"{group}: probability drop when a mask class is removed")
+    figure = imp.importance_figure(summary, _folder(workspace, out_dir) / f"{group.replace('/', '_')}.png", group)
+    publish_figures([figure], "importance-figure")
+    said = imp.sentences(summary)
+    publish_summary("Structure importance", "importance-summary", workspace, {"group": group}, [figure], said)
+    return {"group": group, "summary": rows, "sentences": said, "figures": [str(figure)]}
 
 
 @flow(name="stage-probes", flow_run_name="probes")
@@ -183,6 +205,31 @@ def concepts_flow(concepts: list[str], workspace: str = "workspace/quickstart.za
     cfg = ConceptsConfig(dataset=_dataset(workspace, dataset, model), model=model, concepts=concepts, layers=layers,
                          runs=runs, examples=examples, min_fraction=min_fraction, split=split, device=device)
     return on_cluster(concepts_stage, cluster)(cfg=cfg, workspace=workspace, overwrite=overwrite, out_dir=out_dir)
+
+
+@flow(name="xaiflow-importance")
+def importance_flow(workspace: str = "workspace/quickstart.zarr", model: str | None = None, dataset: str | None = None,
+                    baseline: Literal["blur", "mean", "noise"] = "blur", sigma: float = 4.0, min_area: float = 0.01,
+                    split: str = "test", device: str = "auto", overwrite: bool = False, out_dir: str | None = None,
+                    cluster: str = "local") -> dict:
+    """Which structure (mask class) drives the decision? Occlusion and keep-only per mask class.
+
+    Args:
+        workspace: the Zarr workspace (its dataset needs masks).
+        model: model id or unique prefix (default: the only model).
+        dataset: dataset (default: the model's training dataset).
+        baseline: what replaces removed pixels: blur (keeps the local mean), mean or noise.
+        sigma: blur: Gaussian sigma in px.
+        min_area: least share of the image a mask class must cover to be measured.
+        split: samples to measure (train, val, test or all).
+        device: cpu, cuda, cuda:N or auto.
+        overwrite: replace results stored with other settings.
+        out_dir: folder for figures (default: beside the workspace).
+        cluster: Dask cluster profile or scheduler address.
+    """
+    cfg = ImportanceConfig(dataset=_dataset(workspace, dataset, model), model=model, baseline=baseline, sigma=sigma,
+                           min_area=min_area, split=split, device=device)
+    return on_cluster(importance_stage, cluster)(cfg=cfg, workspace=workspace, overwrite=overwrite, out_dir=out_dir)
 
 
 @flow(name="xaiflow-probes")

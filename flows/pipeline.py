@@ -1,6 +1,6 @@
 """The whole pipeline as one Prefect flow: ingest -> train -> predict -> features -> studies ->
-attribute -> evaluate -> uncertainty -> concepts -> probes -> adversarial -> report, each stage a
-subflow run named after it (the stage flows of
+attribute -> evaluate -> uncertainty -> concepts -> importance -> probes -> adversarial -> report,
+each stage a subflow run named after it (the stage flows of
 ``flows/<stage>.py``, which their stand-alone flows also call). The run config is read and
 validated once, here, and the config object is handed to every stage.
 
@@ -33,7 +33,7 @@ from flows.artifacts import publish_figures, publish_summary, publish_table
 from flows.runners import on_cluster
 
 Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "uncertainty", "concepts",
-                "probes", "adversarial", "report"]
+                "importance", "probes", "adversarial", "report"]
 STAGES: tuple[str, ...] = get_args(Stage)
 
 
@@ -97,6 +97,8 @@ def _headline(stage: str, result: Any) -> str:
     if stage == "concepts":
         drivers = [f"{r['concept']} -> {r['class']}" for r in result["table"] if r["significant"]]
         return f"{result['group']}: significant {', '.join(drivers) or 'none'}"
+    if stage == "importance":
+        return f"{result['group']}: " + "; ".join(result["sentences"][-1:])
     if stage == "probes":
         verdict = result["verdict"]
         return f"{result['group']}: orientation {verdict['verdict'] if verdict else 'not probed'}"
@@ -109,7 +111,8 @@ def _headline(stage: str, result: Any) -> str:
 #: the config sections a stage needs (a stage missing one is skipped)
 NEEDS = {"ingest": ("datasets",), "train": ("train",), "predict": ("train",), "features": ("features",),
          "studies": ("studies", "features"), "attribute": ("attribution",), "evaluate": ("attribution",),
-         "uncertainty": ("uncertainty",), "concepts": ("concepts",), "probes": ("probes",),
+         "uncertainty": ("uncertainty",), "concepts": ("concepts",), "importance": ("importance",),
+         "probes": ("probes",),
          "adversarial": ("adversarial",), "report": ("attribution",)}
 
 
@@ -119,7 +122,8 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
     from flows.evaluate import evaluate_stage
     from flows.features import features_stage
     from flows.ingest import ingest_stage
-    from flows.inspection import adversarial_stage, concepts_stage, probes_stage, uncertainty_stage
+    from flows.inspection import (adversarial_stage, concepts_stage, importance_stage, probes_stage,
+                                  uncertainty_stage)
     from flows.report import report_stage
     from flows.studies import studies_stage
     from flows.train import predict_stage, train_stage
@@ -128,7 +132,8 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
     stage = {name: on_cluster(f, cluster) for name, f in (
         ("ingest", ingest_stage), ("train", train_stage), ("predict", predict_stage), ("features", features_stage),
         ("studies", studies_stage), ("attribute", attribute_stage), ("evaluate", evaluate_stage),
-        ("uncertainty", uncertainty_stage), ("concepts", concepts_stage), ("probes", probes_stage),
+        ("uncertainty", uncertainty_stage), ("concepts", concepts_stage), ("importance", importance_stage),
+        ("probes", probes_stage),
         ("adversarial", adversarial_stage))}
     return {
         "ingest": lambda: stage["ingest"](run=run, workspace=ws),
@@ -139,7 +144,7 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
         "attribute": lambda: stage["attribute"](run=run, workspace=ws, methods=params.methods, device=device),
         "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
         **{name: partial(stage[name], cfg=getattr(run, name), workspace=ws, run=run)
-           for name in ("uncertainty", "concepts", "probes", "adversarial")},
+           for name in ("uncertainty", "concepts", "importance", "probes", "adversarial")},
         "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out),
     }
 
@@ -147,14 +152,14 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
 def _figures(stage: str, result: Any) -> list[str]:
     if stage == "studies":
         return [f for r in result.values() for f in r.get("files", []) if f.endswith(".png")]
-    inspections = ("uncertainty", "concepts", "probes", "adversarial", "report")
+    inspections = ("uncertainty", "concepts", "importance", "probes", "adversarial", "report")
     return list(result["figures"]) if stage in inspections else []
 
 
 @flow(name="xaiflow-pipeline")
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the xaiflow pipeline (ingest, train, predict, features, studies, attribute, evaluate, uncertainty,
-    concepts, probes, adversarial, report)
+    concepts, importance, probes, adversarial, report)
     on a run config, reusing finished work; publishes a stage table and a summary."""
     from xaiflow.config import load_config
 

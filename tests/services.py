@@ -243,6 +243,7 @@ def tiny_pipeline_config(work: Path) -> Path:
         uncertainty={"dataset": "syn", "passes": 3, "device": "cpu"},
         concepts={"dataset": "syn", "concepts": ["structure=mask:structure"], "runs": 3, "examples": 6,
                   "min_fraction": 0.3, "device": "cpu"},
+        importance={"dataset": "syn", "device": "cpu"},
         probes={"dataset": "syn", "transforms": ["rot90"], "device": "cpu"},
         adversarial={"dataset": "syn", "max_samples": 4, "steps": 2, "device": "cpu"})
 

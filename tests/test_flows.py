@@ -215,7 +215,8 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     model = first["results"]["train"][0]["model_id"]
     for group in ("images/syn", f"predictions/syn/{model}", "features/syn/glcm", "studies/syn/reduction",
                   f"saliency/syn/{model}", f"metrics/syn/{model}", f"uncertainty/syn/{model}",
-                  f"concepts/syn/{model}/tcav", f"probes/syn/{model}", f"adversarial/syn/{model}"):
+                  f"concepts/syn/{model}/tcav", f"importance/syn/{model}", f"probes/syn/{model}",
+                  f"adversarial/syn/{model}"):
         assert store.group_exists(ws, group), group
     report = first["results"]["report"]
     assert Path(report["report"]).is_file() and report["figures"] and report["verdict"]
@@ -224,7 +225,7 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     (stages,) = [a for a in arts["table"] if a["key"] == "pipeline-stages"]
     assert [r["stage"] for r in json.loads(stages["data"])] == list(STAGES)
     assert len(arts["image"]) == len(report["figures"])  # the report's figures, from the report subflow
-    assert "<h2>9. Concepts (TCAV)</h2><p class='note'>TCAV score" in Path(report["report"]).read_text()
+    assert "<h2>8. Concepts (TCAV)</h2><p class='note'>TCAV score" in Path(report["report"]).read_text()
     (summary,) = arts["markdown"]
     assert f"{model} test balanced accuracy" in summary["data"] and "saliency sparseness" in summary["data"]
 

@@ -37,7 +37,7 @@ def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
         assert title in page
     assert "Metrics were not computed" in page
     assert f"Not computed: <code>xaiflow uncertainty -w {ws} -m {model}</code>" in page
-    for command in ("adversarial", "concepts", "probe"):
+    for command in ("adversarial", "concepts", "importance", "probe"):
         assert f"Not computed: <code>xaiflow {command} -w {ws} -m {model}" in page
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 5  # examples, means, 2 agreement, mask
     assert {"examples.png", "class_means.png", "mask_ratio.png", "shortcut.json"} <= {p.name for p in path.parent.iterdir()}
@@ -85,10 +85,10 @@ def test_report_uncertainty_and_adversarial_sections(tiny, client, tmp_path):
     inspect_adversarial(ws, model, "syn", attack=AttackSettings(epsilon=1.0, steps=4, step_size=0.5), split=None,
                         max_samples=6, client=client)
     page = write_report(ws, model, out=tmp_path / "r3").read_text()
-    section = page[page.index("<h2>7. Uncertainty</h2>"):page.index("<h2>8. Adversarial inspection</h2>")]
+    section = page[page.index("<h2>7. Uncertainty</h2>"):page.index("<h2>8. Concepts (TCAV)</h2>")]
     assert f"uncertainty/syn/{model} (mc dropout, 4 draws per sample, test split)" in section
     assert re.search(r"expected calibration error \d\.\d{3}: the model is ", section)
     assert "reliability diagram" in section
-    adversarial = page[page.index("<h2>8. Adversarial inspection</h2>"):]
+    adversarial = page[page.index("<h2>11. Adversarial inspection</h2>"):]
     assert "6 samples attacked (epsilon 1.0, PGD 4 steps)" in adversarial and "fisher_trace" in adversarial
     assert (tmp_path / "r3" / "reliability.png").is_file() and (tmp_path / "r3" / "adversarial_scores.png").is_file()

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from xaiflow.errors import XaiflowError
 from xaiflow.features.config import FeaturesConfig
-from xaiflow.inspection_config import AdversarialConfig, ConceptsConfig, ProbesConfig, UncertaintyConfig
+from xaiflow.inspection_config import (AdversarialConfig, ConceptsConfig, ImportanceConfig, ProbesConfig,
+                                       UncertaintyConfig)
 from xaiflow.modelref import THIS, ModelRef, TrainRef
 from xaiflow.plugins import PluginSpec, unique_keys
 from xaiflow.schema import SPLITS
@@ -233,6 +234,8 @@ class RunConfig(StrictModel):
     attribution: AttributionConfig | None = Field(None, description="attribution maps (xaiflow attribute)")
     uncertainty: UncertaintyConfig | None = Field(None, description="MC dropout or ensemble (xaiflow uncertainty)")
     concepts: ConceptsConfig | None = Field(None, description="TCAV concept scores (xaiflow concepts)")
+    importance: ImportanceConfig | None = Field(None, description="structure importance per mask class (xaiflow "
+                                                                  "importance)")
     probes: ProbesConfig | None = Field(None, description="symmetry and invariance probes (xaiflow probe)")
     adversarial: AdversarialConfig | None = Field(None, description="Fisher-information inspection (xaiflow "
                                                                     "adversarial)")

@@ -1,4 +1,5 @@
-"""Config sections of the model inspections (``uncertainty:``, ``concepts:``, ``probes:``, ``adversarial:``).
+"""Config sections of the model inspections (``uncertainty:``, ``concepts:``, ``importance:``, ``probes:``,
+``adversarial:``).
 
 Each names a dataset and, like ``attribution:``, the model (default: the model of the config's
 ``train:`` section). The pipeline runs a stage for each section present; the CLI commands take
@@ -7,7 +8,7 @@ the same settings as options.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +51,15 @@ class ConceptsConfig(_Section):
     patch: int = Field(0, ge=0, le=4096, description="mask concepts: patch side in px (0: half the image side)")
     split: Text = Field("test", description="samples whose classes are scored (examples come from the rest)")
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level after Holm correction")
+
+
+class ImportanceConfig(_Section):
+    """Occlusion and keep-only per mask class (xaiflow importance)."""
+
+    baseline: Literal["blur", "mean", "noise"] = Field("blur", description="what replaces removed pixels")
+    sigma: float = Field(4.0, gt=0, le=100, description="blur: Gaussian sigma in px")
+    min_area: float = Field(0.01, ge=0, lt=1, description="least share of the image a mask class must cover")
+    split: Text = Field("test", description="samples to measure (train, val, test or all)")
 
 
 class ProbesConfig(_Section):

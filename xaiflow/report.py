@@ -300,6 +300,27 @@ def _concepts_html(workspace: str, dataset: str, model_id: str, folder: Path) ->
             + _img(cc.tcav_figure(ds, folder / "tcav.png"), "TCAV scores"))
 
 
+def _importance_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    from xaiflow import importance as imp
+
+    if not store.group_exists(workspace, imp.importance_group(dataset, model_id)):
+        return (f"<p>Not computed: <code>xaiflow importance -w {html.escape(workspace)} -m {html.escape(model_id)}"
+                "</code> (needs masks: one class per pixel).</p>")
+    ds = imp.open_importance(workspace, dataset, model_id)
+    summary = imp.summarize(ds, imp.relevance_shares(workspace, dataset, model_id, ds[schema.SAMPLE].values))
+    baseline = ds.attrs[schema.ATTR_PROVENANCE]["baseline"]
+    columns = [c for c in ("class", "mask_class", "n", "occlusion_drop", "occlusion_drop_std", "keep_only", "flip_rate",
+                           "area") if c in summary.columns]
+    columns += [c for c in summary.columns if c.startswith("ratio_")]
+    return (f"<p class='note'>Per true class and mask class: the drop of the predicted class's probability when "
+            f"that class's pixels are replaced ({html.escape(baseline)}), the probability when only they are kept, "
+            "how often the decision changed, the area share, and each method's relevance share over area share "
+            "(ratio above 1: the method puts more relevance there than its area).</p>"
+            + "".join(f"<p>{html.escape(line)}</p>" for line in imp.sentences(summary))
+            + _table(summary.to_dict("records"), columns)
+            + _img(imp.importance_figure(summary, folder / "importance.png"), "structure importance"))
+
+
 def _probes_html(workspace: str, dataset: str, model_id: str, folder: Path) -> str:
     from xaiflow import probes
 
@@ -396,9 +417,10 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     else:
         body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
     body += ["<h2>7. Uncertainty</h2>", _uncertainty_html(workspace, dataset, model_id, folder),
-             "<h2>8. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder),
-             "<h2>9. Concepts (TCAV)</h2>", _concepts_html(workspace, dataset, model_id, folder),
-             "<h2>10. Symmetry probes</h2>", _probes_html(workspace, dataset, model_id, folder)]
+             "<h2>8. Concepts (TCAV)</h2>", _concepts_html(workspace, dataset, model_id, folder),
+             "<h2>9. Structure importance</h2>", _importance_html(workspace, dataset, model_id, folder),
+             "<h2>10. Symmetry probes</h2>", _probes_html(workspace, dataset, model_id, folder),
+             "<h2>11. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = folder / REPORT_FILE

@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 UHCS_DIR = Path(os.environ.get("XAIFLOW_UHCS_DIR", REPO.parent / "shared" / "data" / "uhcs")).resolve()
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# mirrors of checkpoints of workspaces on object storage: per test session, not in the user's home
+# (set before any Dask worker starts, so the workers inherit it)
+if "XAIFLOW_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["XAIFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="xaiflow-cache-")
 
 #: session fixtures of real services (Prefect server, Dask scheduler and workers, served deployments)
 pytest_plugins = ["services"]

@@ -25,6 +25,8 @@ from typing import Literal
 
 import zarr
 
+from xaiflow import store
+
 #: ``auto`` shards arrays of at least this many chunks
 AUTO_FROM_CHUNKS = 64
 #: ``auto``: chunks per shard at most (a shard is one task's writes)
@@ -66,11 +68,11 @@ def sample_encoding(chunk_size: int, per_shard: int, item_shape: tuple[int, ...]
 def write_unit(workspace: str | os.PathLike[str], path: str) -> int:
     """Samples one write covers in the stored array at ``path`` (e.g. ``images/uhcs/image``): its
     shard along samples, or its chunk when it has no shards."""
-    arr = zarr.open_array(str(workspace), path=path, mode="r", zarr_format=3)
+    arr = zarr.open_array(store.location(workspace), path=path, mode="r", zarr_format=3)
     return int((arr.shards or arr.chunks)[0])
 
 
 def chunk_unit(workspace: str | os.PathLike[str], path: str) -> int:
     """Samples in one chunk (not shard) of the stored array at ``path``: the unit of groups computed for a
     subset of samples, which stay unsharded (a task per image chunk, files only where samples were chosen)."""
-    return int(zarr.open_array(str(workspace), path=path, mode="r", zarr_format=3).chunks[0])
+    return int(zarr.open_array(store.location(workspace), path=path, mode="r", zarr_format=3).chunks[0])

@@ -13,6 +13,10 @@ treats every folder of a store as part of it). Each holds the owner, host, pid, 
 and what the run does. A lock whose process is gone (same host, pid not running) is stale: it
 is removed, with a warning, and the new run proceeds. A lock from another host cannot be
 checked from here; the message says which file to remove if that run is known to be gone.
+
+A workspace on object storage keeps its locks at the sibling URL (``s3://b/ws.locks/``), created
+with the file system's exclusive create (``xb``: a conditional write on S3, a plain exclusive open
+on a local or memory file system), so two runs from any hosts cannot both take one.
 """
 
 from __future__ import annotations
@@ -37,19 +41,28 @@ class WorkspaceBusyError(XaiflowError):
     """Another run is writing the group; the message names it (owner, host, pid, start, what)."""
 
 
-def locks_dir(workspace: str | os.PathLike[str]) -> Path:
-    """``ws.zarr`` -> ``ws.locks/``."""
-    path = Path(workspace)
-    return path.with_name((path.stem if path.suffix == ".zarr" else path.name) + ".locks")
+def locks_dir(workspace: str | os.PathLike[str]) -> str:
+    """``ws.zarr`` -> ``ws.locks/`` (a path, or a URL beside a workspace on object storage)."""
+    from xaiflow.store import _sibling
+
+    return _sibling(workspace, ".locks")
 
 
-def lock_path(workspace: str | os.PathLike[str], group: str) -> Path:
-    return locks_dir(workspace) / (group.strip("/").replace("/", "__") + ".lock")
+def lock_path(workspace: str | os.PathLike[str], group: str) -> str:
+    return f"{locks_dir(workspace)}/{group.strip('/').replace('/', '__')}.lock"
 
 
-def _holder(path: Path) -> dict[str, Any]:
+def _fs(path: str) -> tuple[Any, str]:
+    """The file system of a lock path (local when it is no URL) and the path on it."""
+    from xaiflow.store import filesystem, is_url
+
+    return filesystem(path if is_url(path) else Path(path).absolute().as_uri())
+
+
+def _holder(path: str) -> dict[str, Any]:
+    fs, p = _fs(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(fs.cat_file(p))
     except (OSError, ValueError):
         return {}  # being written right now, or unreadable: treated as held
 
@@ -67,14 +80,21 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     return False
 
 
-def _acquire(path: Path, record: dict[str, Any]) -> bool:
+def _acquire(path: str, record: dict[str, Any]) -> bool:
+    fs, p = _fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with fs.open(p, "xb") as f:
+            f.write(json.dumps(record).encode())
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
     return True
+
+
+def _release(path: str) -> None:
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p)
 
 
 @contextmanager
@@ -82,7 +102,6 @@ def group_lock(workspace: str | os.PathLike[str], group: str, what: str) -> Iter
     """Hold the lock of ``group`` while the block runs (see the module docstring); ``what`` says what
     this run does, for the message another run gets."""
     path = lock_path(workspace, group)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"group": group, "what": what, "owner": getpass.getuser(), "host": socket.gethostname(),
               "pid": os.getpid(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     if not _acquire(path, record):
@@ -94,11 +113,11 @@ def group_lock(workspace: str | os.PathLike[str], group: str, what: str) -> Iter
                                      f"if that run is gone, remove {path}")
         log.warning("%s: removing the stale lock of pid %s on %s (no longer running)", group, holder["pid"],
                     holder["host"])
-        path.unlink(missing_ok=True)
+        _release(path)
         if not _acquire(path, record):
             raise WorkspaceBusyError(f"{group} is being written by another run that started just now; see {path}")
     try:
         yield
     finally:
         if _holder(path).get("pid") == os.getpid():
-            path.unlink(missing_ok=True)
+            _release(path)

@@ -33,6 +33,8 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous
 
+from xaiflow import store
+
 T = TypeVar("T")
 
 #: Arrays a process keeps open. A chunk task opens 1 + 4-5 per method (66 for 13 methods);
@@ -77,7 +79,10 @@ def _process() -> _Process:
 
 
 def _stamp(workspace: str, path: str) -> _Stamp:
-    """Identity of an array's metadata file: recreated or edited arrays get a new stamp."""
+    """Identity of an array's metadata file: recreated or edited arrays get a new stamp. None (never
+    reused: opened anew each time) on object storage, where no cheap identity is at hand."""
+    if store.is_url(workspace):
+        return None
     try:
         st = os.stat(Path(workspace, path, "zarr.json"))
     except OSError:
@@ -92,7 +97,7 @@ def open_arrays(workspace: str | os.PathLike[str], paths: Iterable[str], mode: s
     Pass them only to :func:`read` and :func:`write` of this process (they belong to its loop).
     """
     process = _process()
-    workspace = os.path.abspath(workspace)
+    workspace = str(workspace) if store.is_url(workspace) else os.path.abspath(workspace)
     paths = list(dict.fromkeys(paths))
     stamps = {p: _stamp(workspace, p) for p in paths}
     found: dict[str, zarr.AsyncArray] = {}
@@ -105,7 +110,7 @@ def open_arrays(workspace: str | os.PathLike[str], paths: Iterable[str], mode: s
     stale = [p for p in paths if p not in found]
     if stale:
         async def _open() -> list[Any]:
-            root = await zarr.api.asynchronous.open_group(workspace, mode=mode, zarr_format=3)
+            root = await zarr.api.asynchronous.open_group(store.location(workspace), mode=mode, zarr_format=3)
             return list(await asyncio.gather(*(root.getitem(p) for p in stale)))
 
         nodes = process.run(_open())

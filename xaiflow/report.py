@@ -42,8 +42,7 @@ class ReportError(XaiflowError):
 
 def default_out(workspace: str | os.PathLike[str], model_id: str) -> Path:
     """``<workspace>.reports/<model_id>`` beside the store (folders inside it would join the Zarr hierarchy)."""
-    ws = Path(workspace)
-    return ws.with_name(ws.stem + ".reports") / model_id
+    return Path(store.local_sibling(workspace, ".reports")) / model_id
 
 
 # ----------------------------------------------------------------------------- numbers

@@ -134,7 +134,7 @@ def write_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset
     for v in ds.data_vars:
         if ds[v].ndim >= 3:  # maps; flags and targets keep the default codec
             encoding[v]["compressors"] = (map_codec(),)
-    ds.to_zarr(str(workspace), group=group, mode=mode, compute=False, consolidated=False, zarr_format=3,
+    ds.to_zarr(store.location(workspace), group=group, mode=mode, compute=False, consolidated=False, zarr_format=3,
                encoding=encoding)
 
 
@@ -142,7 +142,7 @@ def stored_methods(workspace: str | os.PathLike[str], group: str) -> dict[str, d
     """Method key -> variable attrs of every method stored in a saliency group."""
     if not store.group_exists(workspace, group):
         return {}
-    ds = xr.open_zarr(str(workspace), group=group, consolidated=False, zarr_format=3)
+    ds = xr.open_zarr(store.location(workspace), group=group, consolidated=False, zarr_format=3)
     return {k: dict(ds[k].attrs) for k in ds.data_vars if ATTR_METHOD in ds[k].attrs}
 
 

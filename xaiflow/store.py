@@ -35,49 +35,90 @@ class WorkspaceError(XaiflowError):
     """The workspace or a group in it is missing or unusable; names the path and group."""
 
 
+def _sibling(workspace: str | os.PathLike[str], suffix: str) -> str:
+    """``ws.zarr`` -> ``ws<suffix>`` beside it (a path, or a URL on the same object store)."""
+    if is_url(workspace):
+        base = str(workspace).rstrip("/")
+        return (base[:-len(".zarr")] if base.endswith(".zarr") else base) + suffix
+    path = Path(workspace)
+    return str(path.with_name((path.stem if path.suffix == ".zarr" else path.name) + suffix))
+
+
+def local_sibling(workspace: str | os.PathLike[str], suffix: str) -> str:
+    """A local folder named after the workspace for what a person opens (reports, figures): beside the
+    store, or in the working directory for a workspace on object storage."""
+    if is_url(workspace):
+        return Path(_sibling(workspace, suffix).rsplit("/", 1)[-1]).name
+    return _sibling(workspace, suffix)
+
+
 def models_dir(workspace: str | os.PathLike[str]) -> Path:
     """Where a workspace keeps its model checkpoints: ``ws.zarr`` -> ``ws.models/<model_id>/``.
 
     A sibling folder, not a folder inside the store: zarr and xarray treat every folder of
-    a store as part of the hierarchy.
-    """
-    path = _path(workspace)
-    return path.with_name((path.stem if path.suffix == ".zarr" else path.name) + ".models")
+    a store as part of the hierarchy. A workspace on object storage keeps them at the sibling
+    URL and this is its local mirror (:func:`xaiflow.models.remote.mirror_dir`)."""
+    if is_url(workspace):
+        from xaiflow.models.remote import mirror_dir
+
+        return mirror_dir(models_url(workspace))
+    return Path(_sibling(workspace, ".models"))
+
+
+def models_url(workspace: str | os.PathLike[str]) -> str:
+    """The models folder of a workspace on object storage (``s3://b/ws.zarr`` -> ``s3://b/ws.models``)."""
+    return _sibling(workspace, ".models")
 
 
 def is_url(workspace: str | os.PathLike[str]) -> bool:
-    """Whether ``workspace`` is an fsspec URL (``s3://bucket/ws.zarr``, ``gs://...``, ``memory://...``)."""
+    """Whether ``workspace`` is an fsspec URL (``s3://bucket/ws.zarr``, ``gs://...``, ``file://...``)."""
     return isinstance(workspace, str) and "://" in workspace
 
 
-def _path(workspace: str | os.PathLike[str]) -> Path:
-    """A local (or shared POSIX) workspace's path: writers, and what lives beside the store
-    (checkpoints, locks), need one. A URL is refused with the reason."""
-    if is_url(workspace):
-        raise WorkspaceError(f"{workspace}: a workspace on object storage can be read (queries, plain xarray) but "
-                             "not written yet (locks and checkpoints live beside the store on a POSIX file "
-                             "system); run the stage on a local or shared path and copy the store there")
-    return Path(workspace)
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path on it; a local ``file://`` one creates folders on
+    write, as object stores do implicitly."""
+    import fsspec
+
+    options = {"auto_mkdir": True} if url.startswith("file://") else {}
+    return fsspec.core.url_to_fs(url, **options)
 
 
-def location(workspace: str | os.PathLike[str]) -> str:
-    """What zarr and xarray open for reading: the path, or the URL of a workspace on object storage."""
-    return workspace if is_url(workspace) else str(Path(workspace))
+def location(workspace: str | os.PathLike[str]) -> Any:
+    """What zarr and xarray open, for reading and writing: the path, or for a workspace on object
+    storage an fsspec-backed Zarr store of its URL."""
+    if not is_url(workspace):
+        return str(Path(workspace))
+    from zarr.storage import FsspecStore
+
+    url = str(workspace)
+    return FsspecStore.from_url(url, storage_options={"auto_mkdir": True} if url.startswith("file://") else None)
 
 
 def is_workspace(workspace: str | os.PathLike[str]) -> bool:
     """Whether ``workspace`` holds a Zarr v3 store (a workspace, possibly empty)."""
     if is_url(workspace):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(workspace)
+        fs, root = filesystem(str(workspace))
         return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
     return (Path(workspace) / "zarr.json").is_file()
 
 
+def _remove(workspace: str | os.PathLike[str], path: str) -> None:
+    """Delete ``path`` (a group or array folder) inside the workspace, on disk or on object storage."""
+    if is_url(workspace):
+        fs, root = filesystem(str(workspace))
+        target = f"{root.rstrip('/')}/{path}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+        return
+    target = Path(workspace) / path
+    if target.exists():
+        shutil.rmtree(target)
+
+
 def _root(workspace: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
     if mode != "r":
-        return zarr.open_group(str(_path(workspace)), mode=mode, zarr_format=3)
+        return zarr.open_group(location(workspace), mode=mode, zarr_format=3)
     if not is_workspace(workspace):
         raise WorkspaceError(f"{workspace} is not an xaiflow workspace (no Zarr v3 store there); "
                              "create it with `xaiflow ingest`")
@@ -186,20 +227,18 @@ def group_attrs(workspace: str | os.PathLike[str], group: str) -> dict[str, Any]
 
 
 def set_attrs(workspace: str | os.PathLike[str], group: str, **attrs: Any) -> None:
-    zarr.open_group(str(_path(workspace)), path=group, mode="r+", zarr_format=3).attrs.update(attrs)
+    zarr.open_group(location(workspace), path=group, mode="r+", zarr_format=3).attrs.update(attrs)
 
 
 def delete_group(workspace: str | os.PathLike[str], group: str) -> None:
     """Remove a group and everything in it (used by ``--overwrite``)."""
     if group_exists(workspace, group):
-        shutil.rmtree(_path(workspace) / group)
+        _remove(workspace, group)
 
 
 def delete_array(workspace: str | os.PathLike[str], group: str, name: str) -> None:
     """Remove one variable of a group (used when a method is recomputed with --overwrite)."""
-    path = _path(workspace) / group / name
-    if path.exists():
-        shutil.rmtree(path)
+    _remove(workspace, f"{group}/{name}")
 
 
 def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Dataset) -> None:
@@ -215,13 +254,13 @@ def create_template(workspace: str | os.PathLike[str], group: str, ds: xr.Datase
     ds.attrs[schema.ATTR_STATUS] = schema.STATUS_INCOMPLETE
     encoding = {schema.DONE: {"chunks": (size,)}}
     _root(workspace, mode="a")  # creates the workspace on first use
-    ds.to_zarr(str(_path(workspace)), group=group, mode="w", compute=False, consolidated=False,
+    ds.to_zarr(location(workspace), group=group, mode="w", compute=False, consolidated=False,
                zarr_format=3, encoding=encoding)
 
 
 def write_region(workspace: str | os.PathLike[str], group: str, variable: str, start: int, data: np.ndarray) -> None:
     """Write ``data`` into ``variable[start:start+len(data)]`` (chunk-aligned by the caller)."""
-    arr = zarr.open_array(str(_path(workspace)), path=f"{group}/{variable}", mode="r+", zarr_format=3)
+    arr = zarr.open_array(location(workspace), path=f"{group}/{variable}", mode="r+", zarr_format=3)
     arr[start:start + len(data)] = data
 
 
@@ -244,7 +283,7 @@ def resume_flags(workspace: str | os.PathLike[str], group: str) -> np.ndarray:
     first: each sample gets its chunk's flag, chunked like the samples, and ``chunk_done`` is
     removed; nothing else of the group changes.
     """
-    root = zarr.open_group(str(_path(workspace)), path=group, mode="r+", zarr_format=3)
+    root = zarr.open_group(location(workspace), path=group, mode="r+", zarr_format=3)
     names = set(root.array_keys())
     if schema.DONE not in names and schema.LEGACY_CHUNK_DONE in names:
         chunk_flags = np.asarray(root[schema.LEGACY_CHUNK_DONE][:], bool)
@@ -254,6 +293,6 @@ def resume_flags(workspace: str | os.PathLike[str], group: str) -> np.ndarray:
         flags = np.repeat(chunk_flags, size)[:n]
         root.create_array(schema.DONE, shape=(n,), chunks=(size,), dtype=bool, fill_value=False,
                           dimension_names=(schema.SAMPLE,))[:] = flags
-        shutil.rmtree(_path(workspace) / group / schema.LEGACY_CHUNK_DONE)
-    return np.asarray(zarr.open_array(str(_path(workspace)), path=f"{group}/{schema.DONE}", mode="r",
+        _remove(workspace, f"{group}/{schema.LEGACY_CHUNK_DONE}")
+    return np.asarray(zarr.open_array(location(workspace), path=f"{group}/{schema.DONE}", mode="r",
                                       zarr_format=3)[:], bool)

@@ -262,6 +262,10 @@ def train_model(workspace: str | Path, cfg: TrainConfig, *, force: bool = False,
             metrics[name]["majority_baseline"] = majority_baseline(labels[train_idx], labels[idx], classes)
     config = {"train": cfg.model_dump(mode="json"), "data_hash": data_hash(arrays), "workspace": str(workspace)}
     save_checkpoint(directory, model.cpu(), config, history, metrics)
+    if catalog.remote:  # a workspace on object storage: the mirror's new checkpoint goes beside the store
+        from xaiflow.models.remote import push
+
+        push(catalog.remote, directory)
     return _summary(model_id, directory, cfg, metrics, reused=False)
 
 

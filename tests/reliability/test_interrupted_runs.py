@@ -88,7 +88,7 @@ def test_a_second_writer_is_refused_and_nothing_is_lost(tmp_path, trained):
     model = model_id(ws)
     first = popen("attribute", slow_config(tmp_path / "train.yaml", run, 128, splits=["train"]), "-w", ws,
                   "--cluster", "threads")
-    lock = lock_path(ws, f"saliency/syn/{model}")
+    lock = Path(lock_path(ws, f"saliency/syn/{model}"))
     wait_for(lock.is_file, 120, "the first run's lock", first)
     # paused (not ended) while the second starts: on a busy machine the first could otherwise finish
     # before the second process has even imported xaiflow
@@ -116,7 +116,7 @@ def test_a_stale_lock_of_a_dead_process_is_removed(tmp_path, trained):
     config, ws = trained
     ws = copy_workspace(ws, tmp_path / "ws.zarr")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock = lock_path(ws, f"saliency/syn/{model_id(ws)}")
+    lock = Path(lock_path(ws, f"saliency/syn/{model_id(ws)}"))
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "owner": "someone",
                                 "what": "attribution", "started": "2026-01-01T00:00:00+00:00"}))

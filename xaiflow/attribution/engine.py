@@ -114,7 +114,7 @@ def _planned_targets(workspace: str, target: str, predictions: str | None, image
     if target == "label":
         return np.asarray(images[schema.LABEL_INDEX].values, np.int64)
     if predictions:
-        return np.asarray(zarr.open_group(workspace, path=predictions, mode="r", zarr_format=3)["predicted"][:], np.int64)
+        return np.asarray(zarr.open_group(store.location(workspace), path=predictions, mode="r", zarr_format=3)["predicted"][:], np.int64)
     return None
 
 
@@ -146,7 +146,7 @@ def _write_unit(workspace: str, group: str, cfg: AttributionConfig, images: Any,
                 evaluations: int) -> int:
     """Samples one chunk task writes in the saliency group: the unit of its stored method arrays,
     else (a new group) image chunks in shards chosen from the maps' size and the methods' cost."""
-    root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
+    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
     flags = sorted(k for k in root.array_keys() if k.endswith(DONE_SUFFIX))
     if flags:
         return layout.write_unit(workspace, f"{group}/{flags[0]}")
@@ -211,7 +211,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     n = images.sizes[schema.SAMPLE]
     chunk = unit  # a task writes whole shards (xaiflow.layout)
     selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
-    root = zarr.open_group(workspace, path=group, mode="r", zarr_format=3)
+    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
     flags = {m.key: np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods}
     done = np.logical_and.reduce(list(flags.values()))
     predictions = current_predictions(workspace, entry, cfg.dataset) if cfg.target == "predicted" else None
@@ -404,7 +404,7 @@ class AttributionJob(ChunkJob):
         images = store.open_group(self.workspace, schema.group_path(schema.IMAGES, self.dataset))
         selected = (np.ones(images.sizes[schema.SAMPLE], bool) if self.splits is None
                     else np.isin(store.strings(images[schema.SPLIT].values), self.splits))
-        root = zarr.open_group(self.workspace, path=self.group, mode="r", zarr_format=3)
+        root = zarr.open_group(store.location(self.workspace), path=self.group, mode="r", zarr_format=3)
         return {m.key: int((np.asarray(root[m.key + DONE_SUFFIX][:], bool) & selected).sum()) for m in self.methods} \
             | {"": int(selected.sum())}
 

@@ -42,7 +42,8 @@ DATASET_HELP = "dataset in the workspace (default: the only candidate)"
 OUT_HELP = "folder for CSV tables and figures (default: <workspace parent>/<workspace stem>.figures/)"
 
 WorkspaceOption = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE",
-                               help="workspace: a Zarr v3 store, created on first use (env XAIFLOW_WORKSPACE)")
+                               help="workspace: a Zarr v3 store, a path or an fsspec URL (s3://bucket/ws.zarr), "
+                                    "created on first use (env XAIFLOW_WORKSPACE)")
 
 
 def config_argument(section: str | None = None) -> Any:

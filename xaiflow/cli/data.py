@@ -15,7 +15,7 @@ from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, c
 
 def ingest(
     config: Path = config_argument(),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace datasets ingested with another config"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="override the data folder of file sources"),
     cluster: str = cluster_option(),
@@ -36,7 +36,7 @@ def ingest(
         print_info(workspace)
 
 
-def info(workspace: Path = WorkspaceOption) -> None:
+def info(workspace: str = WorkspaceOption) -> None:
     """Tree of the workspace's groups with shapes, classes and counts per split."""
     with reporting_errors():
         print_info(workspace)

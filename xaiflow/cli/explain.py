@@ -14,7 +14,7 @@ from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, c
 
 def attribute(
     config: Path = config_argument("attribution"),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated method names (default: config)"),
     model: Optional[str] = model_option(),
     cluster: str = cluster_option(),
@@ -40,7 +40,7 @@ def attribute(
 
 
 def show(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
     samples: Optional[str] = typer.Option(None, "--samples", help="comma-separated sample ids (default: 4 with maps "
@@ -60,7 +60,7 @@ def show(
 
 
 def evaluate(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated metric names "

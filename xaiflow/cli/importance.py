@@ -25,7 +25,7 @@ OutOption = typer.Option(None, "--out", "-o", help="PNG of the occlusion drops (
 
 
 def importance(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: str | None = dataset_option(),
     model: str | None = model_option(),
     split: str = typer.Option("test", "--split", help="samples to measure (all: every sample with a mask)"),

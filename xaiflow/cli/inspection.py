@@ -17,7 +17,7 @@ MODELS_HELP = ("model id(s) or unique prefixes, comma-separated: one model gives
 
 
 def uncertainty(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     models: Optional[str] = typer.Option(None, "--model", "-m", help=MODELS_HELP),
     dataset: Optional[str] = dataset_option(),
     passes: Optional[int] = typer.Option(None, "--passes", help="MC dropout passes per model (default: 20 for one "
@@ -61,7 +61,7 @@ def uncertainty(
         _relation(workspace, dataset, entries, ds, folder / f"{key}_disagreement.png")
 
 
-def _relation(workspace: Path, dataset: str, entries: list, ds, path: Path) -> None:
+def _relation(workspace: str, dataset: str, entries: list, ds, path: Path) -> None:
     """With stored maps of two or more methods for the (first) model: uncertainty against their disagreement."""
     from xaiflow import store
     from xaiflow import uncertainty as unc
@@ -84,7 +84,7 @@ def _relation(workspace: Path, dataset: str, entries: list, ds, path: Path) -> N
 
 
 def adversarial(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model id or unique prefix (default: the only one)"),
     dataset: Optional[str] = dataset_option(),
     epsilon: float = typer.Option(0.1, "--epsilon", help="L-infinity budget in standardized input units"),
@@ -136,7 +136,7 @@ CONCEPT_HELP = ("a concept, repeatable: NAME=mask:CLASS[@LABEL][,min=F][,patch=P
 
 
 def concepts(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     concept: list[str] = typer.Option(..., "--concept", "-c", help=CONCEPT_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model id or unique prefix (default: the only one)"),
     dataset: Optional[str] = dataset_option(),

@@ -13,7 +13,7 @@ from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, c
 
 def train(
     config: Path = config_argument("train"),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     folds: Optional[int] = typer.Option(None, "--folds", help="train k models on specimen-grouped folds (Dask tasks)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: one model each (Dask tasks)"),
     force: bool = typer.Option(False, "--force", help="retrain even if a checkpoint with this config exists"),
@@ -50,7 +50,7 @@ def train(
             _print_class_report(workspace, rows[0]["model_id"])
 
 
-def _print_class_report(workspace: Path, model_id: str) -> None:
+def _print_class_report(workspace: str, model_id: str) -> None:
     from xaiflow.models.catalog import ModelCatalog
 
     metrics = ModelCatalog(workspace).get(model_id).metrics
@@ -67,7 +67,7 @@ def _print_class_report(workspace: Path, model_id: str) -> None:
             break
 
 
-def models(workspace: Path = WorkspaceOption) -> None:
+def models(workspace: str = WorkspaceOption) -> None:
     """Table of the workspace's trained models with their metrics (full ids: any unique prefix works)."""
     from xaiflow.errors import XaiflowError
     from xaiflow.models.catalog import ModelCatalog
@@ -93,7 +93,7 @@ def models(workspace: Path = WorkspaceOption) -> None:
 
 
 def predict(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     model: Optional[str] = model_option(),
     dataset: Optional[str] = dataset_option(),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),

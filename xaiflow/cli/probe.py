@@ -32,7 +32,7 @@ OutOption = typer.Option(None, "--out", "-o", help="PNG of the scores per class 
 
 
 def probe(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: str | None = dataset_option(),
     model: str | None = model_option(),
     transforms: str = typer.Option("rot90,rot180,rot270,flip_h,flip_v,scale:1.25,contrast:1.5,noise:0.05",

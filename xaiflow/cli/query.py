@@ -24,7 +24,7 @@ def _maps(workspace: Path, dataset: Optional[str], model: Optional[str], methods
 
 @query_app.command("group-maps")
 def group_maps(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
     by: str = typer.Option("label", "--by", help="label, predicted, or any coordinate (detector, group, ...)"),
@@ -51,7 +51,7 @@ def group_maps(
 
 @query_app.command("agreement")
 def agreement(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
     top: float = typer.Option(0.1, "--top", help="fraction of pixels for the top-k overlap"),
@@ -75,7 +75,7 @@ def agreement(
 
 @query_app.command("mask-mass")
 def mask_mass(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
 ) -> None:

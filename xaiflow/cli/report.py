@@ -16,7 +16,7 @@ BINS_HELP = "comma-separated bin edges (default: half decades)"
 
 
 def shortcut(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     model: Optional[str] = model_option(),
     dataset: Optional[str] = dataset_option(),
     compare_model: Optional[str] = typer.Option(None, "--compare-model", help=COMPARE_HELP),
@@ -42,7 +42,7 @@ def shortcut(
 
 
 def report(
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     model: Optional[str] = model_option(),
     dataset: Optional[str] = dataset_option(),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="folder (default: <workspace>.reports/<model>)"),

@@ -46,7 +46,7 @@ def _print_classification(result: Any) -> None:
 
 def features(
     config: Path = config_argument("features"),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="replace feature groups written with other parameters"),
     model: Optional[str] = model_option(),
     cv: bool = typer.Option(True, "--cv/--no-cv", help="then classify with specimen-grouped CV and print the table"),
@@ -83,7 +83,7 @@ def features(
 @study_app.command("generalization")
 def generalization(
     config: Path = config_argument("studies.generalization"),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     out_dir: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
     cluster: str = cluster_option(),
 ) -> None:
@@ -113,7 +113,7 @@ def generalization(
 @study_app.command("reduction")
 def reduction(
     config: Path = config_argument("studies.reduction"),
-    workspace: Path = WorkspaceOption,
+    workspace: str = WorkspaceOption,
     out_dir: Optional[Path] = typer.Option(None, "--out", help=OUT_HELP),
     cluster: str = cluster_option(),
 ) -> None:

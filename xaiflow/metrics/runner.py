@@ -213,7 +213,7 @@ def _layout(workspace: str, group: str, images: xr.Dataset, attrs: dict[str, Any
                 ds[name] = ds[name].copy(data=carried.values.astype(ds[name].dtype))
     encoding = {v: {"chunks": (chunk, *ds[v].shape[1:])} for v in ds.data_vars}
     store.delete_group(workspace, group)
-    ds.to_zarr(workspace, group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+    ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
 
 
 def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
@@ -280,7 +280,7 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                               scalars={n: s for n, (s, o) in outs.items() if o.dim is None},
                               curves={n: s for n, (s, o) in outs.items() if o.dim is not None}))
     chunk = images[schema.IMAGE].data.chunksize[0]
-    root = zarr.open_group(workspace, mode="r", zarr_format=3)
+    root = zarr.open_group(store.location(workspace), mode="r", zarr_format=3)
     done = np.asarray(root[f"{group}/{DONE}"][:], bool)
     cols = [scalars.index(name) for run in runs for name in run.scalars.values()]
     pending = np.zeros(images.sizes[schema.SAMPLE], bool)
@@ -389,7 +389,7 @@ class MetricsJob(ChunkJob):
     def _compute(self, chunk: Chunk, worker: Any = None) -> dict[str, Any]:
         device = resolve_device(self.device)
         model = self.model.cached(device) if self.model is not None else None
-        root = zarr.open_group(self.workspace, mode="r+", zarr_format=3)
+        root = zarr.open_group(store.location(self.workspace), mode="r+", zarr_format=3)
         images = schema.group_path(schema.IMAGES, self.dataset)
         s0, s1 = chunk.start, chunk.stop
         pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])

@@ -65,6 +65,8 @@ class ModelEntry:
     model_id: str
     directory: Path
     manifest: Manifest
+    #: the models URL of a workspace on object storage (``directory`` is then in this host's mirror of it)
+    remote: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -97,15 +99,24 @@ class ModelEntry:
         """Its per-epoch training history."""
         return read_history(self.directory)
 
+    def local_directory(self) -> Path:
+        """The checkpoint folder on this host: ``directory``, or for a workspace on object storage this
+        host's mirror of it (pulled on first use: a Dask worker on another host fetches its own copy)."""
+        if self.remote is None:
+            return self.directory
+        from xaiflow.models.remote import pull
+
+        return pull(self.remote, [self.model_id]) / self.model_id
+
     def load(self, device: torch.device | str = "cpu") -> MicrographModel:
         """A fresh copy of the model in eval mode (weights read with ``weights_only=True``)."""
-        return load_checkpoint(self.directory, map_location=device)[0]
+        return load_checkpoint(self.local_directory(), map_location=device)[0]
 
     def cached(self, device: torch.device | str = "cpu") -> MicrographModel:
         """The model from this process's cache (a Dask worker loads it once for every chunk)."""
         from xaiflow.models.cache import cached_model
 
-        return cached_model(self.directory, device)[0]
+        return cached_model(self.local_directory(), device)[0]
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,12 @@ class ModelCatalog:
     def __init__(self, workspace: str | os.PathLike[str]) -> None:
         self.workspace = str(workspace)
         self.directory = store.models_dir(workspace)
+        #: the models URL of a workspace on object storage, whose checkpoints ``directory`` mirrors
+        self.remote = store.models_url(workspace) if store.is_url(workspace) else None
+        if self.remote:
+            from xaiflow.models.remote import pull
+
+            pull(self.remote)
 
     def ids(self) -> list[str]:
         """Ids of every checkpoint directory (hidden temporary directories of unfinished saves excluded)."""
@@ -156,7 +173,7 @@ class ModelCatalog:
 
     def _entry(self, model_id: str) -> ModelEntry:
         directory = self.directory / model_id
-        return ModelEntry(model_id, directory, verify_checkpoint(directory))
+        return ModelEntry(model_id, directory, verify_checkpoint(directory), self.remote)
 
     def _describe(self, ids: list[str]) -> str:
         return ", ".join(ids) if ids else f"none in {self.directory}; run `xaiflow train`"

@@ -41,8 +41,7 @@ class StudyOutput:
 
 def default_out_dir(workspace: str | os.PathLike[str]) -> Path:
     """``ws.zarr`` -> ``ws.figures/`` beside it."""
-    path = Path(workspace)
-    return path.with_name((path.stem if path.suffix == ".zarr" else path.name) + ".figures")
+    return Path(store.local_sibling(workspace, ".figures"))
 
 
 def store_study(workspace: str | os.PathLike[str], dataset: str, name: str, ds: xr.Dataset) -> str:
@@ -50,7 +49,7 @@ def store_study(workspace: str | os.PathLike[str], dataset: str, name: str, ds: 
     group = schema.group_path(schema.STUDIES, dataset, name)
     ds = ds.copy()
     ds.attrs.update({schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
-    ds.to_zarr(str(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
+    ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
     store.set_attrs(workspace, group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
     return group
 

@@ -85,3 +85,17 @@ def test_bad_settings_are_refused_before_any_work(workspace):
         adv.prepare(ws, model, "syn", split="holdout")
     with pytest.raises(adv.AdversarialError, match="max_samples=0"):
         adv.prepare(ws, model, "syn", max_samples=0)
+
+
+@pytest.mark.timeout(300)
+def test_cli_adversarial(workspace, tmp_path):
+    from cli_run import run
+
+    ws, model = workspace
+    res = run("adversarial", "-w", str(ws), "-m", model, "--epsilon", "0.2", "--step-size", "0.05", "--steps", "8",
+              "--split", "all", "--max-samples", "24", "--cluster", "threads", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "24 samples attacked" in res.stdout and "fisher_trace" in res.stdout
+    assert list(tmp_path.glob("*_scores.png")) and list(tmp_path.glob("*_fisher_maps.png"))
+    bad = run("adversarial", "-w", str(ws), "-m", model, "--epsilon", "0", "--cluster", "threads")
+    assert bad.returncode == 2 and "epsilon=0" in bad.stderr

@@ -110,3 +110,18 @@ def test_concepts_that_cannot_be_built_name_the_problem(learned, tmp_path):
 def test_holm_correction():
     p = np.array([0.01, 0.04, 0.03, np.nan])
     np.testing.assert_allclose(cc.holm(p), [0.03, 0.06, 0.06, np.nan])
+
+
+@pytest.mark.timeout(300)
+def test_cli_concepts(scored, tmp_path):
+    from cli_run import run
+
+    ws, model, _ = scored
+    res = run("concepts", "-w", str(ws), "-m", model, "-c", "particles=mask:structure@particles,min=0.3",
+              "-c", "matrix=mask:matrix", "--runs", "4", "--examples", "20", "--cluster", "threads",
+              "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "2 concept(s) x 4 random runs" in res.stdout and "particles" in res.stdout
+    assert list(tmp_path.glob("concepts_syn_*_tcav.png"))
+    bad = run("concepts", "-w", str(ws), "-m", model, "-c", "x=mask:carbide", "--cluster", "threads")
+    assert bad.returncode == 2 and "no mask class 'carbide'" in bad.stderr

@@ -108,3 +108,38 @@ def test_entropy_of_known_distributions():
     np.testing.assert_allclose(s["entropy"], [-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))], rtol=1e-6)
     same = unc.summarize_draws(np.array([[[0.2, 0.8], [0.2, 0.8]]]))
     assert same["mutual_information"][0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_uncertainty_against_attribution_disagreement(workspace, client, tmp_path):
+    """Per sample: 1 - the mean Spearman correlation of its methods' maps, related to entropy and mutual
+    information over the samples with both; with one method stored, the question cannot be asked."""
+    from xaiflow.attribution.engine import run_attribution
+    from xaiflow.config import AttributionConfig
+    from xaiflow.saliency import open_saliency
+
+    ws, (model, _) = workspace
+    run_attribution(ws, AttributionConfig(dataset="syn", model=model, device="cpu", methods=["grad_cam", "saliency"]),
+                    client=client)
+    ds = unc.open_uncertainty(ws, unc.estimate_uncertainty(ws, [model], "syn", passes=6, client=client))
+    sal = open_saliency(ws, "syn", model, with_images=False)
+    dis = unc.sample_disagreement(sal)
+    assert len(dis) == 27 and ((dis >= 0) & (dis <= 2)).all()
+    rel = unc.disagreement_relation(ds, sal)
+    assert rel["samples"] == 27 and all(-1 <= rel[k]["rho"] <= 1 for k in ("entropy", "mutual_information"))
+    assert unc.relation_figure(rel, tmp_path / "rel.png").stat().st_size > 0
+    with pytest.raises(unc.UncertaintyError, match="at least two methods"):
+        unc.sample_disagreement(open_saliency(ws, "syn", model, ["grad_cam"], with_images=False))
+
+
+@pytest.mark.timeout(300)
+def test_cli_uncertainty(workspace, tmp_path):
+    from cli_run import run
+
+    ws, models = workspace
+    res = run("uncertainty", "-w", str(ws), "-m", ",".join(m[:17] for m in models), "--cluster", "threads",
+              "--split", "all", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "ensemble of 2" in res.stdout and "expected calibration error" in res.stdout
+    assert list(tmp_path.glob("*_reliability.png"))
+    bad = run("uncertainty", "-w", str(ws), "-m", models[0], "--passes", "1", "--cluster", "threads")
+    assert bad.returncode == 2 and "passes >= 2" in bad.stderr and "Traceback" not in bad.stderr

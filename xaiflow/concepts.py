@@ -360,12 +360,13 @@ def prepare_activations(workspace: str, model: ModelEntry, dataset: str, layers:
                          n_chunks=chunk_count(len(targets), unit))
 
 
-def _set_activations(item: tuple[str, np.ndarray], model: ModelEntry, layers: list[str],
+def _set_activations(make: Callable[[], np.ndarray], model: ModelEntry, layers: list[str],
                      device: str) -> dict[str, np.ndarray]:
-    """One example set's activations (a Dask task)."""
+    """One example set's activations (a Dask task): ``make`` draws the set (seeded, so the worker draws
+    what the client checked) where it is used, instead of shipping its pixels in the task graph."""
     dev = resolve_device(device)
     with worker_compute():
-        found = layer_activations(model.cached(dev), item[1], layers, dev)
+        found = layer_activations(model.cached(dev), make(), layers, dev)
     return {k: v[0] for k, v in found.items()}
 
 
@@ -447,20 +448,22 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
     runner = runner or partial(run_job, client=client, progress=progress)
     group = concepts_group(dataset, entry.model_id, "tcav")
     with group_lock(workspace, group, f"concept scores of {entry.model_id}"):
-        runner(prepare_activations(workspace, entry, dataset, layers, targets, device, overwrite))
-        sets: dict[str, np.ndarray] = {}
-        for i, spec in enumerate(concepts):
-            sets[spec.name] = concept_examples(workspace, dataset, spec, pool, size, settings.examples,
-                                               settings.seed + i)
+        sets: dict[str, Callable[[], np.ndarray]] = {}
+        counts = {}
+        for i, spec in enumerate(concepts):  # drawn here first: a concept that cannot be built stops the run now
+            sets[spec.name] = partial(concept_examples, workspace, dataset, spec, pool, size, settings.examples,
+                                      settings.seed + i)
+            counts[spec.name] = len(sets[spec.name]())
         # random counterparts of the same kind of picture as each concept: patches of its side, or whole images
         sides = {c.name: (c.patch or size[0] // 2) if c.kind == "mask" else 0 for c in concepts}
         randoms = {side: [f"random_{side or 'image'}_{r}" for r in range(settings.runs + 1)]
                    for side in sorted(set(sides.values()))}
         for side, names_of_side in randoms.items():
             for r, name in enumerate(names_of_side):
-                sets[name] = random_examples(workspace, dataset, pool, side or None, settings.examples,
-                                             settings.seed + 1000 + r)
-        acts = dict(zip(sets, map_tasks(_set_activations, list(sets.items()), client=client, stage="concept sets",
+                sets[name] = partial(random_examples, workspace, dataset, pool, side or None, settings.examples,
+                                     settings.seed + 1000 + r)
+        runner(prepare_activations(workspace, entry, dataset, layers, targets, device, overwrite))
+        acts = dict(zip(sets, map_tasks(_set_activations, list(sets.values()), client=client, stage="concept sets",
                                         name="concept_set", model=entry, layers=layers, device=device)))
         null = {c: randoms[sides[c]] for c in names}  # each concept's random sets
         pairs = [(c, null[c][r], layer) for c in names for layer in layers for r in range(settings.runs)]
@@ -473,7 +476,7 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
             "model_id": entry.model_id, "checkpoint_sha256": entry.sha256, "layers": layers, "split": split,
             "runs": settings.runs, "examples": settings.examples, "alpha": settings.alpha, "seed": settings.seed,
             "concepts": [json.loads(c.model_dump_json()) for c in concepts],
-            "examples_per_set": {k: int(len(v)) for k, v in sets.items() if not k.startswith("random_")}}
+            "examples_per_set": counts}
         store.delete_group(workspace, group)
         ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
     return group

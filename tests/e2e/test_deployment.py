@@ -37,8 +37,10 @@ def test_ui_run_call_runs_the_pipeline_on_the_dask_cluster(prefect_server, dask_
 
     (model,) = [g.rsplit("/", 1)[1] for g in store.list_groups(dep.workspace) if g.startswith("predictions/")]
     assert store.list_groups(dep.workspace) == [
-        "features/syn/glcm", "images/syn", "masks/syn", f"metrics/syn/{model}", f"predictions/syn/{model}",
-        f"saliency/syn/{model}", "studies/syn/classification", "studies/syn/reduction"]
+        f"adversarial/syn/{model}", f"concepts/syn/{model}/activations", f"concepts/syn/{model}/tcav",
+        "features/syn/glcm", "images/syn", f"importance/syn/{model}", "masks/syn", f"metrics/syn/{model}",
+        f"predictions/syn/{model}", f"probes/syn/{model}", f"saliency/syn/{model}", "studies/syn/classification",
+        "studies/syn/reduction", f"uncertainty/syn/{model}"]
 
     # the stages' Dask work ran on the separately started scheduler's workers
     with Client(dask_cluster.address, timeout=10) as client:

@@ -16,7 +16,7 @@ from prefect import flow
 
 from flows.artifacts import publish_figures, publish_summary, publish_table
 from flows.jobs import run_chunks
-from flows.runners import on_cluster
+from flows.runners import flow_client, on_cluster
 from xaiflow import adversarial as adv
 from xaiflow import concepts as cc
 from xaiflow import importance as imp
@@ -80,7 +80,8 @@ def concepts_stage(cfg: ConceptsConfig, workspace: str, run: RunConfig | None = 
     specs = [cc.with_defaults(s, cfg.min_fraction, cfg.patch) for s in specs]
     settings = cc.TcavSettings(runs=cfg.runs, examples=cfg.examples, alpha=cfg.alpha)
     group = cc.run_tcav(workspace, entry.model_id, cfg.dataset, specs, layers=cfg.layers, split=cfg.split,
-                        settings=settings, device=cfg.device, overwrite=overwrite, runner=run_chunks)
+                        settings=settings, device=cfg.device, overwrite=overwrite, runner=run_chunks,
+                        client=flow_client())  # the example sets and CAV fits: Dask tasks on the flow's cluster
     ds = store.open_group(workspace, group)
     rows = cc.tcav_table(ds)
     publish_table(rows, "concepts-tcav", f"{group}: TCAV score per class and concept (significant: Holm-corrected)")

@@ -229,8 +229,20 @@ def api_json(method: str, url: str, **kwargs) -> Any:
     return response.json() if response.content else None
 
 
-def tiny_pipeline_config(work: Path) -> Path:
-    """A run config of 24 synthetic 32 px images with every pipeline stage configured, small and fast."""
+#: the model-inspection sections of :func:`tiny_pipeline_config`, small and fast
+TINY_INSPECTIONS = {
+    "uncertainty": {"dataset": "syn", "passes": 3, "device": "cpu"},
+    "concepts": {"dataset": "syn", "concepts": ["structure=mask:structure"], "runs": 3, "examples": 6,
+                 "min_fraction": 0.3, "device": "cpu"},
+    "importance": {"dataset": "syn", "device": "cpu"},
+    "probes": {"dataset": "syn", "transforms": ["rot90"], "device": "cpu"},
+    "adversarial": {"dataset": "syn", "max_samples": 4, "steps": 2, "device": "cpu"},
+}
+
+
+def tiny_pipeline_config(work: Path, inspections: bool = False) -> Path:
+    """A run config of 24 synthetic 32 px images with every pipeline stage up to the report configured,
+    small and fast; with ``inspections`` the model-inspection stages too (:data:`TINY_INSPECTIONS`)."""
     from conftest import write_tiny_run_config
 
     return write_tiny_run_config(
@@ -240,12 +252,7 @@ def tiny_pipeline_config(work: Path) -> Path:
         studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
                  "feature_sets": {"texture": ["glcm"]},
                  "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}},
-        uncertainty={"dataset": "syn", "passes": 3, "device": "cpu"},
-        concepts={"dataset": "syn", "concepts": ["structure=mask:structure"], "runs": 3, "examples": 6,
-                  "min_fraction": 0.3, "device": "cpu"},
-        importance={"dataset": "syn", "device": "cpu"},
-        probes={"dataset": "syn", "transforms": ["rot90"], "device": "cpu"},
-        adversarial={"dataset": "syn", "max_samples": 4, "steps": 2, "device": "cpu"})
+        **(TINY_INSPECTIONS if inspections else {}))
 
 
 @pytest.fixture(scope="session")
@@ -255,7 +262,8 @@ def served_deployment(processes, prefect_server, dask_cluster, tmp_path_factory)
     run config, a fresh workspace and the separately started Dask scheduler."""
     work = tmp_path_factory.mktemp("e2e-run")
     workspace = work / "ws.zarr"
-    parameters = {"params": {"config_path": str(tiny_pipeline_config(work)), "workspace": str(workspace),
+    config = tiny_pipeline_config(work, inspections=True)
+    parameters = {"params": {"config_path": str(config), "workspace": str(workspace),
                              "cluster": dask_cluster.address, "device": "cpu",
                              "metrics": ["sparseness", "entropy"], "report_out": str(work / "report")}}
     env = {**prefect_server.client_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}

@@ -49,11 +49,12 @@ def test_ui_run_call_runs_the_pipeline_on_the_dask_cluster(prefect_server, dask_
     # chunk tasks of every chunked job (Prefect tasks sent by the DaskTaskRunner), and the library's own
     # Dask tasks of training and the studies, all on the same cluster
     expected = {"scan_chunk", "write_chunk", "train_task", "predict_chunk", "features_chunk", "cv_task",
-                "reduction_task", "attribute_chunk", "metrics_chunk"}
+                "reduction_task", "attribute_chunk", "metrics_chunk", "uncertainty_chunk", "concept_chunk",
+                "concept_set", "cav_fit", "importance_chunk", "probe_chunk", "adversarial_chunk"}
     assert expected <= ran, expected - ran
 
     subflows = _subflow_runs(api, run["id"])
-    assert len(subflows) == 8  # ingest, train, predict, features, studies, attribute, evaluate, report
+    assert len(subflows) == 13  # ingest ... evaluate, the five inspections, report
     artifacts = {a["key"]: a for a in _artifacts(api, [run["id"]] + [r["id"] for r in subflows])}
     stages = json.loads(artifacts["pipeline-stages"]["data"])
     assert [(r["stage"], r["status"]) for r in stages] == [(s, "done") for s in STAGES]

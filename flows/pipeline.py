@@ -143,10 +143,15 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
         "studies": lambda: stage["studies"](run=run, workspace=ws),
         "attribute": lambda: stage["attribute"](run=run, workspace=ws, methods=params.methods, device=device),
         "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
-        **{name: partial(stage[name], cfg=getattr(run, name), workspace=ws, run=run)
+        **{name: partial(stage[name], cfg=_with_device(getattr(run, name), device), workspace=ws, run=run)
            for name in ("uncertainty", "concepts", "importance", "probes", "adversarial")},
         "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out),
     }
+
+
+def _with_device(section: Any, device: str | None) -> Any:
+    """An inspection's config section with the run's device, when the form sets one (not ``auto``)."""
+    return section.model_copy(update={"device": device}) if section is not None and device else section
 
 
 def _figures(stage: str, result: Any) -> list[str]:

@@ -90,5 +90,5 @@ def test_report_uncertainty_and_adversarial_sections(tiny, client, tmp_path):
     assert re.search(r"expected calibration error \d\.\d{3}: the model is ", section)
     assert "reliability diagram" in section
     adversarial = page[page.index("<h2>11. Adversarial inspection</h2>"):]
-    assert "6 samples attacked (epsilon 1.0, PGD 4 steps)" in adversarial and "fisher_trace" in adversarial
+    assert "6 samples attacked (epsilon 1, PGD 4 steps)" in adversarial and "fisher_trace" in adversarial
     assert (tmp_path / "r3" / "reliability.png").is_file() and (tmp_path / "r3" / "adversarial_scores.png").is_file()

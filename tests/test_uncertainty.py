@@ -61,7 +61,8 @@ def test_ensemble_calibration_and_per_class_summary(workspace, client):
     group = unc.estimate_uncertainty(ws, models, "syn", passes=1, client=client)
     assert group.startswith("uncertainty/syn/ensemble-")
     ds = unc.open_uncertainty(ws, group)
-    assert list(ds["member"].values) == models
+    assert list(ds["member"].values) == sorted(models)
+    assert unc.prepare(ws, models[::-1], "syn", passes=1).chunks == ()  # the same ensemble in another order
     rows = {r["class"]: r for r in unc.per_class(ds)}
     assert rows["all"]["samples"] == 27 and set(rows) == {"particles", "lamellae", "network", "all"}
     cal = unc.calibration(ds, n_bins=5)

@@ -62,6 +62,8 @@ INPUTS = ("clean", "fgsm", "pgd")
 SCORES = ("fisher_trace", "fisher_quadratic", "fisher_input")
 #: most samples one run attacks (each costs classes x inputs backward passes per sample)
 MAX_SAMPLES = 100_000
+#: images per attack pass
+BATCH = 32
 
 
 class AdversarialError(XaiflowError):
@@ -143,17 +145,25 @@ def fisher_scores(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     x = x.detach().requires_grad_(True)
     log_p = torch.log_softmax(model(x).float(), dim=1)[0]
     p = log_p.exp().detach()
-    grads, fis = [], torch.zeros_like(x)
-    for k in range(len(log_p)):
-        g = torch.autograd.grad(log_p[k], [x, *params], retain_graph=k < len(log_p) - 1)
-        fis += p[k] * (x.detach() * g[0]) ** 2
-        grads.append(torch.cat([t.reshape(-1) for t in g[1:]]))
-    g = torch.stack(grads)  # (K, n_params): K vectors, never the matrix
-    c = int(p.argmax())
-    v = g[c] / g[c].norm().clamp_min(1e-12)
-    return {"probabilities": p.cpu().numpy(), "fisher_trace": float((p * (g ** 2).sum(1)).sum()),
-            "fisher_quadratic": float((p * (g @ v) ** 2).sum()), "fis_map": fis[0].sum(0).cpu().numpy(),
-            "fisher_input": float(fis.sum())}
+    k_count, c = len(log_p), int(p.argmax())
+
+    def grads(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.autograd.grad(log_p[k], [x, *params], retain_graph=True)
+        return g[0], torch.cat([t.reshape(-1) for t in g[1:]])
+
+    # the predicted class's direction first, then each class's terms summed as they come: one
+    # parameter-sized vector at a time (never K of them, never the matrix)
+    x_grad, g_c = grads(c)
+    v = g_c / g_c.norm().clamp_min(1e-12)
+    fis = torch.zeros_like(x)
+    trace = quadratic = 0.0
+    for k in range(k_count):
+        xg, g = (x_grad, g_c) if k == c else grads(k)
+        fis += p[k] * (x.detach() * xg) ** 2
+        trace += float(p[k] * (g * g).sum())
+        quadratic += float(p[k] * (g @ v) ** 2)
+    return {"probabilities": p.cpu().numpy(), "fisher_trace": trace, "fisher_quadratic": quadratic,
+            "fis_map": fis[0].sum(0).cpu().numpy(), "fisher_input": float(fis.sum())}
 
 
 @dataclass(frozen=True)
@@ -187,7 +197,9 @@ class AdversarialJob(ChunkJob):
             with torch.no_grad():
                 clean_pred = model(x).argmax(1)
             generator = torch.Generator().manual_seed(self.attack.seed + 7919 * chunk.index)
-            inputs = (x, fgsm(model, x, clean_pred, self.attack.epsilon), pgd(model, x, clean_pred, self.attack, generator))
+            batches = [slice(b, b + BATCH) for b in range(0, len(x), BATCH)]  # bounded memory per pass
+            inputs = (x, torch.cat([fgsm(model, x[b], clean_pred[b], self.attack.epsilon) for b in batches]),
+                      torch.cat([pgd(model, x[b], clean_pred[b], self.attack, generator) for b in batches]))
             for j, batch in enumerate(inputs):
                 for i, r in enumerate(rows):
                     s = fisher_scores(model, batch[i:i + 1])
@@ -286,6 +298,7 @@ def _create(workspace: str, group: str, images: xr.Dataset, selected: np.ndarray
         attrs={schema.ATTR_CLASSES: classes, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
                schema.ATTR_PROVENANCE: provenance},
     )
+    ds["predicted"].encoding["fill_value"] = -1  # also where no chunk task writes: -1 is no class
     ds["fisher_trace"].attrs["long_name"] = "trace of the Fisher information w.r.t. the parameters"
     ds["fisher_quadratic"].attrs["long_name"] = "Fisher information along the predicted class's parameter gradient"
     ds["fisher_input"].attrs["long_name"] = "sum of the Fisher-information sensitivity map over the pixels"

@@ -18,7 +18,7 @@ the share whose logit ``k`` grows along the CAV (the directional derivative
 ``grad_h logit_k . cav > 0``). Random CAVs (one random set against another) give the scores of
 no concept; a two-sided Welch t-test of the concept's ``runs`` scores against them gives a p-value per
 (concept, layer, class), corrected over all of them (Holm-Bonferroni). A concept **drives** a
-class when its corrected p-value is below ``alpha`` and its mean score is above 0.5.
+class when its corrected p-value is below ``alpha`` and its mean score is above its random CAVs' mean.
 
 Work and storage (``concepts/<dataset>/<model_id>/``): the activations and gradients of the
 target samples (per channel: :func:`layer_activations`) are a chunked job (:mod:`xaiflow.jobs`: one Dask task per image chunk, resumable)
@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ CONCEPTS = "concepts"
 #: most examples in one concept or random set (activations are examples x features per layer)
 MAX_EXAMPLES = 2000
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: images per forward (and backward) pass of :func:`layer_activations`
+BATCH = 32
+_HOOKS = threading.Lock()
 
 
 class ConceptError(XaiflowError):
@@ -83,6 +87,8 @@ class ConceptSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> ConceptSpec:
+        if self.name.startswith("random_"):
+            raise ValueError(f"concept name {self.name!r}: names starting with 'random_' are the random counterparts'")
         need = {"mask": ("mask_class",), "metadata": ("coord", "value"), "folder": ("folder",)}[self.kind]
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
@@ -178,8 +184,9 @@ def concept_examples(workspace: str, dataset: str, spec: ConceptSpec, pool: np.n
     if spec.kind == "folder":
         from xaiflow.sources.imageio import read_image
 
-        folder = Path(spec.folder)
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        folder = Path(spec.folder).resolve()
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and p.resolve().is_relative_to(folder)) if folder.is_dir() else []  # no link out of it
         if not files:
             raise ConceptError(f"concept {spec.name!r}: no image ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
         files = [files[i] for i in sorted(rng.permutation(len(files))[:max_examples])]
@@ -208,6 +215,8 @@ def concept_examples(workspace: str, dataset: str, spec: ConceptSpec, pool: np.n
             raise ConceptError(f"concept {spec.name!r}: no class {spec.label!r}; classes: {sorted(set(labels.tolist()))}")
         rows = pool[labels[pool] == spec.label]
     side = spec.patch or size[0] // 2
+    if side > min(size):
+        raise ConceptError(f"concept {spec.name!r}: patch {side} px is larger than the {size[0]}x{size[1]} px images")
     imgs = _dataset_images(workspace, dataset, rows)
     masks = _rows_of(workspace, f"{masks_path}/{schema.MASK}", rows)
     patches, _ = _patches(imgs, masks, classes.index(spec.mask_class), side, max(1, side // 2), spec.min_fraction)
@@ -270,6 +279,18 @@ def layer_activations(model: torch.nn.Module, images: np.ndarray, layers: list[s
     logit by ``sum_c v_c sum_{y,x} grad[c, y, x]``, so this pair gives TCAV's directional derivative
     for position-free concepts (a phase is a phase wherever it lies); and a CAV over C channels is
     fitted reliably from tens of examples, where one over C x h x w flattened values overfits."""
+    if len(images) > BATCH:
+        parts = [layer_activations(model, images[b:b + BATCH], layers, device,
+                                   None if targets is None else targets[b:b + BATCH])
+                 for b in range(0, len(images), BATCH)]
+        return {k: (np.concatenate([p[k][0] for p in parts]),
+                    None if targets is None else np.concatenate([p[k][1] for p in parts])) for k in layers}
+    with _HOOKS:  # hooks on a model other threads of the process share (the worker's cached model)
+        return _one_batch(model, images, layers, device, targets)
+
+
+def _one_batch(model: torch.nn.Module, images: np.ndarray, layers: list[str], device: torch.device,
+               targets: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     model.eval()
     cap = _Capture(model, layers, grads=targets is not None)
     try:
@@ -451,9 +472,13 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
         sets: dict[str, Callable[[], np.ndarray]] = {}
         counts = {}
         for i, spec in enumerate(concepts):  # drawn here first: a concept that cannot be built stops the run now
-            sets[spec.name] = partial(concept_examples, workspace, dataset, spec, pool, size, settings.examples,
-                                      settings.seed + i)
-            counts[spec.name] = len(sets[spec.name]())
+            draw = partial(concept_examples, workspace, dataset, spec, pool, size, settings.examples, settings.seed + i)
+            examples = draw()
+            counts[spec.name] = len(examples)
+            if len(examples) < 6:
+                raise ConceptError(f"concept {spec.name!r}: {len(examples)} example(s); a CAV needs at least 6")
+            # a folder is read here (workers may not see it), the workspace's images where they are used
+            sets[spec.name] = partial(np.asarray, examples) if spec.kind == "folder" else draw
         # random counterparts of the same kind of picture as each concept: patches of its side, or whole images
         sides = {c.name: (c.patch or size[0] // 2) if c.kind == "mask" else 0 for c in concepts}
         randoms = {side: [f"random_{side or 'image'}_{r}" for r in range(settings.runs + 1)]
@@ -518,7 +543,8 @@ def _scores(workspace: str, dataset: str, entry: ModelEntry, layers: list[str], 
          "cav_accuracy": (("concept", "layer", "run"), accuracy.astype(np.float32)),
          "mean_score": (("concept", "layer", "class"), mean.astype(np.float32)),
          "p_value": (("concept", "layer", "class"), p), "p_adjusted": (("concept", "layer", "class"), adjusted),
-         "significant": (("concept", "layer", "class"), (adjusted < settings.alpha) & (mean > 0.5))},
+         "significant": (("concept", "layer", "class"),
+                         (adjusted < settings.alpha) & (mean > random_score.mean(axis=-1)))},
         coords={"concept": np.array(names, object), "layer": np.array(layers, object),
                 "class": np.array(classes, object), "run": np.arange(runs)},
         attrs={schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_CLASSES: classes,

@@ -21,12 +21,14 @@ on a local or memory file system), so two runs from any hosts cannot both take o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +58,11 @@ def _fs(path: str) -> tuple[Any, str]:
     """The file system of a lock path (local when it is no URL) and the path on it."""
     from xaiflow.store import filesystem, is_url
 
-    return filesystem(path if is_url(path) else Path(path).absolute().as_uri())
+    if is_url(path):
+        return filesystem(path)
+    import fsspec
+
+    return fsspec.filesystem("file"), str(Path(path).absolute())
 
 
 def _holder(path: str) -> dict[str, Any]:
@@ -91,10 +97,13 @@ def _acquire(path: str, record: dict[str, Any]) -> bool:
     return True
 
 
-def _release(path: str) -> None:
+def _release(path: str, holder: dict[str, Any]) -> None:
+    """Remove the lock if it is still ``holder``'s (read again just before: another run may have
+    broken a stale lock and taken it meanwhile)."""
     fs, p = _fs(path)
-    if fs.exists(p):
-        fs.rm(p)
+    if _holder(path).get("token") == holder.get("token"):
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(p)
 
 
 @contextmanager
@@ -103,7 +112,8 @@ def group_lock(workspace: str | os.PathLike[str], group: str, what: str) -> Iter
     this run does, for the message another run gets."""
     path = lock_path(workspace, group)
     record = {"group": group, "what": what, "owner": getpass.getuser(), "host": socket.gethostname(),
-              "pid": os.getpid(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+              "pid": os.getpid(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "token": uuid.uuid4().hex}  # whose lock it is: pids repeat across hosts and containers
     if not _acquire(path, record):
         holder = _holder(path)
         if not _is_stale(holder):
@@ -113,11 +123,10 @@ def group_lock(workspace: str | os.PathLike[str], group: str, what: str) -> Iter
                                      f"if that run is gone, remove {path}")
         log.warning("%s: removing the stale lock of pid %s on %s (no longer running)", group, holder["pid"],
                     holder["host"])
-        _release(path)
+        _release(path, holder)
         if not _acquire(path, record):
             raise WorkspaceBusyError(f"{group} is being written by another run that started just now; see {path}")
     try:
         yield
     finally:
-        if _holder(path).get("pid") == os.getpid():
-            _release(path)
+        _release(path, record)

@@ -246,7 +246,7 @@ def _uncertainty_html(workspace: str, dataset: str, model_id: str, folder: Path)
                "under-confident: it is right more often than its confidence says" if gap < -0.05 else
                "about as often right as its confidence says")
     figure = unc.reliability_figure(cal, folder / "reliability.png", f"{group} ({where})")
-    kind = ds.attrs[schema.ATTR_PROVENANCE]["kind"].replace("_", " ")
+    kind = html.escape(str(ds.attrs[schema.ATTR_PROVENANCE]["kind"]).replace("_", " "))
     return (f"<p class='note'>{html.escape(group)} ({kind}, {ds.sizes['draw']} draws per sample, {where}). Entropy "
             "(total) = expected entropy (aleatoric: ambiguity the model expects) + mutual information (epistemic: "
             "disagreement between draws), in nats.</p>"
@@ -266,9 +266,9 @@ def _adversarial_html(workspace: str, dataset: str, model_id: str, folder: Path)
                 "</code>.</p>")
     ds = adv.open_adversarial(workspace, group)
     settings = ds.attrs[schema.ATTR_PROVENANCE]
-    parts = [f"<p class='note'>{ds.sizes[schema.SAMPLE]} samples attacked (epsilon {settings['epsilon']}, PGD "
-             f"{settings['steps']} steps). ROC AUC of each Fisher-information score for telling correctly classified "
-             "clean inputs from the adversarial versions that flipped the decision (0.5: chance).</p>",
+    parts = [f"<p class='note'>{ds.sizes[schema.SAMPLE]} samples attacked (epsilon {float(settings['epsilon']):g}, "
+             f"PGD {int(settings['steps'])} steps). ROC AUC of each Fisher-information score for telling correctly "
+             "classified clean inputs from the adversarial versions that flipped the decision (0.5: chance).</p>",
              _table(adv.detection_auc(ds), ["attack", "success_rate", "clean", "adversarial", *adv.SCORES]),
              _img(adv.scores_figure(ds, folder / "adversarial_scores.png", group), "Fisher scores")]
     if ds["flipped"].values[:, 2].any():
@@ -289,10 +289,10 @@ def _concepts_html(workspace: str, dataset: str, model_id: str, folder: Path) ->
     drivers = [f"{r['concept']} for {r['class']} ({r['layer']}, {r['tcav']:.2f})" for r in rows if r["significant"]]
     settings = ds.attrs[schema.ATTR_PROVENANCE]
     return (f"<p class='note'>TCAV score: the share of a class's {html.escape(settings['split'])} samples whose "
-            f"logit grows along the concept's direction, over {settings['runs']} random counterpart sets; "
-            f"significant: above 0.5 and different from random concepts (Welch t-test, Holm-corrected, alpha "
-            f"{settings['alpha']}). A CAV accuracy near 0.5 means the layer does not tell the concept from random "
-            "examples.</p>"
+            f"logit grows along the concept's direction, over {int(settings['runs'])} random counterpart sets; "
+            f"significant: above its random concepts' mean and different from them (Welch t-test, Holm-corrected, alpha "
+            f"{float(settings['alpha']):g}). A CAV accuracy near 0.5 means the layer does not tell the concept from "
+            "random examples.</p>"
             f"<p>Concepts that drive a class: {html.escape('; '.join(drivers) or 'none significant')}.</p>"
             + _table(rows, ["class", "concept", "layer", "tcav", "std", "random", "cav_accuracy", "p_adjusted",
                             "significant"])
@@ -307,7 +307,7 @@ def _importance_html(workspace: str, dataset: str, model_id: str, folder: Path) 
                 "</code> (needs masks: one class per pixel).</p>")
     ds = imp.open_importance(workspace, dataset, model_id)
     summary = imp.summarize(ds, imp.relevance_shares(workspace, dataset, model_id, ds[schema.SAMPLE].values))
-    baseline = ds.attrs[schema.ATTR_PROVENANCE]["baseline"]
+    baseline = str(ds.attrs[schema.ATTR_PROVENANCE]["baseline"])
     columns = [c for c in ("class", "mask_class", "n", "occlusion_drop", "occlusion_drop_std", "keep_only", "flip_rate",
                            "area") if c in summary.columns]
     columns += [c for c in summary.columns if c.startswith("ratio_")]
@@ -339,6 +339,14 @@ def _probes_html(workspace: str, dataset: str, model_id: str, folder: Path) -> s
                         ["transform", "samples", "agreement", "map_correlation", "probability_change"]))
     parts.append(_img(probes.probe_figure(summary, folder / "probes.png"), "symmetry probes"))
     return "".join(parts)
+
+
+def _inspection(section: Any, workspace: str, dataset: str, model_id: str, folder: Path) -> str:
+    """One inspection section; a group that cannot be read (an interrupted run) is said, not fatal."""
+    try:
+        return section(workspace, dataset, model_id, folder)
+    except XaiflowError as e:
+        return f"<p>Not available: {html.escape(str(e))}</p>"
 
 
 def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
@@ -415,11 +423,10 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
                  _img(figures["mask"], "mask ratio")]
     else:
         body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
-    body += ["<h2>7. Uncertainty</h2>", _uncertainty_html(workspace, dataset, model_id, folder),
-             "<h2>8. Concepts (TCAV)</h2>", _concepts_html(workspace, dataset, model_id, folder),
-             "<h2>9. Structure importance</h2>", _importance_html(workspace, dataset, model_id, folder),
-             "<h2>10. Symmetry probes</h2>", _probes_html(workspace, dataset, model_id, folder),
-             "<h2>11. Adversarial inspection</h2>", _adversarial_html(workspace, dataset, model_id, folder)]
+    for title, section in (("7. Uncertainty", _uncertainty_html), ("8. Concepts (TCAV)", _concepts_html),
+                           ("9. Structure importance", _importance_html), ("10. Symmetry probes", _probes_html),
+                           ("11. Adversarial inspection", _adversarial_html)):
+        body += [f"<h2>{title}</h2>", _inspection(section, workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     path = folder / REPORT_FILE

@@ -39,6 +39,9 @@ def _sibling(workspace: str | os.PathLike[str], suffix: str) -> str:
     """``ws.zarr`` -> ``ws<suffix>`` beside it (a path, or a URL on the same object store)."""
     if is_url(workspace):
         base = str(workspace).rstrip("/")
+        if "/" not in base.split("://", 1)[1]:
+            raise WorkspaceError(f"{workspace}: a workspace on object storage needs a path inside its bucket "
+                                 "(s3://bucket/ws.zarr): checkpoints and locks go beside it")
         return (base[:-len(".zarr")] if base.endswith(".zarr") else base) + suffix
     path = Path(workspace)
     return str(path.with_name((path.stem if path.suffix == ".zarr" else path.name) + suffix))

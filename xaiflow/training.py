@@ -192,6 +192,11 @@ def train_model(workspace: str | Path, cfg: TrainConfig, *, force: bool = False,
     directory = catalog.directory / model_id
     if not force and model_id in catalog.ids():
         entry = catalog.get(model_id)
+        if catalog.remote:  # a checkpoint whose upload failed last time goes beside the store now
+            from xaiflow.models.remote import push, remote_ids
+
+            if model_id not in remote_ids(catalog.remote):
+                push(catalog.remote, directory)
         log.info("model %s exists; reusing it (use --force to retrain)", model_id)
         return _summary(model_id, directory, cfg, entry.metrics, reused=True)
 

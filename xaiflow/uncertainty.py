@@ -98,24 +98,28 @@ def summarize_draws(probs: np.ndarray) -> dict[str, np.ndarray]:
             "confidence": mean.max(axis=1).astype(np.float32)}
 
 
+#: forward passes per batch (a write unit can be a shard of hundreds of images)
+BATCH = 32
+
+
 def stochastic_probabilities(model: nn.Module, x: torch.Tensor, passes: int, seed: int) -> np.ndarray:
-    """(B, passes, K) softmax outputs: with ``passes`` > 1 the dropout layers are active (MC dropout),
-    batch norm stays in eval mode; draws come from a private generator seeded by ``seed``, so the
-    masks depend on the seed, not on what ran before in the process."""
+    """(B, passes, K) softmax outputs, in batches of :data:`BATCH` (B >= 1): with ``passes`` > 1 the dropout
+    layers are active (MC dropout), batch norm stays in eval mode. The draws come from torch's global
+    generator seeded with ``seed`` under :func:`xaiflow.attribution.base.seeded` (its lock keeps other
+    threads of the process, which share the cached model, from drawing or switching dropout meanwhile;
+    the caller's generator state is restored), so the masks depend on the seed only."""
+    from xaiflow.attribution.base import seeded
+
     model.eval()
-    if passes == 1:
-        with torch.no_grad():
-            return torch.softmax(model(x).float(), dim=1).cpu().numpy()[:, None]
-    layers = dropout_layers(model)
+    layers = dropout_layers(model) if passes > 1 else []
     out = []
-    devices = [x.device] if x.device.type != "cpu" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
+    with seeded(seed), torch.no_grad():  # also for one pass: no other thread has dropout on meanwhile
         for m in layers:
             m.train()
         try:
             for _ in range(passes):
-                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+                out.append(np.concatenate([torch.softmax(model(x[b:b + BATCH]).float(), dim=1).cpu().numpy()
+                                           for b in range(0, len(x), BATCH)]))
         finally:
             for m in layers:
                 m.eval()
@@ -199,7 +203,7 @@ def prepare(workspace: str | os.PathLike[str], model_ids: list[str], dataset: st
     workspace = str(workspace)
     check_device_name(device)
     catalog = ModelCatalog(workspace)
-    members = [catalog.get(m) for m in model_ids]
+    members = sorted((catalog.get(m) for m in model_ids), key=lambda m: m.model_id)  # an ensemble has no order
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
     classes = list(images.attrs[schema.ATTR_CLASSES])
     _check_members(members, passes, classes, dataset)

@@ -35,7 +35,13 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from xaiflow.features.base import FEATURES, FeatureError, FeatureExtractor, FeatureParams
+from xaiflow import store
+from xaiflow.features.base import (
+    FEATURES,
+    FeatureError,
+    FeatureExtractor,
+    FeatureParams,
+)
 
 POOLINGS = ("mean", "max", "gram")
 
@@ -127,8 +133,8 @@ class CNNActivations(FeatureExtractor):
                 params["model"] = catalog.get(str(model)).model_id
             except ModelNotFoundError as e:
                 raise FeatureError(f"cnn: {e}") from None
-            if params.get("models_dir") is None:
-                params["models_dir"] = str(catalog.directory)
+            if params.get("models_dir") is None:  # a workspace on object storage: its models URL (each host mirrors it)
+                params["models_dir"] = catalog.remote or str(catalog.directory)
         return params
 
     def _checkpoint(self) -> Path:
@@ -137,7 +143,12 @@ class CNNActivations(FeatureExtractor):
         from xaiflow.models.checkpoint import MANIFEST
 
         model = str(self.params.model)
-        for candidate in ([Path(self.params.models_dir, model)] if self.params.models_dir else []) + [Path(model)]:
+        models_dir = self.params.models_dir
+        if models_dir and store.is_url(models_dir):
+            from xaiflow.models.remote import pull, remote_ids
+
+            models_dir = str(pull(models_dir, [model] if model in remote_ids(models_dir) else []))
+        for candidate in ([Path(models_dir, model)] if models_dir else []) + [Path(model)]:
             if (candidate / MANIFEST).is_file():
                 return candidate
         raise FeatureError(f"cnn: no checkpoint {model!r} in {self.params.models_dir or '(no models folder)'} and no "

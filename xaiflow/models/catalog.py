@@ -106,7 +106,7 @@ class ModelEntry:
             return self.directory
         from xaiflow.models.remote import pull
 
-        return pull(self.remote, [self.model_id]) / self.model_id
+        return pull(self.remote, [self.model_id], {self.model_id: self.sha256}) / self.model_id
 
     def load(self, device: torch.device | str = "cpu") -> MicrographModel:
         """A fresh copy of the model in eval mode (weights read with ``weights_only=True``)."""

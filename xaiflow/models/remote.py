@@ -14,7 +14,9 @@ lacks; the weights are then verified against their manifest as for a local works
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -42,22 +44,45 @@ def remote_ids(url: str) -> list[str]:
                   if fs.exists(f"{p.rstrip('/')}/{MANIFEST}"))
 
 
-def pull(url: str, model_ids: list[str] | None = None) -> Path:
-    """Copy the checkpoints at ``url`` (or only ``model_ids``) that the local mirror lacks; returns the mirror."""
+def _weights_sha256(directory: Path) -> str | None:
+    """The weights' hash a checkpoint folder's manifest records (None without a readable manifest)."""
+    try:
+        return json.loads((directory / MANIFEST).read_text()).get("weights_sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def pull(url: str, model_ids: list[str] | None = None, expected: dict[str, str] | None = None) -> Path:
+    """Copy the checkpoints at ``url`` (or only ``model_ids``) that the local mirror lacks, or whose
+    weights differ from ``expected`` (model id -> weights sha256: retrained with ``--force``); returns
+    the mirror. Only complete checkpoints (their manifest uploaded, last) are copied, each into a
+    hidden folder first; when several processes of a host pull one at once, the first rename wins."""
     from xaiflow.store import filesystem
 
     fs, root = filesystem(url)
     mirror = mirror_dir(url)
     for model_id in model_ids if model_ids is not None else remote_ids(url):
-        target = mirror / model_id
-        if (target / MANIFEST).is_file():
+        target, remote = mirror / model_id, f"{root.rstrip('/')}/{model_id}"
+        have = _weights_sha256(target)
+        if have is not None and (expected is None or expected.get(model_id, have) == have):
             continue
+        if not fs.exists(f"{remote}/{MANIFEST}"):
+            raise FileNotFoundError(f"{url}/{model_id}: no complete checkpoint there (no {MANIFEST})")
         tmp = mirror / f".pull-{model_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            for remote in fs.ls(f"{root.rstrip('/')}/{model_id}", detail=False):
-                fs.get(remote, str(tmp / remote.rstrip("/").rsplit("/", 1)[-1]))
-            os.replace(tmp, target)
+            for path in fs.ls(remote, detail=False):
+                fs.get(path, str(tmp / path.rstrip("/").rsplit("/", 1)[-1]))
+            if have is not None:  # an outdated copy: set aside, then replaced
+                old = mirror / f".old-{model_id}-{uuid.uuid4().hex[:8]}"
+                with contextlib.suppress(OSError):
+                    os.replace(target, old)
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if _weights_sha256(target) is None:  # not another process's finished copy
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return mirror

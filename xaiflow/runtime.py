@@ -128,7 +128,11 @@ def _quiet_shutdown() -> None:
     cancels (lost keys, callbacks of cancelled futures, with tracebacks); the command reports the
     interruption once instead. ``--verbose`` keeps those logs."""
     if not log.isEnabledFor(logging.INFO):
-        for name in ("distributed", "tornado", "asyncio"):
+        # and their children: Dask's logging config gives some their own level (tornado.application: error),
+        # which a parent's level would not override
+        quiet = ("distributed", "tornado", "asyncio")
+        children = [n for n in logging.Logger.manager.loggerDict if n.startswith(tuple(f"{q}." for q in quiet))]
+        for name in [*quiet, *children]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

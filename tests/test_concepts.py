@@ -118,10 +118,10 @@ def test_cli_concepts(scored, tmp_path):
 
     ws, model, _ = scored
     res = run("concepts", "-w", str(ws), "-m", model, "-c", "particles=mask:structure@particles,min=0.3",
-              "-c", "matrix=mask:matrix", "--runs", "4", "--examples", "20", "--cluster", "threads",
+              "-c", "matrix=mask:matrix", "--runs", "2", "--examples", "6", "--cluster", "threads",
               "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert "2 concept(s) x 4 random runs" in res.stdout and "particles" in res.stdout
+    assert "2 concept(s) x 2 random runs" in res.stdout and "particles" in res.stdout
     assert list(tmp_path.glob("concepts_syn_*_tcav.png"))
     bad = run("concepts", "-w", str(ws), "-m", model, "-c", "x=mask:carbide", "--cluster", "threads")
     assert bad.returncode == 2 and "no mask class 'carbide'" in bad.stderr

@@ -169,12 +169,12 @@ def test_uncertainty_and_adversarial_flows_publish_their_results(prefect_harness
     ws = str(tmp_path / "ws.zarr")
     ingest_flow(config_path=str(config), workspace=ws, cluster="threads")
     (row,) = train_flow(config_path=str(config), workspace=ws, cluster="threads")
-    state = uncertainty_flow(workspace=ws, passes=5, split="all", out_dir=str(tmp_path / "fig"), cluster="threads",
+    state = uncertainty_flow(workspace=ws, passes=3, split="all", out_dir=str(tmp_path / "fig"), cluster="threads",
                              return_state=True)
     res = state.result()
     assert res["group"] == f"uncertainty/syn/{row['model_id']}" and 0 <= res["ece"] <= 1
     assert res["per_class"][-1]["class"] == "all" and res["per_class"][-1]["samples"] == 24
-    assert store.open_group(ws, res["group"]).sizes["draw"] == 5
+    assert store.open_group(ws, res["group"]).sizes["draw"] == 3
     arts = _artifacts(state.state_details.flow_run_id, subflows=True)
     assert {a["key"] for a in arts["table"]} == {"uncertainty-per-class"}
     assert (tmp_path / "fig" / f"uncertainty_syn_{row['model_id']}_reliability.png").stat().st_size > 0

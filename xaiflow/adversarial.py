@@ -50,7 +50,7 @@ from torch import nn
 from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
-from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, resume_or_lay_out, run_job
 from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
@@ -262,17 +262,9 @@ def prepare(workspace: str | os.PathLike[str], model_id: str, dataset: str, *, a
                   "max_samples": max_samples,
                   "images_config_hash": images.attrs[schema.ATTR_PROVENANCE]["config_hash"]}
     unit = layout.chunk_unit(workspace, f"{schema.group_path(schema.IMAGES, dataset)}/{schema.IMAGE}")
-    if store.group_exists(workspace, group) and not overwrite:
-        stored = store.group_attrs(workspace, group).get(schema.ATTR_PROVENANCE) or {}
-        changed = {k: (stored.get(k), v) for k, v in provenance.items() if stored.get(k) != v}
-        if changed:
-            said = ", ".join(f"{k} {old!r} (asked: {new!r})" for k, (old, new) in changed.items())
-            raise AdversarialError(f"{group} was made with other settings: {said}; pass --overwrite to replace it")
-        pending = ~store.resume_flags(workspace, group) & selected
-    else:
-        store.delete_group(workspace, group)
-        _create(workspace, group, images, selected, classes, provenance, unit)
-        pending = selected
+    done = resume_or_lay_out(workspace, group, provenance, overwrite=overwrite, error=AdversarialError,
+                             lay_out=partial(_create, workspace, group, images, selected, classes, provenance, unit))
+    pending = ~done & selected
     chunks = pending_chunks(pending, unit, payload=lambda a, b: np.flatnonzero(selected[a:b]))
     return AdversarialJob(workspace, dataset, model, attack, device, chunks=chunks,
                           n_chunks=chunk_count(len(selected), unit))

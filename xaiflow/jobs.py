@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xaiflow import schema, store
 from xaiflow.plugins import load_plugins
 from xaiflow.runtime import ProgressFn, current_worker, map_tasks
 
@@ -109,6 +110,25 @@ def pending_chunks(pending: np.ndarray, size: int,
         if pending[start:stop].any():
             chunks.append(Chunk(index, start, stop, payload(start, stop) if payload else None))
     return tuple(chunks)
+
+
+def resume_or_lay_out(workspace: str, group: str, provenance: dict[str, Any], *, overwrite: bool,
+                      lay_out: Callable[[], None], error: type[Exception]) -> np.ndarray:
+    """The per-sample ``done`` flags of the group a job is about to write: the stored ones when the group
+    exists with the same settings (``provenance``); laid out anew (none done) by ``lay_out`` when it does
+    not, or with ``overwrite``. A group made with other settings is refused with ``error``, naming each
+    difference: resuming it would mix two results in one group."""
+    if store.group_exists(workspace, group) and not overwrite:
+        stored = store.group_attrs(workspace, group).get(schema.ATTR_PROVENANCE) or {}
+        changed = {k: (stored.get(k), v) for k, v in provenance.items() if stored.get(k) != v}
+        if changed:
+            said = ", ".join(f"{k} {old!r} (asked: {new!r})" for k, (old, new) in changed.items())
+            raise error(f"{group} was made with other settings: {said}; pass --overwrite (overwrite=True) to "
+                        "replace it")
+    else:
+        store.delete_group(workspace, group)
+        lay_out()
+    return store.resume_flags(workspace, group)
 
 
 def _run_chunk(chunk: Chunk, job: ChunkJob) -> Any:

@@ -61,7 +61,7 @@ import xarray as xr
 from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
-from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, resume_or_lay_out, run_job
 from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
@@ -389,24 +389,13 @@ def prepare(workspace: str | os.PathLike[str], model_id: str, dataset: str, *,
                   "images_config_hash": images.attrs[schema.ATTR_PROVENANCE]["config_hash"]}
     group = probes_group(dataset, model.model_id)
     unit = layout.chunk_unit(workspace, f"{schema.group_path(schema.IMAGES, dataset)}/{schema.IMAGE}")
-    if store.group_exists(workspace, group) and not overwrite:
-        _check_same(group, store.group_attrs(workspace, group).get(schema.ATTR_PROVENANCE) or {}, provenance)
-        pending = ~store.resume_flags(workspace, group) & selected
-    else:
-        store.delete_group(workspace, group)
-        _create(workspace, group, images, selected, specs, classes, provenance, unit)
-        pending = selected
+    done = resume_or_lay_out(workspace, group, provenance, overwrite=overwrite, error=ProbeError,
+                             lay_out=partial(_create, workspace, group, images, selected, specs, classes, provenance,
+                                             unit))
+    pending = ~done & selected
     chunks = pending_chunks(pending, unit, payload=lambda a, b: np.flatnonzero(selected[a:b]))
     return ProbeJob(workspace, dataset, model, tuple(specs), method, params, seed, device, batch_size, chunks=chunks,
                     n_chunks=chunk_count(len(selected), unit))
-
-
-def _check_same(group: str, stored: dict[str, Any], asked: dict[str, Any]) -> None:
-    changed = {k: (stored.get(k), v) for k, v in asked.items() if stored.get(k) != v}
-    if changed:
-        said = ", ".join(f"{k} {old!r} (asked: {new!r})" for k, (old, new) in changed.items())
-        raise ProbeError(f"{group} was made with other settings: {said}; pass --overwrite (overwrite=True) to "
-                         "replace it")
 
 
 def _create(workspace: str, group: str, images: xr.Dataset, selected: np.ndarray, specs: list[str],

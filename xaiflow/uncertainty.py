@@ -45,7 +45,7 @@ from torch import nn
 from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
-from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, resume_or_lay_out, run_job
 from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
@@ -212,19 +212,10 @@ def prepare(workspace: str | os.PathLike[str], model_ids: list[str], dataset: st
     provenance = _provenance(members, passes, seed, images)
     n = images.sizes[schema.SAMPLE]
     chunk = layout.write_unit(workspace, f"{schema.group_path(schema.IMAGES, dataset)}/{schema.IMAGE}")
-    if store.group_exists(workspace, group) and not overwrite:
-        stored = store.group_attrs(workspace, group).get(schema.ATTR_PROVENANCE) or {}
-        changed = {k: (stored.get(k), v) for k, v in provenance.items() if stored.get(k) != v}
-        if changed:
-            said = ", ".join(f"{k} {old!r} (asked: {new!r})" for k, (old, new) in changed.items())
-            raise UncertaintyError(f"{group} holds draws made with other settings: {said}; pass --overwrite "
-                                   "to replace them")
-        pending = ~store.resume_flags(workspace, group)
-    else:
-        store.delete_group(workspace, group)
-        _create(workspace, group, images, members, passes, classes, provenance, chunk)
-        pending = np.ones(n, bool)
-    chunks = pending_chunks(pending, chunk)
+    done = resume_or_lay_out(workspace, group, provenance, overwrite=overwrite, error=UncertaintyError,
+                             lay_out=partial(_create, workspace, group, images, members, passes, classes, provenance,
+                                             chunk))
+    chunks = pending_chunks(~done, chunk)
     return UncertaintyJob(workspace, dataset, tuple(members), passes, seed, device, key, chunks=chunks,
                           n_chunks=chunk_count(n, chunk))
 

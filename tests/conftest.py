@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+
+# `make test` runs two test processes (pytest-xdist) on the 2 cores: each of them, and every program
+# it starts, uses one OpenMP thread (torch with 2 threads collapses ~10x when another process holds a
+# core). Set before numpy and torch are imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +32,28 @@ if "XAIFLOW_CACHE_DIR" not in os.environ:
 pytest_plugins = ["services"]
 
 # plugin modules named in $XAIFLOW_PLUGINS register before the contract tests loop over the registries
-from xaiflow.plugins import load_plugins  # noqa: E402
+from xaiflow.plugins import load_plugins
 
 load_plugins()
+
+
+#: fixtures of the session's real services (tests/services.py): one Prefect server and Dask cluster
+_SERVICE_FIXTURES = {"processes", "services", "prefect_server", "dask_cluster", "served_deployment"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): a test file runs whole in one test
+    process, so its module fixtures (a trained model) are built once, and every file using the real
+    services runs in one process, so they start once."""
+    files: dict[str, str] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if _SERVICE_FIXTURES & set(item.fixturenames):
+            files[path] = "services"
+        files.setdefault(path, path)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(files[item.nodeid.split("::")[0]]))
 
 
 @pytest.fixture(scope="session")

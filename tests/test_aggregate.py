@@ -44,6 +44,13 @@ def test_binned_metadata_and_errors(explained):
     assert binned.dims[0] == "um_per_px_bin" and int(binned.n_samples.sum()) == ds.sizes["sample"]
     with pytest.raises(QueryError, match="no coordinate 'magnification'"):
         group_maps(ds, by="magnification")
+    values = ds.label_index.values.astype(float)  # 0, 1, 2: the last class lies outside [-0.5, 1.5]
+    edge = 1.5
+    part = group_maps(ds, by="label_index", bins=[-0.5, edge]).compute()
+    outside = int((values > edge).sum())
+    assert outside > 0 and part.attrs["samples_outside_bins"] == outside
+    assert int(part.n_samples.sum()) + outside == ds.sizes["sample"]
+    assert part.attrs["outside_range"] == [float(values[values > edge].min()), float(values.max())]
     with pytest.raises(QueryError, match="no non-empty group"):
         group_maps(ds, by="um_per_px", bins=[100, 200])
     with pytest.raises(QueryError, match="unknown normalization"):

@@ -92,8 +92,9 @@ def test_attribute_and_show_commands(tmp_path):
     shown = run("show", "-w", str(ws), "-d", "syn", "-m", model_id, "-o", str(png))
     assert shown.returncode == 0, shown.stderr
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
-    bad = run("attribute", str(config), "-w", str(ws), "--methods", "shap", "--cluster", "threads")
-    assert bad.returncode == 2 and "unknown attribution method 'shap'" in bad.stderr
+    bad = run("attribute", str(config), "-w", str(ws), "--methods", "shap", "--cluster", "threads", "-v")
+    assert bad.returncode == 2 and "unknown attribution method 'shap'" in bad.stderr  # -v anywhere on the line
+    assert "dask dashboard" not in bad.stderr  # refused before any cluster started
     grouped = run("query", "group-maps", "-w", str(ws), "-d", "syn", "--by", "label", "-o", str(tmp_path / "g.png"))
     assert grouped.returncode == 0, grouped.stderr
     assert "particles" in grouped.stdout and (tmp_path / "g.png").stat().st_size > 10_000
@@ -141,3 +142,18 @@ def test_every_command_follows_one_argument_convention():
                 assert set(params[option].opts) == flags, f"{name}: {params[option].opts}"
         help_text = run(*name.split(), "--help").stdout
         assert "--workspace" in help_text and "XAIFLOW_WORKSPACE" in help_text, name
+
+
+def test_tables_keep_full_ids_on_a_narrow_terminal():
+    """Ids printed by one command are what the next takes: a narrow terminal wraps the lines,
+    nothing is cut to ``small_...`` and no column is dropped."""
+    import io
+
+    from xaiflow.cli.common import ResultConsole, rows_table
+
+    console = ResultConsole(width=40, file=io.StringIO(), force_terminal=True, color_system=None)
+    model_id = "small_cnn-synthetic-" + "0123456789abcdef" * 2
+    console.print(rows_table([{"model_id": model_id, "dataset": "synthetic", "val_bal_acc": 0.5}],
+                             ["model_id", "dataset", "val_bal_acc"]))
+    text = console.file.getvalue()
+    assert model_id in text and "synthetic" in text and "0.500" in text and "…" not in text

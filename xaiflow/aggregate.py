@@ -136,7 +136,9 @@ def group_maps(ds: xr.Dataset, by: str = schema.LABEL, stat: str = "mean", bins:
                split: str | None = None, how: str = "mass") -> xr.DataArray:
     """Mean (or median) normalized map per group: (``by``, xai_method, y, x), lazy.
 
-    Only samples with maps for every method are used; an empty group is an error. The mean of
+    Only samples with maps for every method are used; an empty group is an error. With ``bins``,
+    ``attrs["samples_outside_bins"]`` counts the samples left out because their value lies outside
+    the edges (``attrs["outside_range"]``: their smallest and largest value). The mean of
     mass-normalized maps reads every map once (:func:`_group_means`); a median, or the ``p99``
     normalization, selects each group's samples and needs them in memory per pixel column.
     """
@@ -167,7 +169,14 @@ def group_maps(ds: xr.Dataset, by: str = schema.LABEL, stat: str = "mean", bins:
             sub = norm.isel({schema.SAMPLE: np.flatnonzero(values == g)})
             parts.append(sub.mean(schema.SAMPLE) if stat == "mean" else sub.chunk({schema.SAMPLE: -1}).median(schema.SAMPLE))
         out = xr.concat(parts, dim=index)
-    return out.assign_coords(n_samples=(labels.name, [int(counts[g]) for g in groups]))
+    out = out.assign_coords(n_samples=(labels.name, [int(counts[g]) for g in groups]))
+    if bins is not None:  # said, not silently dropped: samples whose value lies outside the edges (or is NaN)
+        outside = keep & (labels.values == "")
+        out.attrs["samples_outside_bins"] = int(outside.sum())
+        values_out = np.asarray(ds[by].values, float)[outside]
+        out.attrs["outside_range"] = ([float(np.nanmin(values_out)), float(np.nanmax(values_out))]
+                                      if np.isfinite(values_out).any() else [])
+    return out
 
 
 def mask_mass(ds: xr.Dataset, masks: xr.Dataset) -> xr.Dataset:

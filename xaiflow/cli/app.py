@@ -8,12 +8,13 @@ import typer
 
 import xaiflow
 from xaiflow.cli import data, explain, importance, inspection, models, probe, query, report, studies
-from xaiflow.cli.common import out, reporting_errors
+from xaiflow.cli.common import GlobalOptionsGroup, out, reporting_errors
 from xaiflow.plugins import load_plugins
 
 app = typer.Typer(help="xaiflow: what did the network learn from these micrographs? Every command takes the "
                        "workspace as -w/--workspace (or $XAIFLOW_WORKSPACE); config-driven commands take the run "
-                       "config as their first argument.", no_args_is_help=True, pretty_exceptions_enable=False)
+                       "config as their first argument; -v/--verbose works anywhere on the line.",
+                  cls=GlobalOptionsGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 def _version(value: bool) -> None:

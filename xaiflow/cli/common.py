@@ -23,17 +23,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from xaiflow.errors import XaiflowError
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class ResultConsole(Console):
+    """The results console: lines are not cropped at the terminal's width (the terminal wraps them),
+    so a table's ids stay whole (:class:`FullWidthTable`)."""
+
+    def print(self, *objects: Any, crop: bool = False, **kwargs: Any) -> None:
+        super().print(*objects, crop=crop, **kwargs)
+
+
 # tables stay readable when piped or logged (rich would wrap at 80 columns)
-out = Console(width=None if sys.stdout.isatty() else 200)
+out = ResultConsole(width=None if sys.stdout.isatty() else 200)
 
 CLUSTER_HELP = ("cluster profile: threads, local, address, slurm, kubernetes, gpu-local (configs/cluster/), "
                 "a scheduler address tcp://host:port, or a profile YAML")
@@ -44,6 +56,22 @@ OUT_HELP = "folder for CSV tables and figures (default: <workspace parent>/<work
 WorkspaceOption = typer.Option(..., "--workspace", "-w", envvar="XAIFLOW_WORKSPACE",
                                help="workspace: a Zarr v3 store, a path or an fsspec URL (s3://bucket/ws.zarr), "
                                     "created on first use (env XAIFLOW_WORKSPACE)")
+
+
+#: the app's own flags, accepted anywhere on the command line
+GLOBAL_FLAGS = ("-v", "--verbose")
+
+
+class GlobalOptionsGroup(TyperGroup):
+    """The app's command group: its flags (:data:`GLOBAL_FLAGS`) work anywhere on the line, so
+    ``xaiflow ingest cfg.yaml -w ws.zarr -v`` is ``xaiflow -v ingest cfg.yaml -w ws.zarr`` (click
+    reads a group's options only before the subcommand's name). Nothing after ``--`` is moved."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        head, tail = args[:end], args[end:]
+        flags = [a for a in head if a in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + [a for a in head if a not in GLOBAL_FLAGS] + tail)
 
 
 def config_argument(section: str | None = None) -> Any:
@@ -90,11 +118,26 @@ def reporting_errors() -> Iterator[None]:
         raise typer.Exit(code=130) from None
 
 
-def rows_table(rows: list[dict], columns: list[str], title: str | None = None) -> Table:
+class FullWidthTable:
+    """A rich table rendered at its natural width even on a narrower terminal (the terminal wraps the
+    long lines): rich would otherwise cut cells to ``small_...`` or drop whole columns, and ids
+    printed by one command are what the next command takes."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        natural = console.measure(self.table, options=options.update(max_width=10_000)).maximum
+        yield from console.render(self.table, options.update(width=max(options.max_width, natural),
+                                                              max_width=max(options.max_width, natural)))
+
+
+def rows_table(rows: list[dict], columns: list[str], title: str | None = None) -> FullWidthTable:
+    """A borderless table of ``rows`` (dicts) with ``columns``, never shortened (:class:`FullWidthTable`)."""
     table = Table(*columns, title=title, box=None)
     for r in rows:
         table.add_row(*[fmt(r.get(c)) for c in columns])
-    return table
+    return FullWidthTable(table)
 
 
 def fmt(v: object) -> str:

@@ -21,6 +21,7 @@ def attribute(
     overwrite: bool = typer.Option(False, "--overwrite", help="recompute maps stored with other parameters/model"),
 ) -> None:
     """Compute attribution maps chunk by chunk on Dask and store them beside the images."""
+    from xaiflow.attribution import METHODS
     from xaiflow.attribution.engine import run_attribution
     from xaiflow.config import load_config
     from xaiflow.runtime import dask_client
@@ -28,6 +29,8 @@ def attribute(
     with reporting_errors():
         cfg = load_config(config)
         acfg = cfg.section("attribution").with_overrides(methods=split_list(methods), model=model)
+        for spec in acfg.methods:  # a misspelt name is refused before any cluster starts
+            METHODS.get(spec.name)
         with dask_client(cluster) as client, progress_bars() as bars:
             console.print(f"dask dashboard: {client.dashboard_link}")
             res = run_attribution(workspace, acfg, run=cfg, overwrite=overwrite, client=client,

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from xaiflow.cli.common import (WorkspaceOption, dataset_option, float_list, model_option, out, reporting_errors,
-                                rows_table, split_list)
+from xaiflow.cli.common import (WorkspaceOption, console, dataset_option, float_list, model_option, out,
+                                reporting_errors, rows_table, split_list)
 
 query_app = typer.Typer(help="Aggregate queries over stored saliency (lazy, chunk by chunk).", no_args_is_help=True)
 
@@ -46,6 +46,11 @@ def group_maps(
         out.print(rows_table([{dim: str(g), "samples": int(n)} for g, n in zip(maps[dim].values,
                                                                                  maps.n_samples.values)],
                              [dim, "samples"]))
+        if maps.attrs.get("samples_outside_bins"):
+            span = maps.attrs["outside_range"]
+            where = f" (values {span[0]:g} to {span[1]:g})" if span else " (no value)"
+            console.print(f"[yellow]warning[/]: {maps.attrs['samples_outside_bins']} sample(s) outside the bins "
+                          f"{bins}{where} are left out; widen --bins to include them")
         out.print(f"wrote {path}")
 
 

@@ -68,6 +68,13 @@ def test_train_models_predict_commands(tmp_path):
     assert listing.returncode == 0 and model_id in listing.stdout and " ok " in listing.stdout
     pred = run("predict", "-w", str(ws), "--model", model_id, "--dataset", "syn", "--cluster", "threads")
     assert pred.returncode == 0 and f"predictions/syn/{model_id}: 24 samples" in pred.stdout
+    # plain xarray: split is a per-sample coordinate, not a dimension of its own
+    import xarray as xr
+
+    p = xr.open_zarr(ws, group=f"predictions/syn/{model_id}", consolidated=False)
+    assert p.split.dims == ("sample",) and set(p.dims) == {"sample", "class"}
+    test = p.predicted.where((p.split == "test").compute(), drop=True)
+    assert test.sizes["sample"] == int((p.split.values == "test").sum()) > 0
     bad = run("predict", "-w", str(ws), "--model", "nope", "--dataset", "syn", "--cluster", "threads")
     assert bad.returncode == 2 and "no trained model 'nope'" in bad.stderr
 

@@ -431,3 +431,16 @@ def test_foreign_sample_is_refused(sample_id):
 def test_invalid_config_is_rejected(bad):
     with pytest.raises(ValidationError):
         SyntheticConfig.model_validate(bad)
+
+
+def test_length_coded_bar_says_whose_corner_it_is():
+    """With ``length_code`` the bar at CORNERS[i] is 1 + i/2 times as long, inset like the plain bar."""
+    spec = ShortcutSpec(length_code=True)
+    assert [marker_shape(SIZE, spec, c)[1] for c in CORNERS] == [16, 24, 32, 40]
+    assert marker_shape(SIZE, spec) == marker_shape(SIZE, ShortcutSpec())  # no corner: the plain bar
+    source = _source(shortcut=spec)
+    for ref in source.list_samples()[::3]:
+        ys, xs = np.nonzero(source.read_mask(ref) == 2)
+        corner = ref.metadata["shortcut_position"]
+        assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == marker_shape(SIZE, spec, corner)
+        assert (ys.min(), xs.min()) == corner_position(corner, SIZE, spec)

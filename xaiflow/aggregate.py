@@ -21,6 +21,7 @@ import xarray as xr
 
 from xaiflow import schema, store
 from xaiflow.errors import XaiflowError
+from xaiflow.maskspec import has_mask
 from xaiflow.saliency import METHOD
 
 PIXELS = (schema.Y, schema.X)
@@ -183,8 +184,10 @@ def mask_mass(ds: xr.Dataset, masks: xr.Dataset) -> xr.Dataset:
     """Share of each map's relevance mass in each mask class, beside the class's area share.
 
     Returns ``mass(sample, xai_method, mask_class)`` and ``area(sample, mask_class)``; a ratio
-    mass/area above 1 means the method puts more relevance on that phase than its area.
+    mass/area above 1 means the method puts more relevance on that phase than its area. Samples
+    without a mask (``has_mask`` False: masks may cover a subset) are NaN, so means skip them.
     """
+
     if masks.sizes[schema.SAMPLE] != ds.sizes[schema.SAMPLE] or \
             not np.array_equal(masks[schema.SAMPLE].values, ds[schema.SAMPLE].values):
         raise QueryError("masks and saliency have different samples")
@@ -194,8 +197,9 @@ def mask_mass(ds: xr.Dataset, masks: xr.Dataset) -> xr.Dataset:
     mass = xr.concat([(norm * (mask == k)).sum(PIXELS) for k in range(len(classes))],
                      dim=pd.Index(classes, name="mask_class"))
     area = xr.concat([(mask == k).mean(PIXELS) for k in range(len(classes))], dim=pd.Index(classes, name="mask_class"))
-    return xr.Dataset({"mass": mass.transpose(schema.SAMPLE, METHOD, "mask_class"),
-                       "area": area.transpose(schema.SAMPLE, "mask_class")})
+    annotated = xr.DataArray(has_mask(masks), dims=schema.SAMPLE)
+    return xr.Dataset({"mass": mass.where(annotated).transpose(schema.SAMPLE, METHOD, "mask_class"),
+                       "area": area.where(annotated).transpose(schema.SAMPLE, "mask_class")})
 
 
 def mean_mask_mass(workspace: str | os.PathLike[str], dataset: str, ds: xr.Dataset) -> xr.Dataset:

@@ -52,6 +52,7 @@ from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
+from xaiflow.maskspec import has_mask
 from xaiflow.locks import group_lock
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
@@ -208,12 +209,12 @@ def concept_examples(workspace: str, dataset: str, spec: ConceptSpec, pool: np.n
     classes = list(store.group_attrs(workspace, masks_path)[schema.ATTR_MASK_CLASSES])
     if spec.mask_class not in classes:
         raise ConceptError(f"concept {spec.name!r}: no mask class {spec.mask_class!r}; mask classes: {classes}")
-    rows = pool
+    rows = pool[has_mask(store.open_group(workspace, masks_path))[pool]]  # images with a mask (a subset may have)
     if spec.label is not None:
         labels = store.strings(images[schema.LABEL].values)
         if spec.label not in set(labels.tolist()):
             raise ConceptError(f"concept {spec.name!r}: no class {spec.label!r}; classes: {sorted(set(labels.tolist()))}")
-        rows = pool[labels[pool] == spec.label]
+        rows = rows[labels[rows] == spec.label]
     side = spec.patch or size[0] // 2
     if side > min(size):
         raise ConceptError(f"concept {spec.name!r}: patch {side} px is larger than the {size[0]}x{size[1]} px images")

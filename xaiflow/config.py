@@ -175,6 +175,29 @@ class TrainConfig(StrictModel):
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: the worker's share)")
 
 
+class CompareConfig(StrictModel):
+    """A model trained and explained beside the ``train:`` model, so its shortcut verdict stands beside the
+    first one in the report (e.g. the same structures without the planted shortcut).
+
+    ``train`` holds only what differs from the ``train:`` section (merged into it when the config is
+    read, nested mappings key by key); it is explained on its own training dataset, on the
+    ``attribution:`` splits, with ``methods`` (default: the ``attribution:`` methods).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="its label in the report and stage table")
+    train: TrainConfig = Field(description="the `train:` section with these changes (e.g. {dataset: other})")
+    methods: list[PluginSpec] | None = Field(None, min_length=1,
+                                             description="attribution methods for it (default: attribution.methods)")
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class AttributionConfig(StrictModel):
     """Attribution maps for a dataset and a trained model (``xaiflow attribute``)."""
 
@@ -224,14 +247,55 @@ class AttributionConfig(StrictModel):
             raise ConfigError(format_validation_error(err, "attribution (with the options given)")) from None
 
 
+#: a mask selection as a config holds it (see :func:`xaiflow.maskspec.parse_mask_selection`)
+MaskClassValue = str | list[str] | dict[str, str | list[str]]
+
+
+class EvaluationConfig(StrictModel):
+    """The metrics of the attribution maps (``xaiflow evaluate``, the evaluation flow)."""
+
+    metrics: list[PluginSpec] | None = Field(
+        None, description="metric specs {name, key, params}; a localization metric's params may hold its own "
+                          "mask_class (None: the default metrics)")
+    methods: list[str] | None = Field(None, description="saliency keys to score (None: every stored one)")
+    mask_class: MaskClassValue | None = Field(
+        None, description="the localization region: a mask class, a list (union), or per image label "
+                          "{label: class(es), '*': class(es) for the other labels}; None: every class but the first")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_keys(cls, v: list[PluginSpec] | None) -> list[PluginSpec] | None:
+        if v:
+            unique_keys(v, "metrics")
+        return v
+
+
+class ShortcutConfig(StrictModel):
+    """The shortcut verdict (``xaiflow shortcut``, ``xaiflow report``, the report stage): which mask
+    classes are the evidence a model should use and which the suspect it should not, e.g.
+    ``evidence: [carbide_network, spheroidite]``, ``suspect: databar`` (forms of
+    :func:`xaiflow.maskspec.parse_mask_selection`, per image label too). Left out: ``structure``
+    and ``shortcut`` when the masks have those classes (the synthetic source)."""
+
+    evidence: MaskClassValue | None = Field(None, description="mask class(es) whose removal should hurt the model")
+    suspect: MaskClassValue | None = Field(None, description="mask class(es) whose content should not matter "
+                                                             "(content swap, moves)")
+    pairs_per_sample: int = Field(2, ge=1, le=50, description="content swaps per judged sample")
+    seed: int = Field(0, description="seed of the donor pairing, the random content and the bootstrap")
+
+
 class RunConfig(StrictModel):
     """A whole run config file. Later stages (training, attribution, ...) add sections."""
 
     datasets: list[DatasetConfig] = Field(min_length=1)
     train: TrainConfig | None = Field(None, description="the model to train (xaiflow train)")
+    compare: list[CompareConfig] = Field(default_factory=list, description="more models, trained, explained and "
+                                         "judged beside it (the pipeline; changes to the `train:` section)")
     features: FeaturesConfig | None = Field(None, description="feature extraction (xaiflow features)")
     studies: StudyConfig | None = Field(None, description="feature studies (xaiflow study generalization|reduction)")
     attribution: AttributionConfig | None = Field(None, description="attribution maps (xaiflow attribute)")
+    evaluation: EvaluationConfig | None = Field(None, description="metrics of the maps (xaiflow evaluate, the "
+                                                                   "evaluation flow)")
     uncertainty: UncertaintyConfig | None = Field(None, description="MC dropout or ensemble (xaiflow uncertainty)")
     concepts: ConceptsConfig | None = Field(None, description="TCAV concept scores (xaiflow concepts)")
     importance: ImportanceConfig | None = Field(None, description="structure importance per mask class (xaiflow "
@@ -239,6 +303,8 @@ class RunConfig(StrictModel):
     probes: ProbesConfig | None = Field(None, description="symmetry and invariance probes (xaiflow probe)")
     adversarial: AdversarialConfig | None = Field(None, description="Fisher-information inspection (xaiflow "
                                                                     "adversarial)")
+    shortcut: ShortcutConfig | None = Field(None, description="evidence and suspect mask classes of the shortcut "
+                                                              "verdict (xaiflow shortcut, xaiflow report)")
     _origin: str = PrivateAttr("<config>")
 
     @property
@@ -270,6 +336,48 @@ class RunConfig(StrictModel):
             if d.name == name:
                 return d
         raise ConfigError(f"no dataset {name!r} in config; datasets: {[d.name for d in self.datasets]}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compare_changes_train(cls, data: Any) -> Any:
+        """Each ``compare:`` entry's ``train`` is a change of the ``train:`` section: merged into it here."""
+        if not isinstance(data, dict) or not data.get("compare"):
+            return data
+        base = data.get("train")
+        if base is None:
+            raise ValueError("compare: needs a `train:` section (each entry changes it)")
+        base = base.model_dump() if isinstance(base, BaseModel) else base
+        entries = []
+        for entry in data["compare"]:
+            if isinstance(entry, dict) and isinstance(base, dict):
+                changes = entry.get("train") or {}
+                changes = changes.model_dump() if isinstance(changes, BaseModel) else changes
+                entry = {**entry, "train": _merged(base, changes) if isinstance(changes, dict) else changes}
+            entries.append(entry)
+        return {**data, "compare": entries}
+
+    @model_validator(mode="after")
+    def _compare_names_unique(self) -> "RunConfig":
+        names = [c.name for c in self.compare]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"compare names must be unique, repeated: {dup}")
+        return self
+
+    def compared(self) -> list["RunConfig"]:
+        """Each ``compare:`` model as a run config of its own: its train section as ``train:`` (so
+        ``{train: this}`` means it), maps of its training dataset on the ``attribution:`` splits with its
+        methods; no other sections."""
+        out = []
+        for c in self.compare:
+            attribution = None
+            if self.attribution is not None:
+                attribution = self.attribution.model_copy(update={
+                    "dataset": c.train.dataset, "model": None, "methods": c.methods or self.attribution.methods})
+            run = RunConfig(datasets=self.datasets, train=c.train, attribution=attribution)
+            run._origin = f"{self.origin} (compare: {c.name})"
+            out.append(run)
+        return out
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -57,6 +57,7 @@ from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, resume_or_lay_out, run_job
 from xaiflow.locks import group_lock
+from xaiflow.maskspec import has_mask
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, worker_compute
@@ -207,6 +208,7 @@ def _mask_rows(workspace: str, dataset: str, images: xr.Dataset) -> tuple[np.nda
         raise ImportanceError(f"{group}: masks of {masks.sizes[schema.Y]}x{masks.sizes[schema.X]} px, images of "
                               f"{images.sizes[schema.Y]}x{images.sizes[schema.X]} px")
     rows = pd.Index(store.strings(masks[schema.SAMPLE].values)).get_indexer(store.strings(images[schema.SAMPLE].values))
+    rows = np.where(has_mask(masks)[np.maximum(rows, 0)], rows, -1)  # a sample not annotated has no mask
     return rows, [str(c) for c in masks.attrs[schema.ATTR_MASK_CLASSES]]
 
 

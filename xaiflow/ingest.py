@@ -39,7 +39,7 @@ from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
 from xaiflow.locks import group_lock
 from xaiflow.runtime import ProgressFn
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError, Window
-from xaiflow.splits import assign_splits
+from xaiflow.splits import SplitError, assign_splits, given_splits
 
 log = logging.getLogger("xaiflow")
 
@@ -124,7 +124,8 @@ class WriteJob(ChunkJob):
         for j, (ref, win) in enumerate(zip(refs, windows)):
             images[j] = convert_dtype(resample(self.source.read(ref), win, size), self.cfg.dtype)
             if masks is not None:
-                masks[j] = resample(self.source.read_mask(ref), win, size, nearest=True)
+                mask = self.source.read_mask(ref)  # None: not annotated (has_mask False), stored as 0
+                masks[j] = 0 if mask is None else resample(mask, win, size, nearest=True)
         images_group = schema.group_path(schema.IMAGES, self.cfg.name)
         store.write_region(self.workspace, images_group, schema.IMAGE, chunk.start, images)
         if masks is not None:
@@ -158,8 +159,9 @@ def _check_ids(refs: list[SampleRef]) -> None:
 
 
 def _metadata_coords(refs: list[SampleRef]) -> dict[str, tuple[str, np.ndarray]]:
-    """Metadata columns as coords: numbers -> float64 (NaN for missing), else strings ('' missing)."""
-    keys = list(dict.fromkeys(k for r in refs for k in r.metadata))
+    """Metadata columns as coords: numbers -> float64 (NaN for missing), else strings ('' missing).
+    A source's ``split`` is not one of them: it becomes the split coordinate (:func:`_splits`)."""
+    keys = list(dict.fromkeys(k for r in refs for k in r.metadata if k != schema.SPLIT))
     reserved = set(schema.SAMPLE_COORDS) | {schema.SAMPLE, "source_um_per_px"}
     coords = {}
     for k in keys:
@@ -180,6 +182,27 @@ def _classes(cfg: DatasetConfig, refs: list[SampleRef]) -> list[str]:
     return list(declared) if declared else sorted({r.label for r in refs})
 
 
+def _given_splits(cfg: DatasetConfig, refs: list[SampleRef]) -> list[str] | None:
+    """The splits the source gives (None: it gives none); unusable ones raise :class:`IngestError`."""
+    try:
+        return given_splits(refs)
+    except SplitError as e:
+        raise IngestError(f"dataset {cfg.name!r}: {e}") from None
+
+
+def _splits(cfg: DatasetConfig, refs: list[SampleRef]) -> tuple[list[str], str]:
+    """(split per sample, how it was made, for the provenance): the source's own when it gives them,
+    else assigned by specimen with ``cfg.split``."""
+    given = _given_splits(cfg, refs)
+    if given is not None:
+        log.info("dataset %s: splits given by the source (%s); split.fractions not used", cfg.name,
+                 ", ".join(f"{s} {given.count(s)}" for s in schema.SPLITS))
+        return given, "given by the source (each sample's split: a CSV column or the source's setting)"
+    groups, labels = [r.group for r in refs], [r.label for r in refs]
+    return (assign_splits(groups, labels, cfg.split.fractions, cfg.split.seed),
+            f"assigned by specimen (fractions {cfg.split.fractions}, seed {cfg.split.seed})")
+
+
 def build_template(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef], windows: list[Window],
                    skipped: list[dict[str, str]]) -> xr.Dataset:
     """The images dataset with all coordinates and a lazy (unwritten) image variable."""
@@ -188,7 +211,7 @@ def build_template(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef
     cidx = {c: i for i, c in enumerate(classes)}
     labels = [r.label for r in refs]
     groups = [r.group for r in refs]
-    splits = assign_splits(groups, labels, cfg.split.fractions, cfg.split.seed)
+    splits, split_origin = _splits(cfg, refs)
     off = [(r.window.y0, r.window.x0) if r.window else (0, 0) for r in refs]
     src_um = np.array([r.um_per_px for r in refs], np.float64)
     sample_um = src_um * np.array([win.h / h for win in windows])
@@ -220,6 +243,7 @@ def build_template(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef
             "source": source.describe(),
             "config_hash": cfg.config_hash(),
             "config": cfg.model_dump(mode="json"),
+            "splits": split_origin,
             "xaiflow_version": xaiflow.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
@@ -227,15 +251,27 @@ def build_template(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef
     return ds
 
 
-def _mask_template(images: xr.Dataset, mask_classes: list[str]) -> xr.Dataset:
+def _mask_template(images: xr.Dataset, mask_classes: list[str], has_mask: np.ndarray) -> xr.Dataset:
     keep = [schema.SAMPLE, schema.LABEL, schema.GROUP, schema.SPLIT]
     mask = da.zeros(images[schema.IMAGE].shape, dtype=np.uint8, chunks=images[schema.IMAGE].data.chunks)
     ds = xr.Dataset({schema.MASK: ((schema.SAMPLE, schema.Y, schema.X), mask)},
-                    coords={k: images[k] for k in keep})
+                    coords={**{k: images[k] for k in keep}, schema.HAS_MASK: (schema.SAMPLE, has_mask)})
     ds[schema.MASK].encoding = dict(images[schema.IMAGE].encoding)  # the images' chunks and shards
     ds.attrs.update({schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_MASK_CLASSES: mask_classes,
                      schema.ATTR_PROVENANCE: images.attrs[schema.ATTR_PROVENANCE]})
     return ds
+
+
+def _mask_flags(cfg: DatasetConfig, source: ImageSource, refs: list[SampleRef]) -> np.ndarray:
+    """Which samples have a mask, reported in one line: masks of a subset of the images are normal."""
+    flags = np.array([source.has_mask(r) for r in refs], bool)
+    n, k = len(flags), int(flags.sum())
+    if k < n:
+        log.warning("dataset %s: masks: %d of %d images have a mask; %d without (not annotated: localization "
+                    "metrics skip them)", cfg.name, k, n, n - k)
+    else:
+        log.info("dataset %s: masks: all %d images have a mask", cfg.name, n)
+    return flags
 
 
 def _existing_state(workspace: str, cfg: DatasetConfig, overwrite: bool) -> str:
@@ -286,6 +322,7 @@ def scan_job(cfg: DatasetConfig, workspace: str | os.PathLike[str], *,
     if not refs:
         raise IngestError(f"dataset {cfg.name!r}: the source lists no samples ({source.describe()})")
     _check_ids(refs)
+    _given_splits(cfg, refs)  # unusable given splits are refused before any pixel is read
     chunks = pending_chunks(np.ones(len(refs), bool), cfg.chunk_size, lambda a, b: refs[a:b])
     return ScanJob(workspace, cfg, source, state, chunks=chunks, n_chunks=len(chunks))
 
@@ -325,7 +362,8 @@ def write_job(scan: ScanJob, scanned: list[Window | str]) -> WriteJob:
     if state != "incomplete" or not done.any():
         store.create_template(workspace, images_group, template)
         if with_masks:
-            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes))
+            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes,
+                                                                         _mask_flags(cfg, source, refs)))
         done[:] = False
     unit = layout.write_unit(workspace, f"{images_group}/{schema.IMAGE}")  # a task writes whole shards
     chunks = pending_chunks(~done, unit, lambda a, b: (refs[a:b], windows[a:b]))

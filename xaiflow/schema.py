@@ -32,6 +32,9 @@ X = "x"
 # variables
 IMAGE = "image"
 MASK = "mask"
+#: masks group coordinate (sample,) bool: the sample has an annotation (masks may cover a subset of
+#: the images; the mask of a sample without one is all 0 and must not be scored)
+HAS_MASK = "has_mask"
 #: per-sample completion flags of a group's output (see :mod:`xaiflow.jobs`)
 DONE = "done"
 #: per-chunk flags (dimension ``chunk``) of groups written before per-sample flags; read and converted
@@ -140,7 +143,8 @@ def check_specimen_split(ds: xr.Dataset, group: str = IMAGES) -> None:
 
 
 def validate_masks(masks: xr.Dataset, images: xr.Dataset, group: str = MASKS) -> None:
-    """Check a ``masks/<dataset>`` group against its images: same samples and shape."""
+    """Check a ``masks/<dataset>`` group against its images: same samples and shape, and the
+    ``has_mask`` flags (samples without a mask are allowed: readers skip them, see :mod:`xaiflow.maskspec`)."""
     mask = _require(masks, group, MASK, (SAMPLE, Y, X))
     if mask.dtype != np.uint8:
         raise SchemaError(group, MASK, f"has dtype {mask.dtype}, expected uint8")
@@ -155,4 +159,8 @@ def validate_masks(masks: xr.Dataset, images: xr.Dataset, group: str = MASKS) ->
         raise SchemaError(group, SAMPLE, f"sample ids differ from the images' (e.g. missing {missing})")
     if not masks.attrs.get(ATTR_MASK_CLASSES):
         raise SchemaError(group, None, f"attribute {ATTR_MASK_CLASSES!r} is missing or empty")
+    if HAS_MASK in masks.variables:  # absent in groups written before masks could cover a subset: all have one
+        flags = _require(masks, group, HAS_MASK, (SAMPLE,))
+        if flags.dtype != bool:
+            raise SchemaError(group, HAS_MASK, f"has dtype {flags.dtype}, expected bool")
     _check_status(masks, group)

@@ -7,13 +7,56 @@ are placed one by one, rarest classes first, into the split that brings every cl
 the overall split sizes closest to the requested fractions. When a class has at least as
 many specimens as there are splits, every split gets at least one of them, so rare classes
 can be evaluated.
+
+A source may give the splits itself (:func:`given_splits`: a split column of the CSV, the
+synthetic source's ``splits``), e.g. a held-out design made by the lab; ingest then keeps them.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 import numpy as np
+
+from xaiflow.errors import XaiflowError
+from xaiflow.schema import SPLIT, SPLITS
+from xaiflow.sources.base import SampleRef
+
+
+class SplitError(XaiflowError):
+    """The splits a source gives are unusable; the message names the samples (file/row) and values."""
+
+
+def _where(ref: SampleRef) -> str:
+    return ref.origin or ref.uri or ref.id
+
+
+def given_splits(refs: Sequence[SampleRef], limit: int = 5) -> list[str] | None:
+    """The split each sample's source gives (its metadata ``split``), in order; None when no sample
+    carries one (ingest then splits by specimen). A source that gives a split for some samples must
+    give one for all, each must be one of :data:`~xaiflow.schema.SPLITS`, and the images of one
+    specimen (group) must share one: otherwise a :class:`SplitError` names the offending samples."""
+    if not any(SPLIT in r.metadata for r in refs):
+        return None
+    values = [r.metadata.get(SPLIT) for r in refs]
+    missing = [r for r, v in zip(refs, values) if v is None or v == ""]
+    if missing:
+        shown = "; ".join(_where(r) for r in missing[:limit]) + (" ..." if len(missing) > limit else "")
+        raise SplitError(f"the split is given for {len(refs) - len(missing)} of {len(refs)} samples but not for "
+                         f"{len(missing)}: {shown}; give every sample a split (train, val or test), or none and "
+                         "let ingest split by specimen")
+    bad = [(r, v) for r, v in zip(refs, values) if v not in SPLITS]
+    if bad:
+        shown = "; ".join(f"{_where(r)}: {v!r}" for r, v in bad[:limit]) + (" ..." if len(bad) > limit else "")
+        raise SplitError(f"{len(bad)} sample(s) with a split other than {', '.join(SPLITS)}: {shown}")
+    first: dict[str, SampleRef] = {}
+    for r in refs:  # a specimen's images are near-duplicates: in two splits they would leak
+        other = first.setdefault(r.group, r)
+        if other.metadata[SPLIT] != r.metadata[SPLIT]:
+            raise SplitError(f"specimen {r.group!r} is in two splits: {other.metadata[SPLIT]} ({_where(other)}) and "
+                             f"{r.metadata[SPLIT]} ({_where(r)}); give all images of a specimen one split")
+    return [str(v) for v in values]
 
 
 def assign_splits(groups: list[str], labels: list[str], fractions: dict[str, float], seed: int) -> list[str]:

@@ -191,7 +191,8 @@ def check_source(source: ImageSource, n_read: int = 3) -> list[Any]:
 
     Unique ids in a deterministic order; the same pixels after pickling (as shipped to a Dask
     worker); 2-D uint8/uint16/float32 images, a tile's shape equal to its window; masks of
-    the image's shape with values below the number of mask classes, or None without masks;
+    the image's shape with values below the number of mask classes, or None without masks (or,
+    where :meth:`~xaiflow.sources.base.ImageSource.has_mask` says so, for an image not annotated);
     a ``Config`` that validates the source's own config.
     """
     refs = source.list_samples()
@@ -210,6 +211,8 @@ def check_source(source: ImageSource, n_read: int = 3) -> list[Any]:
         mask = source.read_mask(ref)
         if source.mask_classes is None:
             assert mask is None, f"{kind}: a mask without mask classes"
+        elif not source.has_mask(ref):
+            assert mask is None, f"{kind}: {ref.id} has a mask but has_mask() says it has none"
         else:
             assert mask.shape == img.shape and mask.dtype == np.uint8 and mask.max() < len(source.mask_classes), \
                 f"{kind}: bad mask for {ref.id}"

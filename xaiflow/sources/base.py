@@ -86,8 +86,13 @@ class ImageSource(ABC):
         """Pixels of one sample as a 2-D (H, W) array; raises :class:`SourceError` if unreadable."""
 
     def read_mask(self, ref: SampleRef) -> np.ndarray | None:
-        """The (H, W) uint8 mask of one sample (same geometry as :meth:`read`), or None."""
+        """The (H, W) uint8 mask of one sample (class indices, same geometry as :meth:`read`), or None
+        when the source has no masks or this sample has none (masks may cover a subset)."""
         return None
+
+    def has_mask(self, ref: SampleRef) -> bool:
+        """Whether :meth:`read_mask` returns a mask for this sample; cheap (no decoding)."""
+        return self.mask_classes is not None
 
     def describe(self) -> str:
         """A short human-readable description for provenance (e.g. the folder path)."""

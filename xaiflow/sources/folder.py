@@ -10,8 +10,14 @@ used as it is. Example for the UHCS data (``configs/uhcs.yaml``)::
       columns: {file: file, label: primary_microconstituent, group: sample_key,
                 um_per_px: um_per_px, metadata: [detector, magnification]}
 
+A lab's own held-out design is kept: with ``columns: {split: my_split_column}`` each row's
+split (``train``, ``val`` or ``test``; every row needs one) is used by ingest instead of its
+own specimen split.
+
 Optional expert masks: a folder of label images matched to the micrographs by file name
-(``masks: {dir: masks, suffix: .png, classes: [matrix, carbide]}``).
+(``masks: {dir: masks, suffix: .png, classes: [matrix, carbide], encoding: index|binary}``, or an
+explicit ``values: {0: matrix, 255: carbide}``); micrographs without a mask file are "not
+annotated" (``has_mask`` False in the masks group), see docs/masks.md.
 
 The CSV is data, not configuration: a row whose file resolves outside ``root`` (``../``, an
 absolute path, a symlink pointing elsewhere) is refused unless ``allow_outside_root: true``;
@@ -28,10 +34,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError
 from xaiflow.sources.imageio import DEFAULT_MAX_PIXELS, read_image
+from xaiflow.sources.maskio import MAX_LABEL_VALUE, read_label_image, to_class_indices, value_table
 
 
 class ColumnMap(BaseModel):
@@ -44,15 +51,51 @@ class ColumnMap(BaseModel):
     um_per_px: str | None = Field(None, description="physical pixel size in micrometres")
     id: str | None = Field(None, description="sample id; default: the file name without suffix")
     metadata: list[str] = Field(default_factory=list, description="extra columns kept as coordinates")
+    # left out of dumps when unset, so configs (and config hashes) written before it stay the same
+    split: str | None = Field(None, exclude_if=lambda v: v is None,
+                              description="each image's split (train, val or test), kept by ingest instead of "
+                                          "its own specimen split; every row needs one")
 
 
 class MaskFolder(BaseModel):
-    """Expert/ground-truth label images, one per micrograph, matched by file stem."""
+    """Expert/ground-truth label images matched to the micrographs by file stem; a micrograph
+    without a mask file is "not annotated" (see :mod:`xaiflow.sources.maskio` for the encodings)."""
 
     model_config = ConfigDict(extra="forbid")
     dir: Path = Field(description="folder of mask images, relative to the source root")
     suffix: str = ".png"
-    classes: list[str] = Field(min_length=2, description="mask class names; pixel value = index")
+    classes: list[str] = Field(min_length=2, description="mask class names, in class-index order")
+    encoding: Literal["index", "binary"] = Field(
+        "index", description="index: pixel value = class index; binary: two classes, 0 and 255 (or 1)")
+    values: dict[int, str] | None = Field(
+        None, description="explicit pixel value -> class name (instead of the encoding), e.g. "
+                          "{0: matrix, 255: carbide}")
+
+    @model_validator(mode="after")
+    def _check(self) -> MaskFolder:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"masks.classes has duplicates: {self.classes}")
+        if len(self.classes) > 256:
+            raise ValueError(f"masks.classes: at most 256 classes (uint8 masks), got {len(self.classes)}")
+        if self.encoding == "binary" and len(self.classes) != 2:
+            raise ValueError(f"masks.encoding binary needs exactly two classes, got {self.classes}")
+        if self.values is not None:
+            unknown = sorted(set(self.values.values()) - set(self.classes))
+            bad = [k for k in self.values if not 0 <= k <= MAX_LABEL_VALUE]
+            if unknown or bad or not self.values:
+                raise ValueError(f"masks.values: pixel values 0..{MAX_LABEL_VALUE} to class names of "
+                                 f"{self.classes}; unknown classes {unknown}, bad values {bad}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # the defaults are left out so that a dataset ingested before these fields existed keeps its config hash
+        data = handler(self)
+        if data.get("encoding") == "index":
+            data.pop("encoding")
+        if data.get("values") is None:
+            data.pop("values", None)
+        return data
 
 
 class FolderConfig(BaseModel):
@@ -86,6 +129,12 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     return float(str(value).strip())
+
+
+def _text(value: Any) -> str | None:
+    """A CSV cell as text, None when empty (a split column's cell: checked by ingest)."""
+    value = _clean(value)
+    return None if value is None or value is pd.NA or str(value) == "" else str(value)
 
 
 def _clean(value: Any) -> Any:
@@ -132,7 +181,7 @@ class FolderSource(ImageSource):
             raise SourceError(f"{self.csv_path}: cannot parse CSV ({e})") from None
         cols = self.config.columns
         wanted = {"file": cols.file, "label": cols.label, "group": cols.group,
-                  "um_per_px": cols.um_per_px, "id": cols.id}
+                  "um_per_px": cols.um_per_px, "id": cols.id, "split": cols.split}
         wanted.update({f"metadata[{i}]": c for i, c in enumerate(cols.metadata)})
         for role, col in wanted.items():
             if col is not None and col not in table.columns:
@@ -145,6 +194,8 @@ class FolderSource(ImageSource):
     def list_samples(self) -> list[SampleRef]:
         cfg, cols = self.config, self.config.columns
         table = self.read_table()
+        if cfg.masks is not None and not self.mask_dir.is_dir():
+            raise SourceError(f"mask folder {self.mask_dir} (source.masks.dir) does not exist")
         root = Path(cfg.root).resolve()
         refs: list[SampleRef] = []
         for i, row in enumerate(table.to_dict("records")):
@@ -180,7 +231,8 @@ class FolderSource(ImageSource):
                 id=sample_id, uri=str(path), label=str(label),
                 group=str(group) if group is not None else sample_id,
                 um_per_px=float(um) if um is not None and um > 0 else float("nan"),
-                metadata={c: _clean(row[c]) for c in cols.metadata},
+                metadata={**{c: _clean(row[c]) for c in cols.metadata},
+                          **({"split": _text(row[cols.split])} if cols.split else {})},
                 origin=origin, problem=problem,
             ))
         if cfg.max_per_group_label:
@@ -190,26 +242,35 @@ class FolderSource(ImageSource):
     def read(self, ref: SampleRef) -> np.ndarray:
         return read_image(Path(ref.uri), self.config.max_pixels)
 
-    def mask_path(self, ref: SampleRef) -> Path:
+    @property
+    def mask_dir(self) -> Path:
         assert self.config.masks is not None
         mask_dir = Path(self.config.masks.dir)
-        if not mask_dir.is_absolute():
-            mask_dir = Path(self.config.root) / mask_dir
-        return mask_dir / (Path(ref.uri).stem + self.config.masks.suffix)
+        return mask_dir if mask_dir.is_absolute() else Path(self.config.root) / mask_dir
+
+    def mask_path(self, ref: SampleRef) -> Path:
+        assert self.config.masks is not None
+        return self.mask_dir / (Path(ref.uri).stem + self.config.masks.suffix)
+
+    def has_mask(self, ref: SampleRef) -> bool:
+        """Is there a mask file for this micrograph? (Masks may cover a subset of the images.)"""
+        return self.config.masks is not None and self.mask_path(ref).is_file()
 
     def read_mask(self, ref: SampleRef) -> np.ndarray | None:
-        if self.config.masks is None:
+        """Class indices of the micrograph's mask, decoded by the configured encoding; None when
+        the source has no masks or this micrograph has no mask file (not annotated)."""
+        masks = self.config.masks
+        if masks is None:
             return None
         path = self.mask_path(ref)
         if not path.is_file():
-            raise SourceError(f"{ref.origin or ref.id}: mask file {path} does not exist")
-        mask = read_image(path, self.config.max_pixels)
-        if mask.dtype != np.uint8 or mask.max() >= len(self.config.masks.classes):
-            raise SourceError(
-                f"{path}: mask values must be uint8 class indices < {len(self.config.masks.classes)} "
-                f"({self.config.masks.classes}), got dtype {mask.dtype}, max {mask.max()}"
-            )
-        return mask
+            return None
+        real, folder = path.resolve(), self.mask_dir.resolve()
+        if not self.config.allow_outside_root and not real.is_relative_to(folder):
+            raise SourceError(f"mask file {path} lies outside the mask folder {folder} (resolves to {real}); "
+                              "set source.allow_outside_root: true to read it anyway")
+        raw = read_label_image(path, self.config.max_pixels)
+        return to_class_indices(raw, masks.classes, value_table(masks.classes, masks.encoding, masks.values), path)
 
 
 def _stratified_subset(refs: list[SampleRef], k: int) -> list[SampleRef]:

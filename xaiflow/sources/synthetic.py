@@ -34,6 +34,27 @@ so mask == 2 covers exactly the pixels it changed. ``shortcut=None`` means no ba
 Each sample records ``shortcut_position`` (corner or ``none``) and ``has_shortcut`` (1.0 when
 the bar is at its own class's corner, else 0.0) as metadata, so accuracy can be split by it.
 
+**A bar whose content says whose it is.** A network that standardizes each image and pools
+globally barely sees *where* a bar sits, so a corner alone is a weak shortcut for it. With
+``ShortcutSpec.length_code`` the bar also differs in length by corner (the bar at
+``CORNERS[i]`` is ``1 + i/2`` times as long, like a scale bar whose length follows the
+magnification): the marker of class ``k`` is then readable from its content alone.
+
+**Splits given by the source.** With ``splits: {train: 3, val: 1, test: 2}`` (whole specimens
+per class, in specimen order: specimens 0-2 train, 3 val, 4-5 test; the counts must add up to
+``specimens_per_class``) every sample records its ``split`` as metadata, and ingest keeps it
+instead of drawing its own. Without ``splits`` ingest splits by specimen as for any source.
+
+**A shortcut that differs by split.** ``ShortcutSpec.test_probability`` (needs ``splits``) is
+the chance that the bar is at its class's corner in the *test* split; ``probability`` then
+holds for train and val. ``{probability: 1.0, test_probability: 0.25}`` with the four classes
+makes the bar fully predictive where a model learns (train, val) and uninformative where it
+is tested (0.25 = one corner in four: the bar is at a uniformly random class's corner), the
+situation of a burned-in annotation that happened to follow the class in the training data.
+A model that learned the bar loses accuracy on test images whose bar is at another class's
+corner (``has_shortcut`` 0); one that learned the structures does not. Left out (None), the
+test split uses ``probability`` too, exactly as before.
+
 **Determinism and specimens.** Every sample is regenerated from its own random streams,
 ``np.random.default_rng([seed, stream, class_index, specimen_index, image_index])``, so any
 sample can be read on any process in any order. Each class has ``specimens_per_class``
@@ -50,7 +71,7 @@ from collections import OrderedDict
 from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import ndimage
 from skimage import segmentation
 
@@ -99,7 +120,10 @@ class ShortcutSpec(BaseModel):
     """A label-correlated marker: a bright bar of ``size/2 x 2*size`` px at 128 px images.
 
     ``size`` scales with the image (by ``min(height, width) / 128``); ``probability`` is the
-    chance that the bar is at its class's corner rather than another class's corner.
+    chance that the bar is at its class's corner rather than another class's corner;
+    ``test_probability`` (None: ``probability``) is that chance in the test split (it needs the
+    source's ``splits``, see the module docstring); ``length_code`` makes the bar's length say
+    whose corner it belongs to (the bar at ``CORNERS[i]`` is ``1 + i/2`` times as long).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,6 +131,34 @@ class ShortcutSpec(BaseModel):
     probability: float = Field(1.0, ge=0.0, le=1.0)
     size: int = Field(8, ge=2, le=64)
     intensity: float = Field(1.0, ge=0.0, le=1.0)
+    # left out of dumps when unset, so configs (and config hashes) written before them stay the same
+    length_code: bool = Field(False, exclude_if=lambda v: not v,
+                              description="the bar's length also says whose corner it belongs to")
+    test_probability: float | None = Field(None, ge=0.0, le=1.0, exclude_if=lambda v: v is None,
+                                           description="chance of the class's corner in the test split "
+                                                       "(default: probability)")
+
+    def probability_in(self, split: str | None) -> float:
+        """The chance of the class's corner for a sample of ``split`` (None: no split given)."""
+        if split == "test" and self.test_probability is not None:
+            return self.test_probability
+        return self.probability
+
+
+class SpecimenSplits(BaseModel):
+    """Whole specimens per class in each split, assigned in specimen order (train, then val, then test)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: int = Field(0, ge=0)
+    val: int = Field(0, ge=0)
+    test: int = Field(0, ge=0)
+
+    def of(self, specimen: int) -> str:
+        """The split of specimen number ``specimen`` (0-based)."""
+        if specimen < self.train:
+            return "train"
+        return "val" if specimen < self.train + self.val else "test"
 
 
 # ----------------------------------------------------------------------------- random streams
@@ -355,18 +407,22 @@ _DRAWERS: dict[
 # ----------------------------------------------------------------------------- shortcut marker
 
 
-def marker_shape(size: tuple[int, int], spec: ShortcutSpec) -> tuple[int, int]:
-    """(height, width) of the marker bar in an image of ``size``: ``size/2 x 2*size`` at 128 px."""
+def marker_shape(size: tuple[int, int], spec: ShortcutSpec, corner: str | None = None) -> tuple[int, int]:
+    """(height, width) of the marker bar in an image of ``size``: ``size/2 x 2*size`` at 128 px;
+    with ``spec.length_code``, the bar at ``corner`` is ``1 + CORNERS.index(corner) / 2`` times as long."""
     side = max(2, round(spec.size * min(size) / _REFERENCE_SIDE))
-    return max(1, side // 2), 2 * side
+    width = 2 * side
+    if spec.length_code and corner is not None:
+        width = round(width * (1 + CORNERS.index(corner) / 2))
+    return max(1, side // 2), width
 
 
 def corner_position(corner: str, size: tuple[int, int], spec: ShortcutSpec) -> tuple[int, int]:
     """Top-left pixel (y, x) of the marker at ``corner``, inset from the edges by half its side."""
     if corner not in CORNERS:
         raise SourceError(f"unknown corner {corner!r}; valid: {', '.join(CORNERS)}")
-    h, w = marker_shape(size, spec)
-    margin = max(1, w // 4)
+    h, w = marker_shape(size, spec, corner)
+    margin = max(1, marker_shape(size, spec)[1] // 4)
     y0 = margin if corner.startswith("top") else size[0] - margin - h
     x0 = margin if corner.endswith("left") else size[1] - margin - w
     return y0, x0
@@ -408,15 +464,16 @@ def generate_micrograph(
     specimen_params: dict | None = None,
     shortcut_position: tuple[int, int] | None = None,
     shortcut: ShortcutSpec | None = None,
+    shortcut_corner: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One micrograph and its mask, both uint8 (H, W); see the module docstring.
 
     ``specimen_params`` come from :func:`draw_specimen_params` (drawn from ``rng`` when None,
     i.e. the image is its own specimen). ``shortcut_position`` is the marker's top-left
-    (y, x); when None and ``shortcut`` is set, the corner is chosen from ``rng`` among all
-    :data:`CLASSES` with ``shortcut.probability``. Draw order: specimen params (if drawn),
-    matrix texture, structures, then noise, so a change of noise, contrast, brightness or
-    blur leaves the structures and the mask unchanged.
+    (y, x); when None and ``shortcut`` is set, the marker sits at ``shortcut_corner``, or at a
+    corner chosen from ``rng`` among all :data:`CLASSES` with ``shortcut.probability``. Draw
+    order: specimen params (if drawn), matrix texture, structures, then noise, so a change of
+    noise, contrast, brightness or blur leaves the structures and the mask unchanged.
     """
     _class_index(class_name)
     shape = (int(size[0]), int(size[1]))
@@ -433,9 +490,10 @@ def generate_micrograph(
     mask = structure.astype(np.uint8)
     if shortcut is not None:
         if shortcut_position is None:
-            corner = choose_shortcut_corner(class_name, CLASSES, shortcut.probability, rng)
-            shortcut_position = corner_position(corner, shape, shortcut)
-        _overlay_marker(image, mask, shortcut_position, marker_shape(shape, shortcut), shortcut)
+            shortcut_corner = shortcut_corner or choose_shortcut_corner(class_name, CLASSES, shortcut.probability,
+                                                                         rng)
+            shortcut_position = corner_position(shortcut_corner, shape, shortcut)
+        _overlay_marker(image, mask, shortcut_position, marker_shape(shape, shortcut, shortcut_corner), shortcut)
     return image, mask
 
 
@@ -473,6 +531,21 @@ class SyntheticConfig(BaseModel):
     condition_name: str = "default"
     um_per_px: float = Field(0.1, gt=0)
     shortcut: ShortcutSpec | None = None
+    # left out of dumps when unset, so configs (and config hashes) written before it stay the same
+    splits: SpecimenSplits | None = Field(None, exclude_if=lambda v: v is None,
+                                          description="specimens per class in train/val/test (default: ingest "
+                                                      "splits by specimen itself)")
+
+    @model_validator(mode="after")
+    def _splits_cover_specimens(self) -> "SyntheticConfig":
+        s = self.splits
+        if s is not None and s.train + s.val + s.test != self.specimens_per_class:
+            raise ValueError(f"splits {s.train} + {s.val} + {s.test} specimens must add up to specimens_per_class "
+                             f"({self.specimens_per_class})")
+        if self.shortcut is not None and self.shortcut.test_probability is not None and s is None:
+            raise ValueError("shortcut.test_probability needs splits (which specimens are test), e.g. "
+                             "splits: {train: 3, val: 1, test: 2}")
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -536,7 +609,12 @@ class SyntheticSource(ImageSource):
         rng = sample_rng(
             self.config.seed, _STREAM_SHORTCUT, _class_index(class_name), specimen, image
         )
-        return choose_shortcut_corner(class_name, self.config.classes, spec.probability, rng)
+        probability = spec.probability_in(self._split(specimen))
+        return choose_shortcut_corner(class_name, self.config.classes, probability, rng)
+
+    def _split(self, specimen: int) -> str | None:
+        """The split of a specimen when the config gives splits, else None (ingest decides)."""
+        return None if self.config.splits is None else self.config.splits.of(specimen)
 
     def list_samples(self) -> list[SampleRef]:
         cfg = self.config
@@ -559,6 +637,7 @@ class SyntheticSource(ImageSource):
                                 # 1: the marker sits at this class's corner (the shortcut
                                 # predicts the label); 0: no marker, or another class's corner
                                 "has_shortcut": float(corner == class_corner(class_name)),
+                                **({} if cfg.splits is None else {"split": self._split(specimen)}),
                             },
                         )
                     )
@@ -591,16 +670,14 @@ class SyntheticSource(ImageSource):
         params = draw_specimen_params(
             class_name, sample_rng(cfg.seed, _STREAM_SPECIMEN, k, specimen)
         )
-        corner = self._corner(class_name, specimen, image)
-        position = None if corner is None else corner_position(corner, cfg.size, cfg.shortcut)
         return generate_micrograph(
             class_name,
             cfg.size,
             sample_rng(cfg.seed, _STREAM_IMAGE, k, specimen, image),
             condition=cfg.condition,
             specimen_params=params,
-            shortcut_position=position,
             shortcut=cfg.shortcut,
+            shortcut_corner=self._corner(class_name, specimen, image),
         )
 
     def _sample(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray]:
@@ -630,11 +707,15 @@ class SyntheticSource(ImageSource):
             "none"
             if cfg.shortcut is None
             else f"bar p={cfg.shortcut.probability:g} size={cfg.shortcut.size}"
+            + ("" if cfg.shortcut.test_probability is None else f" test p={cfg.shortcut.test_probability:g}")
+            + (" length-coded" if cfg.shortcut.length_code else "")
         )
+        splits = "" if cfg.splits is None else (f"; splits given: {cfg.splits.train}/{cfg.splits.val}/"
+                                                f"{cfg.splits.test} specimens per class (train/val/test)")
         return (
             f"synthetic seed={cfg.seed}: {len(cfg.classes)} classes x "
             f"{cfg.specimens_per_class} specimens x {cfg.images_per_specimen} images, "
             f"{cfg.size[0]}x{cfg.size[1]} px; condition {cfg.condition_name!r} "
             f"(noise_std={c.noise_std:g}, contrast={c.contrast:g}, brightness={c.brightness:g}, "
-            f"blur_sigma={c.blur_sigma:g}, scale={c.scale:g}); shortcut {shortcut}"
+            f"blur_sigma={c.blur_sigma:g}, scale={c.scale:g}); shortcut {shortcut}{splits}"
         )

@@ -29,6 +29,9 @@ def evaluate_stage(run: RunConfig, workspace: str, dataset: str | None = None, m
     if attribution is not None:
         model, dataset = model or attribution.model, dataset or attribution.dataset
     dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset, run=run)
+    if run.evaluation is not None:  # the config's evaluation section, where the flow's parameters leave it open
+        metrics, methods = metrics or run.evaluation.metrics, methods or run.evaluation.methods
+        mask_class = mask_class or run.evaluation.mask_class
     res = run_metrics(workspace, dataset, model_id, metrics, methods, mask_class, device=device, overwrite=overwrite,
                       runner=run_chunks)
     rows = metric_summary(workspace, dataset, model_id)
@@ -52,10 +55,12 @@ def evaluate_flow(config_path: str = "configs/quickstart.yaml", workspace: str =
         workspace: the Zarr workspace holding the maps.
         dataset: dataset to evaluate (default: attribution.dataset).
         model: model id or unique prefix (default: attribution.model, else the `train:` section's model).
-        metrics: metric names (default: deletion, insertion, sparseness, entropy, plus pointing_game and
+        metrics: metric names (default: road, region_perturbation, sparseness, entropy, plus pointing_game and
             relevance_mass_accuracy when the dataset has masks).
         methods: saliency keys to score (default: every stored one).
-        mask_class: mask class for the localization metrics (default: every class but the background).
+        mask_class: the localization region: a mask class, CLASS+CLASS, or per image label
+            "LABEL=CLASS,...,*=CLASS" (default: the config's evaluation.mask_class, else every class but the
+            background).
         device: cpu, cuda, cuda:N or auto.
         overwrite: recompute metrics stored with other parameters or for other maps.
         cluster: Dask cluster profile or scheduler address.

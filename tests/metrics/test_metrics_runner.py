@@ -58,8 +58,8 @@ def test_layout_values_and_resume(ws, client):
     assert ds.value.dims == ("sample", "xai_method", "metric") and ds.value.dtype == np.float32
     assert list(store.strings(ds.xai_method.values)) == ["grad_cam", "saliency"]
     assert {"deletion", "deletion_random", "insertion", "insertion_random", "model_randomization", "pointing_game",
-            "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "entropy"} == set(
-        store.strings(ds.metric.values))
+            "relevance_mass_accuracy", "relevance_rank_accuracy", "sparseness", "entropy", "pointing_game_chance",
+            "relevance_mass_accuracy_chance", "relevance_rank_accuracy_chance"} == set(store.strings(ds.metric.values))
     assert ds.deletion_curve.dims == ("sample", "xai_method", "deletion_fraction") and ds.deletion_fraction.size == 5
     assert ds.model_randomization_spearman.dims == ("sample", "xai_method", "layer")
     assert list(store.strings(ds.layer.values)) == ["head", "block2", "block1"]

@@ -67,15 +67,19 @@ def evaluate(
     dataset: Optional[str] = dataset_option(),
     model: Optional[str] = model_option(),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated metric names "
-                                          "(xaiflow.metrics.METRICS; default: deletion, insertion, sparseness, "
+                                          "(xaiflow.metrics.METRICS; default: road, region_perturbation, sparseness, "
                                           "entropy, plus pointing_game and relevance_mass_accuracy with masks)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="saliency keys (default: all stored)"),
-    mask_class: Optional[str] = typer.Option(None, "--mask-class", help="mask class for localization metrics"),
+    mask_class: Optional[str] = typer.Option(
+        None, "--mask-class", help="the region of the localization metrics: a mask class, a union (CLASS+CLASS), or "
+                                   "per image label (LABEL=CLASS[+CLASS],...,*=CLASS for the other labels); default: "
+                                   "every mask class but the first (the background)"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
     cluster: str = cluster_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="recompute metrics stored with other parameters"),
 ) -> None:
     """Score stored maps (faithfulness, randomization, localization, complexity) chunk by chunk."""
+    from xaiflow import store
     from xaiflow.metrics.runner import run_metrics
     from xaiflow.metrics.summary import metric_summary
     from xaiflow.models.catalog import ModelCatalog
@@ -90,9 +94,21 @@ def evaluate(
         out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} complete or "
                   "without maps")
         summary = metric_summary(workspace, dataset, model_id)
-        names = list(dict.fromkeys(r["metric"] for r in summary))
+        outputs = store.group_attrs(workspace, res.group).get("outputs", {})
+        chance = {(r["method"], r["metric"]): r["mean"] for r in summary
+                  if outputs.get(r["metric"], {}).get("chance_of")}
+        names = [n for n in dict.fromkeys(r["metric"] for r in summary) if not outputs.get(n, {}).get("chance_of")]
         by_method: dict[str, dict[str, str]] = {}
         for r in summary:
+            if r["metric"] not in names:
+                continue
             row = by_method.setdefault(r["method"], {"method": r["method"]})
             row[r["metric"]] = f"{r['mean']:.3f} ± {r['std']:.3f}"
+            level = chance.get((r["method"], outputs.get(r["metric"], {}).get("chance")))
+            if level is not None:  # a localization number beside its chance level (the region's area share)
+                row[r["metric"]] += f" (chance {level:.3f})"
         out.print(rows_table(list(by_method.values()), ["method", *names], title="mean ± std over samples"))
+        for name in names:
+            if outputs.get(name, {}).get("chance"):
+                out.print(f"{name}: region = mask classes {outputs[name]['mask_classes']}; chance = the region's "
+                          "share of the image (mean over samples with a mask)")

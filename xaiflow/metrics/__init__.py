@@ -7,6 +7,9 @@ built-in metrics in :data:`METRICS` (contract: :mod:`xaiflow.metrics.base`):
 
 * :mod:`.faithfulness` - ``deletion``, ``insertion`` (Petsiuk et al. 2018), each with a
   seeded random-order reference;
+* :mod:`.road` - ``road`` (Rong et al. 2022: MoRF/LeRF with noisy linear imputation) and
+  ``region_perturbation`` (Samek et al. 2017: superpixels removed and filled from their
+  surroundings), each with a seeded random-order reference;
 * :mod:`.randomization` - ``model_randomization``, cascading parameter randomization
   (Adebayo et al. 2018);
 * :mod:`.localization` - ``pointing_game`` (Zhang et al. 2018), ``relevance_mass_accuracy``
@@ -17,7 +20,7 @@ built-in metrics in :data:`METRICS` (contract: :mod:`xaiflow.metrics.base`):
 
 from __future__ import annotations
 
-from xaiflow.metrics import complexity, faithfulness, localization, randomization  # noqa: F401  (register)
+from xaiflow.metrics import complexity, faithfulness, localization, randomization, road  # noqa: F401  (register)
 from xaiflow.metrics.base import METRICS, Metric, MetricParams, Output, make_metric
 
 __all__ = ["METRICS", "Metric", "MetricParams", "Output", "make_metric"]

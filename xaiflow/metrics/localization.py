@@ -1,7 +1,10 @@
 """Localization: does a map point at the region an expert (or the generator) marked?
 
-The region is a boolean mask per map (the runner builds it from ``masks/<dataset>``: one
-mask class, or the union of several). Definitions follow Arras et al. 2022 ("CLEVR-XAI: a
+The region is a boolean mask per map (the runner builds it from ``masks/<dataset>`` with a
+:class:`~xaiflow.maskspec.MaskSelection`: one mask class, a union of several, or classes chosen
+per image label; empty for images without a mask, which are then NaN). Each of the three scores
+a map that knows nothing at the region's share of the image, on average: the chance level the
+runner stores beside them (``<key>_chance``). Definitions follow Arras et al. 2022 ("CLEVR-XAI: a
 benchmark dataset for the ground truth evaluation of neural network explanations") and
 Quantus' names:
 

@@ -6,7 +6,9 @@ samples whose map is done) with the requested metrics and writes
 
 * ``value(sample, xai_method, metric)`` float32: every scalar output of every metric key
   (the ``metric`` coordinate, e.g. ``deletion``, ``deletion_random``, ``pointing_game``);
-  NaN where not computed, or undefined (an empty mask; see each metric);
+  NaN where not computed, or undefined (an empty mask; see each metric), and, per key needing
+  masks, ``<key>_chance``: the share of the image in the key's region (the chance level of a
+  localization number; NaN for samples without a mask, which are never scored);
 * ``done(sample, xai_method, metric)`` bool: per-sample completion flags;
 * one variable per curve output, ``<name>(sample, xai_method, <dim>)`` float32, e.g.
   ``deletion_curve(..., deletion_fraction)``, ``model_randomization_spearman(..., layer)``;
@@ -14,8 +16,9 @@ samples whose map is done) with the requested metrics and writes
   ...), ``xai_method`` (saliency keys), ``metric``, and the curve dimensions;
 * attrs: ``model_id``, ``checkpoint_sha256`` (of the maps' model), ``metrics`` (key ->
   metric name, parameters with defaults, mask classes: the identity), ``outputs`` (stored
-  name -> key, description, ``higher_is_better``), ``methods`` (saliency key -> method and
-  parameters of the maps scored), ``status``, ``provenance``.
+  name -> key, description, ``higher_is_better``; for localization outputs also ``chance``, the
+  stored name of their chance level, and ``mask_classes``, the region in words), ``methods``
+  (saliency key -> method and parameters of the maps scored), ``status``, ``provenance``.
 
 A chunked job (:class:`MetricsJob`, :mod:`xaiflow.jobs`). Every variable is chunked
 ``(chunk_size, all methods, all outputs)``, aligned with the image chunks: a task reads its
@@ -50,6 +53,7 @@ from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
 from xaiflow.locks import group_lock
+from xaiflow.maskspec import MaskSelection, MaskSpecError, parse_mask_selection
 from xaiflow.metrics import METRICS, Metric, make_metric
 from xaiflow.metrics.base import Output, stored_name
 from xaiflow.models.base import MicrographModel
@@ -85,6 +89,13 @@ class MetricRun:
     params: dict[str, Any]
     scalars: dict[str, str]  # output name -> stored name (a `metric` coordinate)
     curves: dict[str, str]  # output name -> stored variable
+    selection: MaskSelection | None = None  # the region's mask classes, per image label (metrics needing masks)
+    chance: str | None = None  # stored name of the region's area share (the chance level), with a selection
+
+    @property
+    def stored_scalars(self) -> list[str]:
+        """Every stored scalar of the key: the metric's outputs and, with a selection, the chance level."""
+        return [*self.scalars.values(), *([self.chance] if self.chance else [])]
 
 
 @dataclass
@@ -99,8 +110,10 @@ class MetricsResult:
 
 # ------------------------------------------------------------------ planning (client)
 
-#: what ``xaiflow evaluate`` and the evaluation flow compute when no metric is named
-DEFAULT_METRICS = ("deletion", "insertion", "sparseness", "entropy")
+#: what ``xaiflow evaluate`` and the evaluation flow compute when no metric is named: ROAD and
+#: superpixel region perturbation (in-distribution removal; ``deletion``/``insertion`` to a
+#: constant scored every method alike on the quick-start model, so they are opt-in), complexity
+DEFAULT_METRICS = ("road", "region_perturbation", "sparseness", "entropy")
 #: added to the defaults when the dataset has masks
 MASK_METRICS = ("pointing_game", "relevance_mass_accuracy")
 
@@ -114,6 +127,22 @@ def default_metrics(workspace: str | os.PathLike[str], dataset: str) -> list[str
 
 def _as_spec(spec: PluginSpec | str | dict[str, Any]) -> PluginSpec:
     return spec if isinstance(spec, PluginSpec) else PluginSpec.model_validate(spec)
+
+
+#: a localization spec's parameter naming its mask selection (read by the runner, not passed to the metric)
+MASK_CLASS_PARAM = "mask_class"
+#: suffix of the stored chance level of a key that needs masks: ``<key>_chance``
+CHANCE_SUFFIX = "_chance"
+
+
+def _split_mask_class(spec: PluginSpec) -> tuple[PluginSpec, Any]:
+    """(spec without ``mask_class``, its mask selection or None) for a metric that needs masks: the
+    runner builds the region from the selection, the metric only sees the boolean region."""
+    if MASK_CLASS_PARAM not in spec.params or spec.name not in METRICS or not METRICS.get(spec.name).needs_mask:
+        return spec, None
+    params = dict(spec.params)
+    selection = params.pop(MASK_CLASS_PARAM)
+    return spec.model_copy(update={"params": params}), selection
 
 
 def _make_metrics(specs: list[PluginSpec]) -> dict[str, Metric]:
@@ -132,10 +161,13 @@ def _make_metrics(specs: list[PluginSpec]) -> dict[str, Metric]:
     return built
 
 
-def _mask_values(workspace: str, dataset: str, images: xr.Dataset, mask_class: str | list[str] | None,
-                 needing: list[str]) -> tuple[tuple[int, ...], list[str]]:
-    """Mask label values of the region (and their class names), after checking the masks group."""
+def _mask_selections(workspace: str, dataset: str, images: xr.Dataset, run_level: Any,
+                     per_key: dict[str, Any]) -> tuple[list[str], dict[str, MaskSelection]]:
+    """The masks group's classes and, per metric key needing masks, its selection (the key's own
+    ``mask_class``, else the run's ``mask_class``, else every class but the background), after
+    checking the masks group."""
     group = schema.group_path(schema.MASKS, dataset)
+    needing = list(per_key)
     if not store.group_exists(workspace, group):
         raise MetricsError(f"metric(s) {needing} need masks, but dataset {dataset!r} has none ({group} does not "
                            "exist); ingest it with masks (source.masks) or drop those metrics")
@@ -145,16 +177,22 @@ def _mask_values(workspace: str, dataset: str, images: xr.Dataset, mask_class: s
     except schema.SchemaError as e:
         raise MetricsError(f"metric(s) {needing}: {e}") from None
     classes = [str(c) for c in masks.attrs[schema.ATTR_MASK_CLASSES]]
-    if mask_class is None:
-        if len(classes) < 2:
-            raise MetricsError(f"{group} has only the class {classes}; name the mask class to evaluate against")
-        names = classes[1:]  # the first class (label 0) is the background
-    else:
-        names = [mask_class] if isinstance(mask_class, str) else list(mask_class)
-        unknown = [n for n in names if n not in classes]
-        if unknown:
-            raise MetricsError(f"unknown mask class(es) {unknown} for {group}; valid: {classes}")
-    return tuple(classes.index(n) for n in names), names
+    labels = [str(c) for c in images.attrs[schema.ATTR_CLASSES]]
+    selections = {}
+    for key, own in per_key.items():
+        try:
+            selections[key] = parse_mask_selection(run_level if own is None else own, classes, labels)
+        except MaskSpecError as e:
+            raise MetricsError(f"metrics[{key}] on {group}: {e}") from None
+    return classes, selections
+
+
+def _selection_identity(selection: MaskSelection) -> list[str] | dict[str, list[str]]:
+    """The ``mask_classes`` entry of a key's identity: the class list when it is the same for every
+    label (as stored before per-label selections existed), else label -> classes with ``*``."""
+    if not selection.by_label:
+        return list(selection.default)
+    return {**{k: list(v) for k, v in sorted(selection.by_label.items())}, "*": list(selection.default)}
 
 
 def _model(workspace: str, model_id: str, sha256: str) -> tuple[ModelEntry, MicrographModel]:
@@ -218,10 +256,10 @@ def _layout(workspace: str, group: str, images: xr.Dataset, attrs: dict[str, Any
 
 def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
             metrics: list[PluginSpec | str | dict[str, Any]] | None = None, methods: list[str] | None = None,
-            mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
+            mask_class: Any = None, *, device: str = "auto", batch_size: int = 8,
             overwrite: bool = False) -> MetricsJob:
     """Validate, create or extend the metrics group; return the job with its pending chunks
-    (``metrics``: default :func:`default_metrics`)."""
+    (``metrics``: default :func:`default_metrics`; ``mask_class``: see :func:`run_metrics`)."""
     workspace = str(workspace)
     check_device_name(device)
     metrics = default_metrics(workspace, dataset) if metrics is None else metrics
@@ -239,16 +277,23 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
     missing = [m for m in keys if m not in computed]
     if missing or not keys:
         raise MetricsError(f"method(s) {missing} not computed for {dataset}/{model_id}; computed: {sorted(computed)}")
-    built = _make_metrics([_as_spec(s) for s in metrics])
-    needing_mask = [k for k, m in built.items() if m.needs_mask]
-    mask_values, mask_names = (_mask_values(workspace, dataset, images, mask_class, needing_mask)
-                               if needing_mask else (None, None))
+    specs, own_selection = zip(*(_split_mask_class(_as_spec(s)) for s in metrics)) if metrics else ((), ())
+    built = _make_metrics(list(specs))
+    per_key = {k: sel for k, sel in zip(built, own_selection) if built[k].needs_mask}
+    mask_classes, selections = (_mask_selections(workspace, dataset, images, mask_class, per_key)
+                                if per_key else (None, {}))
     sha = str(sal_attrs.get("checkpoint_sha256"))
     entry, model = (_model(workspace, model_id, sha) if any(m.needs_model for m in built.values())
                     else (None, None))
     outputs = _outputs(built, model)
+    chance = {k: k + CHANCE_SUFFIX for k in selections}
+    clash = sorted(set(chance.values()) & {name for outs in outputs.values() for name, _ in outs.values()})
+    if clash:
+        raise MetricsError(f"metric output(s) {clash} would be overwritten by the chance level of a localization "
+                           "key (stored as <key>_chance); rename the metric key")
 
-    identities = {k: _jsonable({**m.identity(), **({"mask_classes": mask_names} if m.needs_mask else {})})
+    identities = {k: _jsonable({**m.identity(),
+                                **({"mask_classes": _selection_identity(selections[k])} if k in selections else {})})
                   for k, m in built.items()}
     method_ids = {k: _jsonable({"method": computed[k][ATTR_METHOD], "params": computed[k][ATTR_PARAMS],
                                 # float16 maps score (slightly) differently; float32 keeps the older identity
@@ -260,6 +305,14 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
         for name, out in outs.values():
             stored["outputs"][name] = {"key": key, "description": out.description,
                                        "higher_is_better": out.higher_is_better, "dim": out.dim}
+            if key in selections and out.dim is None:  # a localization number names its region and chance level
+                stored["outputs"][name].update(chance=chance[key], mask_classes=selections[key].describe())
+        if key in selections:
+            stored["outputs"][chance[key]] = {
+                "key": key, "description": f"chance level of {key}: the share of the image in its region "
+                                           f"({selections[key].describe()})",
+                "higher_is_better": None, "dim": None, "chance_of": key,
+                "mask_classes": selections[key].describe()}
     stored["metrics"].update(identities)
     stored["methods"].update(method_ids)
     old_methods = store.strings(old[METHOD].values).tolist() if old is not None else []
@@ -278,11 +331,12 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
         outs = outputs[key]
         runs.append(MetricRun(key, metric.name, metric.params.model_dump(mode="json"),
                               scalars={n: s for n, (s, o) in outs.items() if o.dim is None},
-                              curves={n: s for n, (s, o) in outs.items() if o.dim is not None}))
+                              curves={n: s for n, (s, o) in outs.items() if o.dim is not None},
+                              selection=selections.get(key), chance=chance.get(key)))
     chunk = images[schema.IMAGE].data.chunksize[0]
     root = zarr.open_group(store.location(workspace), mode="r", zarr_format=3)
     done = np.asarray(root[f"{group}/{DONE}"][:], bool)
-    cols = [scalars.index(name) for run in runs for name in run.scalars.values()]
+    cols = [scalars.index(name) for run in runs for name in run.stored_scalars]
     pending = np.zeros(images.sizes[schema.SAMPLE], bool)
     for m in keys:  # samples with a finished map whose metrics of this run are not all done
         ready = np.asarray(root[f"{saliency_group(dataset, model_id)}/{m}{DONE_SUFFIX}"][:], bool)
@@ -291,8 +345,8 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
         workspace=workspace, dataset=dataset, model_id=model_id, model=entry, methods=tuple(keys),
         method_specs={k: (computed[k][ATTR_METHOD], dict(computed[k][ATTR_PARAMS])) for k in keys},
         metrics=tuple(runs), stored_methods=tuple(all_methods), stored_outputs=tuple(scalars),
-        mask_values=mask_values, device=device, batch_size=batch_size, chunks=pending_chunks(pending, chunk),
-        n_chunks=chunk_count(images.sizes[schema.SAMPLE], chunk))
+        mask_classes=tuple(mask_classes) if mask_classes else None, device=device, batch_size=batch_size,
+        chunks=pending_chunks(pending, chunk), n_chunks=chunk_count(images.sizes[schema.SAMPLE], chunk))
 
 
 def _reconcile(workspace: str, group: str, sha: str, identities: dict[str, Any], method_ids: dict[str, Any],
@@ -369,7 +423,7 @@ class MetricsJob(ChunkJob):
     metrics: tuple[MetricRun, ...]
     stored_methods: tuple[str, ...]  # the group's xai_method coordinate
     stored_outputs: tuple[str, ...]  # the group's metric coordinate
-    mask_values: tuple[int, ...] | None
+    mask_classes: tuple[str, ...] | None  # the masks group's classes, when a metric needs masks
     device: str
     batch_size: int
 
@@ -393,10 +447,7 @@ class MetricsJob(ChunkJob):
         images = schema.group_path(schema.IMAGES, self.dataset)
         s0, s1 = chunk.start, chunk.stop
         pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])
-        region = None
-        if self.mask_values is not None:
-            labels = np.asarray(root[f"{schema.group_path(schema.MASKS, self.dataset)}/{schema.MASK}"][s0:s1])
-            region = np.isin(labels, self.mask_values)
+        regions = self._regions(root, s0, s1)
         group, sal = root[self.group], root[self.saliency]
         value, done = np.asarray(group[VALUE][s0:s1]), np.asarray(group[DONE][s0:s1], bool)
         curves = {v: np.asarray(group[v][s0:s1]) for run in self.metrics for v in run.curves.values()}
@@ -411,7 +462,7 @@ class MetricsJob(ChunkJob):
             targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
             method = None
             for run in self.metrics:
-                cols = [self.stored_outputs.index(s) for s in run.scalars.values()]
+                cols = [self.stored_outputs.index(s) for s in run.stored_scalars]
                 todo = np.flatnonzero(ready & ~done[:, mi][:, cols].all(axis=1))
                 if not len(todo):
                     continue
@@ -423,12 +474,17 @@ class MetricsJob(ChunkJob):
                     _check_method_memory(method, m, min(self.batch_size, len(pixels)), pixels, model,
                                          self.model.sha256, device, worker)
                 scored = todo[~nonfinite[todo]]  # maps with NaN/inf stay NaN here (flagged in the saliency group)
+                region = regions.get(run.key)
+                if region is not None:  # no region (no mask, or no class selected for the label): NaN, not 0
+                    share = region.reshape(len(region), -1).mean(axis=1)
+                    value[todo, mi, self.stored_outputs.index(run.chance)] = np.where(share > 0, share, np.nan)[todo]
+                    scored = scored[share[scored] > 0]
                 for b in range(0, len(scored), self.batch_size):
                     idx = scored[b:b + self.batch_size]
                     out = metric.compute(
                         maps[idx], to_input(pixels[idx]).to(device) if metric.needs_model else None, targets[idx],
                         index=idx + s0, model=model if metric.needs_model else None,
-                        masks=region[idx] if metric.needs_mask and region is not None else None,
+                        masks=region[idx] if region is not None else None,
                         method=method if metric.needs_method else None)
                     for name, stored in run.scalars.items():
                         value[idx, mi, self.stored_outputs.index(stored)] = out[name]
@@ -442,6 +498,18 @@ class MetricsJob(ChunkJob):
             group[VALUE][s0:s1] = value
             group[DONE][s0:s1] = done  # last: a value is done only once it is stored
         return result
+
+    def _regions(self, root: zarr.Group, s0: int, s1: int) -> dict[str, np.ndarray]:
+        """Metric key -> (n, y, x) bool region of samples ``s0:s1``, for the keys with a mask selection:
+        the selected classes of each image's label; empty where the image has no mask (``has_mask``)."""
+        if self.mask_classes is None:
+            return {}
+        masks = root[schema.group_path(schema.MASKS, self.dataset)]
+        pixels = np.asarray(masks[schema.MASK][s0:s1])
+        flags = np.asarray(masks[schema.HAS_MASK][s0:s1], bool) if schema.HAS_MASK in masks else None
+        labels = store.strings(np.asarray(root[schema.group_path(schema.IMAGES, self.dataset)][schema.LABEL][s0:s1]))
+        return {run.key: run.selection.regions(pixels, labels, list(self.mask_classes), flags)
+                for run in self.metrics if run.selection is not None}
 
     def finalize(self, results: list[dict[str, Any]]) -> MetricsResult:
         """Record provenance, mark the group complete, and sum up."""
@@ -476,17 +544,21 @@ def _check_method_memory(method: Any, key: str, batch: int, pixels: np.ndarray, 
 
 def run_metrics(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                 metrics: list[PluginSpec | str | dict[str, Any]] | None = None, methods: list[str] | None = None,
-                mask_class: str | list[str] | None = None, *, device: str = "auto", batch_size: int = 8,
+                mask_class: Any = None, *, device: str = "auto", batch_size: int = 8,
                 overwrite: bool = False, client: Any = None, progress: ProgressFn | None = None,
                 runner: Callable[[ChunkJob], Any] | None = None) -> MetricsResult:
     """Score every finished map of ``saliency/<dataset>/<model_id>`` that lacks a requested metric.
 
     ``metrics``: names, ``{name, key, params}`` mappings or :class:`~xaiflow.plugins.PluginSpec`
     (default: :func:`default_metrics`); ``methods``: saliency keys (default: every stored one);
-    ``mask_class``: the mask class (or classes, as a union) the localization metrics evaluate
-    against (default: every class but the first, the background); ``batch_size``: maps per
-    metric call. One Dask task per image chunk (see the module docstring for the layout and
-    resume rules).
+    ``mask_class``: which mask classes form the region the localization metrics evaluate against,
+    any form of :func:`xaiflow.maskspec.parse_mask_selection` (a class, a union, or per image label:
+    ``{network: carbide_network, "*": particles}``; default: every class but the first, the
+    background); a metric spec's own ``params: {mask_class: ...}`` overrides it for that key, so
+    several keys score against different regions in one run. Each such key also stores
+    ``<key>_chance``, its region's share of the image (the chance level); samples without a
+    mask, or without a selected class, are NaN. ``batch_size``: maps per metric call. One Dask
+    task per image chunk (see the module docstring for the layout and resume rules).
     """
     with group_lock(workspace, metrics_group(dataset, model_id), "metrics"):
         job = prepare(workspace, dataset, model_id, metrics, methods, mask_class, device=device,

@@ -1,0 +1,303 @@
+"""Faithfulness against chance: bootstrap intervals, a flag where a method is no better than random, ranks.
+
+A faithfulness number (ROAD's LeRF-MoRF gap, region perturbation's AOPC, a deletion AUC)
+means little alone: it depends on the model's confidence and on the image. Every such metric
+stores a random-order reference beside it (``<key>_random...``: the same procedure with the
+pixels or regions in random orders, on the same images). This module reads
+``metrics/<dataset>/<model>`` and, for every scalar output that has such a reference:
+
+* the mean over samples with a percentile-bootstrap 95% interval (:func:`bootstrap_mean`,
+  resampling samples; seeded, so a report is reproducible), for each method and for the
+  random order (per sample, the mean of the references stored with each method: they are
+  the same images and seeds);
+* a flag where a method is **no better than random**: the bootstrap interval of its mean
+  per-image difference from the random order (paired: the same image, so what all images
+  share cancels) does not lie entirely on the better side of 0. The unpaired intervals of
+  the method and of the random order are shown too; they overlap more often, because the
+  images differ more from each other than the orders do;
+* a rank per metric where intervals separate: a method's rank is 1 + the number of methods
+  whose interval lies entirely on the better side of its own, so methods whose intervals
+  overlap share a rank.
+
+:func:`faithfulness_section` gives the report's HTML (a method x metric table and a figure
+of every curve with its band against the random-order band); :func:`faithfulness_summary`
+gives the same numbers as rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from xaiflow import schema, store
+from xaiflow.figures import save_figure
+from xaiflow.saliency import METHOD
+
+RANDOM = "_random"
+#: bootstrap resamples of the mean (the interval's percentiles are stable to ~0.1 of its width)
+N_BOOT = 2000
+LEVEL = 0.95
+FIGURE = "faithfulness_curves.png"
+#: metric keys shown first (the report's defaults), by prefix
+FIRST = ("road", "region_perturbation")
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+@dataclass(frozen=True)
+class FaithfulnessRow:
+    """One method's value of one metric, the random order's on the same samples, and their paired difference."""
+
+    metric: str
+    method: str
+    higher_is_better: bool
+    value: Interval
+    random: Interval
+    difference: Interval  # per image: value - random
+    beats_random: bool
+    rank: int
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                   block: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over the first axis of ``values`` ``(n, ...)`` and its percentile-bootstrap interval.
+
+    Resamples are drawn as multinomial counts ``block`` at a time, so memory is
+    ``block * n`` counts whatever ``n_boot``. Returns ``(mean, lo, hi)``, each of shape
+    ``values.shape[1:]``; NaN when ``values`` is empty.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan, nan
+    flat = values.reshape(n, -1)
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, n_boot, block):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, n_boot - start))
+        means.append(counts @ flat / n)
+    boot = np.concatenate(means)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(boot, [tail, 100 - tail], axis=0)
+    shape = values.shape[1:]
+    return flat.mean(axis=0).reshape(shape), lo.reshape(shape), hi.reshape(shape)
+
+
+def _open(workspace: str | os.PathLike[str], dataset: str, model_id: str) -> xr.Dataset | None:
+    group = schema.group_path(schema.METRICS, dataset, model_id)
+    if not store.group_exists(workspace, group):
+        return None
+    return store.open_group(workspace, group, check_complete=False)
+
+
+def reference_pairs(outputs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Stored output -> its random-order reference (``road_morf`` -> ``road_random_morf``,
+    ``deletion_curve`` -> ``deletion_random_curve``), for every output that has one; the
+    headlines (output name = key) first, ROAD and region perturbation before the others."""
+    def order(name: str) -> tuple[int, int]:
+        key = str(outputs[name].get("key", ""))
+        return (name != key, next((i for i, k in enumerate(FIRST) if key.startswith(k)), len(FIRST)))
+
+    pairs = {}
+    for name, meta in outputs.items():
+        key = str(meta.get("key", ""))
+        suffix = name[len(key):] if key and name.startswith(key) else None
+        if suffix is None or suffix.startswith(RANDOM):
+            continue
+        reference = key + RANDOM + suffix
+        if reference in outputs:
+            pairs[name] = reference
+    return {name: pairs[name] for name in sorted(pairs, key=order)}
+
+
+def _better(a: Interval, b: Interval, higher: bool) -> bool:
+    """``a``'s interval lies entirely on the better side of ``b``'s."""
+    return a.lo > b.hi if higher else a.hi < b.lo
+
+
+def _interval(v: np.ndarray) -> Interval:
+    mean, lo, hi = bootstrap_mean(v)
+    return Interval(float(mean), float(lo), float(hi), len(v))
+
+
+def faithfulness_summary(workspace: str | os.PathLike[str], dataset: str, model_id: str,
+                         ds: xr.Dataset | None = None) -> list[FaithfulnessRow]:
+    """Every method x every scalar with a random-order reference (module docstring); [] if none."""
+    ds = _open(workspace, dataset, model_id) if ds is None else ds
+    if ds is None:
+        return []
+    outputs = dict(ds.attrs.get("outputs", {}))
+    scalars = [str(m) for m in store.strings(ds["metric"].values)]
+    methods = [str(m) for m in store.strings(ds[METHOD].values)]
+    values = np.where(np.asarray(ds["done"].values, bool), np.asarray(ds["value"].values, np.float64), np.nan)
+    rows: list[FaithfulnessRow] = []
+    for name, reference in reference_pairs(outputs).items():
+        higher = outputs[name].get("higher_is_better")
+        if name not in scalars or reference not in scalars or higher is None:
+            continue
+        ref_all = values[:, :, scalars.index(reference)]
+        per_method = {}
+        for mi, method in enumerate(methods):
+            v, r = values[:, mi, scalars.index(name)], ref_all[:, mi]
+            ok = np.isfinite(v) & np.isfinite(r)
+            if ok.any():
+                per_method[method] = (_interval(v[ok]), _interval(r[ok]), _interval(v[ok] - r[ok]))
+        flags = ranks_and_flags({m: (value, diff) for m, (value, _, diff) in per_method.items()}, bool(higher))
+        for method, (rank, beats) in flags.items():
+            value, random, diff = per_method[method]
+            rows.append(FaithfulnessRow(name, method, bool(higher), value, random, diff, beats, rank))
+    return rows
+
+
+def ranks_and_flags(intervals: dict[str, tuple[Interval, Interval]], higher: bool) -> dict[str, tuple[int, bool]]:
+    """Method -> (rank, beats random) from each method's ``(value, difference from random)``
+    intervals: the rank is 1 + the methods whose value interval lies entirely on the better
+    side; a method beats random when its difference interval lies entirely on the better side of 0."""
+    zero = Interval(0.0, 0.0, 0.0, 0)
+    return {method: (1 + sum(_better(other, value, higher) for m, (other, _) in intervals.items() if m != method),
+                     _better(diff, zero, higher))
+            for method, (value, diff) in intervals.items()}
+
+
+def _random_row(ds: xr.Dataset, reference: str) -> Interval:
+    """The random order's interval over every sample scored (mean of the references stored per method)."""
+    scalars = [str(m) for m in store.strings(ds["metric"].values)]
+    ki = scalars.index(reference)
+    v = np.where(np.asarray(ds["done"].values[:, :, ki], bool), np.asarray(ds["value"].values[:, :, ki], float), np.nan)
+    seen = np.isfinite(v).any(axis=1)
+    return _interval(np.nanmean(v[seen], axis=1)) if seen.any() else Interval(np.nan, np.nan, np.nan, 0)
+
+
+def curves_figure(ds: xr.Dataset, path: Path) -> Path | None:
+    """One panel per curve with a random-order reference: each method's mean curve with its
+    bootstrap 95% band over samples, against the random order's band (grey); None if no curve."""
+    outputs = dict(ds.attrs.get("outputs", {}))
+    pairs = {n: r for n, r in reference_pairs(outputs).items() if n in ds.data_vars and r in ds.data_vars}
+    if not pairs:
+        return None
+    methods = [str(m) for m in store.strings(ds[METHOD].values)]
+    ncols = min(3, len(pairs))
+    nrows = -(-len(pairs) // ncols)
+    fig = Figure(figsize=(3.4 * ncols + 1.8, 3.0 * nrows + 0.4))
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = grid.ravel()[:len(pairs)]
+    for ax in grid.ravel()[len(pairs):]:
+        ax.set_visible(False)
+    colors = [f"C{i % 10}" for i in range(len(methods))]
+    for ax, (name, reference) in zip(axes, pairs.items()):
+        dim = outputs[name]["dim"]
+        x = np.asarray(ds[dim].values, float)
+        curves = np.asarray(ds[name].values, np.float64)  # (sample, method, K)
+        randoms = np.asarray(ds[reference].values, np.float64)
+        seen = np.isfinite(randoms).all(axis=2).any(axis=1)
+        if seen.any():
+            mean, lo, hi = bootstrap_mean(np.nanmean(randoms[seen], axis=1))
+            ax.fill_between(x, lo, hi, color="0.6", alpha=0.35, lw=0)
+            ax.plot(x, mean, color="0.3", ls="--", lw=1.2, label="random order")
+        for mi, method in enumerate(methods):
+            c = curves[:, mi]
+            c = c[np.isfinite(c).all(axis=1)]
+            if len(c):
+                mean, lo, hi = bootstrap_mean(c)
+                ax.fill_between(x, lo, hi, color=colors[mi], alpha=0.2, lw=0)
+                ax.plot(x, mean, color=colors[mi], lw=1.4, label=method)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("fraction removed" if "insertion" not in name else "fraction inserted", fontsize=8)
+        ax.set_ylabel("probability of the explained class", fontsize=8)
+        ax.tick_params(labelsize=7)
+    grid[0, -1].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("mean curve over samples with bootstrap 95% band; grey: random order", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _cell(iv: Interval, signed: bool = False) -> str:
+    if not np.isfinite(iv.mean):
+        return "–"
+    sign = "+" if signed else ""
+    return f"{iv.mean:{sign}.3f} [{iv.lo:{sign}.3f}, {iv.hi:{sign}.3f}]"
+
+
+def _html_table(rows: list[FaithfulnessRow], randoms: dict[str, Interval]) -> str:
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    by = {(r.metric, r.method): r for r in rows}
+    arrows = {m: "↑" if by[next(k for k in by if k[0] == m)].higher_is_better else "↓" for m in metrics}
+    head = "<th>method</th>" + "".join(f"<th>{html.escape(m)} {arrows[m]}</th>" for m in metrics)
+    body = []
+    for method in methods:
+        cells = []
+        for metric in metrics:
+            r = by.get((metric, method))
+            if r is None:
+                cells.append("<td>–</td>")
+            elif r.beats_random:
+                cells.append(f"<td><b>#{r.rank}</b> {_cell(r.value)}<br><small>vs random {_cell(r.difference, True)}"
+                             "</small></td>")
+            else:
+                cells.append(f"<td style='color:#999'>#{r.rank} {_cell(r.value)}<br><small>vs random "
+                             f"{_cell(r.difference, True)} ≈ random</small></td>")
+        body.append(f"<tr><td>{html.escape(method)}</td>{''.join(cells)}</tr>")
+    body.append("<tr><td><i>random order</i></td>"
+                + "".join(f"<td><i>{_cell(randoms[m])}</i></td>" for m in metrics) + "</tr>")
+    n = max(r.value.n for r in rows)
+    return (f"<table><tr>{head}</tr>{''.join(body)}</table>"
+            f"<p class='note'>Mean over samples [bootstrap 95% interval], n ≤ {n}; ↑/↓: higher/lower is better. "
+            "#k: rank among the methods (1 + the methods whose interval lies entirely on the better side; "
+            "overlapping intervals share a rank). “vs random”: mean per-image difference from the random order "
+            "(the same images with pixels or regions removed in random orders) [bootstrap 95% interval]. Grey, "
+            "“≈ random”: that interval does not lie entirely on the better side of 0: no evidence that the map's "
+            "ordering beats chance.</p>")
+
+
+def _embed(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+
+
+_INTRO = ("<p class='note'>Faithfulness: does removing what a map calls important change the model's decision? "
+          "<b>road</b> (Rong et al. 2022): pixels removed most (MoRF) or least (LeRF) relevant first and filled by "
+          "noisy linear imputation from their neighbours, so the image stays close to the data the model knows; "
+          "the headline is the LeRF-MoRF gap of mean probabilities. <b>region_perturbation</b> (Samek et al. "
+          "2017): superpixels removed most relevant first; AOPC, the mean probability lost. Each is compared "
+          "with the same procedure in random orders.</p>")
+
+
+_BANDS = ("<p class='note'>The bands spread over images; the table's “vs random” pairs each image with its own "
+          "random orders, which is why a method can beat chance while the bands overlap.</p>")
+
+
+def faithfulness_section(workspace: str | os.PathLike[str], dataset: str, model_id: str,
+                         folder: Path) -> tuple[str, set[str]]:
+    """The report's faithfulness part (table, curves figure written into ``folder``) and the
+    stored metric names it covers (the other metric tables leave them out); ``("", set())``
+    when no metric with a random-order reference was computed."""
+    ds = _open(workspace, dataset, model_id)
+    if ds is None:
+        return "", set()
+    rows = faithfulness_summary(workspace, dataset, model_id, ds)
+    if not rows:
+        return "", set()
+    pairs = reference_pairs(dict(ds.attrs.get("outputs", {})))
+    shown = {r.metric for r in rows}
+    randoms = {m: _random_row(ds, pairs[m]) for m in shown}
+    parts = ["<h3>Faithfulness against random orders</h3>", _INTRO, _html_table(rows, randoms)]
+    figure = curves_figure(ds.load(), folder / FIGURE)
+    if figure is not None:
+        parts += [_embed(figure, "faithfulness curves"), _BANDS]
+    return "".join(parts), shown | {pairs[m] for m in shown}

@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS = ("pipeline", "ingest", "train", "predict", "features", "generalization", "reduction", "attribute",
                "evaluate", "report", "uncertainty", "concepts", "importance", "probes",
-               "adversarial")
+               "adversarial", "human")
 
 
 def flows() -> dict:
@@ -38,6 +38,7 @@ def flows() -> dict:
     from flows.attribute import attribute_flow
     from flows.evaluate import evaluate_flow
     from flows.features import features_flow
+    from flows.human import human_flow
     from flows.ingest import ingest_flow
     from flows.inspection import adversarial_flow, concepts_flow, importance_flow, probes_flow, uncertainty_flow
     from flows.pipeline import pipeline_flow
@@ -50,7 +51,7 @@ def flows() -> dict:
             "attribute": attribute_flow, "evaluate": evaluate_flow, "report": report_flow,
             "uncertainty": uncertainty_flow, "concepts": concepts_flow, "importance": importance_flow,
             "probes": probes_flow,
-            "adversarial": adversarial_flow}
+            "adversarial": adversarial_flow, "human": human_flow}
 
 
 def default_parameters(flow: Any, cluster: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_serve_registers_every_flow_once():
     # --cluster: every deployment's default cluster (the pipeline's inside its typed form)
     defaults = {name: serve.default_parameters(f, "tcp://127.0.0.1:8786") for name, f in flows.items()}
     assert defaults["pipeline"] == {"params": {"cluster": "tcp://127.0.0.1:8786"}}
-    assert all(d == {"cluster": "tcp://127.0.0.1:8786"} for n, d in defaults.items() if n not in ("pipeline", "report"))
+    assert all(d == {"cluster": "tcp://127.0.0.1:8786"} for n, d in defaults.items() if n not in ("pipeline", "report", "human"))
 
 
 def test_figure_server_serves_figures_at_the_artifact_url(tmp_path, monkeypatch):

@@ -7,7 +7,19 @@ import logging
 import typer
 
 import xaiflow
-from xaiflow.cli import data, explain, importance, inspection, models, probe, query, report, studies
+from xaiflow.cli import (
+    annotate,
+    data,
+    explain,
+    human,
+    importance,
+    inspection,
+    models,
+    probe,
+    query,
+    report,
+    studies,
+)
 from xaiflow.cli.common import GlobalOptionsGroup, out, reporting_errors
 from xaiflow.plugins import load_plugins
 
@@ -42,7 +54,7 @@ def main(
 for command in (data.ingest, data.info, models.train, models.models, models.predict, explain.attribute, explain.show,
                 explain.evaluate, studies.features, report.shortcut, report.report,
                 inspection.uncertainty, inspection.adversarial, inspection.concepts, probe.probe,
-                importance.importance):
+                importance.importance, annotate.annotate, human.human):
     app.command()(command)
 app.add_typer(query.query_app, name="query")
 app.add_typer(studies.study_app, name="study")

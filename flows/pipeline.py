@@ -14,6 +14,13 @@ The parameters are one pydantic model, :class:`PipelineParams`, so the Prefect U
 a typed form with defaults and descriptions (``Run > Custom run``); ``Run > Quick run``
 uses the defaults (the quick-start config).
 
+Models side by side: a config's ``compare:`` models (:meth:`xaiflow.config.RunConfig.compared`,
+e.g. the same structures without the planted shortcut) are trained, predicted and explained by the
+same stages right after the ``train:`` model, and the report shows their shortcut verdicts beside
+its own (the stage table prints each as ``shortcut verdict: ...``). Metrics and the inspections
+(uncertainty, concepts, importance, probes, adversarial), the heavier stages, run on the
+``train:`` model only.
+
 Dask: unless the cluster profile is ``threads`` or a scheduler address, the pipeline
 starts the profile's cluster once and hands its address to every stage, so all stages
 share one set of workers (and one dashboard, shown in the summary).
@@ -56,7 +63,7 @@ class PipelineParams(BaseModel):
                         description="Torch device for training, attribution and metrics: auto, cpu, cuda, cuda:N")
     methods: list[str] | None = Field(None, description="Attribution methods (default: the config's "
                                                         "attribution.methods), e.g. saliency, grad_cam")
-    metrics: list[str] | None = Field(None, description="Metrics (default: deletion, insertion, sparseness, "
+    metrics: list[str] | None = Field(None, description="Metrics (default: road, region_perturbation, sparseness, "
                                                         "entropy, plus localization metrics when masks exist)")
     report_out: str | None = Field(None, description="Report folder (default: <workspace>.reports/<model> "
                                                      "beside the workspace)")
@@ -90,8 +97,8 @@ def _headline(stage: str, result: Any) -> str:
     if stage == "studies":
         return ", ".join(f"{k}: {v['group']}" for k, v in result.items())
     if stage in ("attribute", "evaluate"):
-        return (f"{result['group']}: {result['chunks_run']} chunk(s) computed, {result['chunks_skipped']} "
-                "skipped (done, or no maps to score)")
+        return "; ".join(f"{r['group']}: {r['chunks_run']} chunk(s) computed, {r['chunks_skipped']} skipped (done, "
+                         "or no maps to score)" for r in (result, *result.get("compared", [])))
     if stage == "uncertainty":
         return f"{result['group']}: expected calibration error {result['ece']:.3f}"
     if stage == "concepts":
@@ -105,7 +112,8 @@ def _headline(stage: str, result: Any) -> str:
     if stage == "adversarial":
         return f"{result['group']}: " + ", ".join(f"{r['attack']} AUC(fisher_trace) {r['fisher_trace']:.2f}"
                                                  for r in result["detection"])
-    return f"{result['report']} (shortcut verdict: {result['verdict']})"
+    verdicts = result.get("comparison") or [{"model": result.get("model_id", "model"), "verdict": result["verdict"]}]
+    return "; ".join(f"{r['model']}: shortcut verdict: {r['verdict']}" for r in verdicts) + f"; {result['report']}"
 
 
 #: the config sections a stage needs (a stage missing one is skipped)
@@ -127,8 +135,10 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
     from flows.report import report_stage
     from flows.studies import studies_stage
     from flows.train import predict_stage, train_stage
+    from xaiflow.models.catalog import ModelCatalog
 
     ws, device = params.workspace, None if params.device == "auto" else params.device
+    runs = (run, *run.compared())  # the train: model first, then the compare: models
     stage = {name: on_cluster(f, cluster) for name, f in (
         ("ingest", ingest_stage), ("train", train_stage), ("predict", predict_stage), ("features", features_stage),
         ("studies", studies_stage), ("attribute", attribute_stage), ("evaluate", evaluate_stage),
@@ -137,16 +147,23 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
         ("adversarial", adversarial_stage))}
     return {
         "ingest": lambda: stage["ingest"](run=run, workspace=ws),
-        "train": lambda: stage["train"](run=run, workspace=ws, device=device),
-        "predict": lambda: stage["predict"](run=run, workspace=ws, device=device or "cpu"),
+        "train": lambda: [row for r in runs for row in stage["train"](run=r, workspace=ws, device=device)],
+        "predict": lambda: [row for r in runs for row in stage["predict"](run=r, workspace=ws, device=device or "cpu")],
         "features": lambda: stage["features"](run=run, workspace=ws),
         "studies": lambda: stage["studies"](run=run, workspace=ws),
-        "attribute": lambda: stage["attribute"](run=run, workspace=ws, methods=params.methods, device=device),
+        "attribute": lambda: _with_compared([stage["attribute"](run=r, workspace=ws, methods=params.methods if r is run
+                                                                else None, device=device) for r in runs]),
         "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
         **{name: partial(stage[name], cfg=_with_device(getattr(run, name), device), workspace=ws, run=run)
            for name in ("uncertainty", "concepts", "importance", "probes", "adversarial")},
-        "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out),
+        "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out,
+                                       beside=[ModelCatalog(ws).resolve(run=r).model_id for r in runs[1:]]),
     }
+
+
+def _with_compared(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first model's stage result, with the compare models' results under ``compared``."""
+    return {**results[0], "compared": results[1:]}
 
 
 def _with_device(section: Any, device: str | None) -> Any:
@@ -214,6 +231,8 @@ def _publish(params: PipelineParams, origin: str, rows: list[dict[str, Any]], re
     if "report" in results:
         headline["report"] = results["report"]["report"]
         headline["shortcut verdict"] = results["report"]["verdict"]
+        for r in results["report"].get("comparison", [])[1:]:
+            headline[f"{r['model']} shortcut verdict"] = r["verdict"]
     publish_summary(f"xaiflow pipeline: {origin}", "pipeline-summary", params.workspace, headline, figures)
     if "report" in results:  # on the pipeline's own run page too (the report subflow has its own)
         publish_figures(results["report"]["figures"], "pipeline-report-figure")

@@ -17,13 +17,16 @@ from xaiflow.report import write_report
 
 @flow(name="stage-report", flow_run_name="report")
 def report_stage(run: RunConfig, workspace: str, model: str | None = None, dataset: str | None = None,
-                 out: str | None = None) -> dict:
-    """Write the report of the model whose maps the config (or ``model``/``dataset``) names."""
+                 out: str | None = None, beside: list[str] | None = None) -> dict:
+    """Write the report of the model whose maps the config (or ``model``/``dataset``) names, with the shortcut
+    verdicts of the ``beside`` models next to its own (``comparison`` in the result)."""
     attribution = run.attribution
     if attribution is not None:
         model, dataset = model or attribution.model, dataset or attribution.dataset
     dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset, run=run)
-    path = Path(write_report(workspace, model_id, dataset=dataset, out=out)).resolve()
+    shortcut = run.shortcut.model_dump() if run.shortcut else None  # evidence/suspect mask classes
+    path = Path(write_report(workspace, model_id, dataset=dataset, out=out, beside=beside,
+                             shortcut_options=shortcut)).resolve()
     figures = sorted(path.parent.glob("*.png"))
     verdict = json.loads((path.parent / "shortcut.json").read_text())
     urls = publish_figures(figures, "report-figure")
@@ -31,8 +34,10 @@ def report_stage(run: RunConfig, workspace: str, model: str | None = None, datas
                     {"report": str(path), "shortcut verdict": verdict["verdict"],
                      "accuracy": verdict["accuracy"]}, figures, notes=verdict["reasons"])
     get_run_logger().info("report %s: %s (%d figures)", path, verdict["verdict"], len(figures))
+    comparison = path.parent / "comparison.json"
     return {"report": str(path), "verdict": verdict["verdict"], "figures": [str(p) for p in figures],
-            "figure_urls": urls, "model_id": model_id}
+            "figure_urls": urls, "model_id": model_id,
+            "comparison": json.loads(comparison.read_text()) if beside and comparison.is_file() else []}
 
 
 @flow(name="xaiflow-report")

@@ -6,7 +6,8 @@ with the marker at a random corner (present but meaningless). Checked by hand be
 the test (12 epochs): moving the marker to the mirrored corners cost the shortcut model 0.46
 accuracy (1.00 -> 0.54) and the random-marker model 0.09; removing the structures cost the
 clean model 0.65. Merely removing the marker cost the random-marker model 0.33, which is why
-removal does not decide.
+removal does not decide. Drops are in balanced accuracy; the evidence and suspect mask classes
+default to the synthetic source's ``structure`` and ``shortcut``.
 """
 
 import json
@@ -45,7 +46,13 @@ def test_planted_shortcut_is_flagged(models):
     ws, model = models["planted"]
     rep = shortcut_report(ws, model)
     assert rep.kind == "masks" and rep.verdict == SHORTCUT, rep.reasons
+    assert rep.evidence == ["structure"] and rep.suspect == ["shortcut"]
     assert rep.ablation["drop"]["shortcut_moved"] >= rep.thresholds["ablation_drop"]
+    # swapping the marker region (the union of both images' corners) moves the donor's marker in: the model
+    # (which also reads the structures) follows the donor's class more often than chance (measured: excess
+    # over chance with a 95% interval from +0.02)
+    follow = rep.content_swap["follow_donor"]
+    assert rep.content_swap["n_pairs"] == 2 * rep.n_samples and follow["excess_ci"][0] > 0, follow
     assert rep.shortcut_split["n_with"] == rep.n_samples  # probability 1.0: every image has it
     rows = {(r["method"], r["mask_class"]): r for r in rep.mask_mass}
     assert rows[("saliency", "shortcut")]["area_share"] > 0
@@ -57,7 +64,7 @@ def test_clean_model_is_not_flagged(models):
     ws, model = models["clean"]
     rep = shortcut_report(ws, model)
     assert rep.verdict == STRUCTURE, rep.reasons
-    assert "shortcut" not in rep.ablation["drop"]  # no marker pixels to remove
+    assert "shortcut" not in rep.ablation["drop"] and rep.content_swap == {}  # no marker pixels to remove or swap
     assert rep.ablation["drop"]["structure"] >= rep.thresholds["ablation_drop"]
     assert np.isnan([r["ratio"] for r in rep.mask_mass if r["mask_class"] == "shortcut"]).all()
 
@@ -81,3 +88,8 @@ def test_metadata_path_and_errors(models):
     assert rep.kind == "metadata" and rep.metadata["cramers_v_label"] == 0.0
     assert len(rep.metadata["per_bin"]) == 1 and rep.metadata["per_bin"][0]["n"] == rep.n_samples
     assert {r["method"] for r in rep.metadata["attribution_by_bin"]} == {"saliency", "input_x_gradient"}
+    # judged on the training split: said, with the count
+    assert rep.training_overlap == {"train": rep.n_samples} and len(rep.warnings) == 1
+    assert rep.warnings[0].startswith(f"{rep.n_samples} in its training split")
+    rep = shortcut_report(ws, model, evidence="structure")  # test split: no overlap; no masks to use the classes on
+    assert rep.training_overlap == {} and len(rep.warnings) == 1 and "not used" in rep.warnings[0]

@@ -4,12 +4,17 @@
 embedded as a base64 PNG, so the file can be mailed or attached alone), the same figures as
 PNG files beside it, and ``shortcut.json`` (the verdict with its numbers). Sections:
 
-1. the model and its data (accuracy, methods, samples with maps);
-2. the shortcut verdict (:mod:`xaiflow.shortcut`) with its reasons, numbers and thresholds;
+1. the model and its data (accuracy, methods, samples with maps), then the plain-language
+   conclusion (:mod:`xaiflow.conclusion`) and warnings (e.g. judged images the model was trained on);
+2. the shortcut verdict (:mod:`xaiflow.shortcut`) with its reasons, numbers and thresholds
+   (ablation, content swap with its intervals and chance levels, has_shortcut split);
 3. example overlays: one explained sample per class, every method's map over the image;
 4. class-mean maps (mass-normalized), and per metadata bin where the data has no masks;
 5. metric tables with their spread over samples (mean ± std, median and 10-90% quantiles)
-   from ``metrics/<dataset>/<model>``, or a notice that they were not computed;
+   from ``metrics/<dataset>/<model>``, or a notice that they were not computed; faithfulness
+   metrics with a random-order reference (ROAD, region perturbation, ...) as a method x metric
+   table with bootstrap intervals, ranks and a "no better than random" flag, and their curves
+   against the random order's band (:mod:`xaiflow.faithfulness_report`);
 6. method agreement (Spearman rank correlation and top-10% overlap of |maps|);
 7. mask agreement: relevance share per mask class against its area share.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,8 +34,12 @@ from matplotlib.figure import Figure
 
 from xaiflow import schema, store
 from xaiflow.aggregate import QueryError, group_maps, method_agreement
+from xaiflow.conclusion import conclusion
 from xaiflow.errors import XaiflowError
+from xaiflow.faithfulness_report import faithfulness_section
 from xaiflow.figures import group_map_grid, matrix_figure, saliency_grid, save_figure
+from xaiflow.human_report import human_html
+from xaiflow.models.catalog import ModelCatalog
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
 from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, shortcut_report
 
@@ -50,24 +60,36 @@ def default_out(workspace: str | os.PathLike[str], model_id: str) -> Path:
 
 def metric_table(workspace: str | os.PathLike[str], dataset: str, model_id: str) -> list[dict[str, Any]] | None:
     """Per method and metric: mean, std, median, 10% and 90% quantiles, n (done and finite
-    values over samples); None when no metrics were computed for these maps."""
+    values over samples); for a localization metric also ``chance`` (the mean area share of its
+    region over the same samples) and ``mask_classes`` (the region), its stored chance levels
+    taking no row of their own; None when no metrics were computed for these maps."""
     group = schema.group_path(schema.METRICS, dataset, model_id)
     if not store.group_exists(workspace, group):
         return None
     ds = store.open_group(workspace, group, check_complete=False)
     values = np.where(np.asarray(ds["done"].values, bool), np.asarray(ds["value"].values, np.float64), np.nan)
     outputs = ds.attrs.get("outputs", {})
+    names = store.strings(ds["metric"].values).tolist()
     rows = []
     for mi, method in enumerate(store.strings(ds[METHOD].values)):
-        for ki, metric in enumerate(store.strings(ds["metric"].values)):
+        for ki, metric in enumerate(names):
+            if outputs.get(str(metric), {}).get("chance_of"):
+                continue
             v = values[:, mi, ki]
+            level = outputs.get(str(metric), {}).get("chance")
+            if level in names:
+                share = values[:, mi, names.index(level)][np.isfinite(v)]
+                extra = {"chance": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan,
+                         "mask_classes": outputs[str(metric)].get("mask_classes", "")}
+            else:
+                extra = {}
             v = v[np.isfinite(v)]
             q = np.quantile(v, [0.1, 0.5, 0.9]) if len(v) else [np.nan] * 3
             rows.append({"method": str(method), "metric": str(metric), "n": int(len(v)),
                          "mean": float(v.mean()) if len(v) else np.nan,
                          "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
                          "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
-                         "higher_is_better": outputs.get(str(metric), {}).get("higher_is_better")})
+                         "higher_is_better": outputs.get(str(metric), {}).get("higher_is_better"), **extra})
     return rows
 
 
@@ -129,7 +151,8 @@ table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px sol
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 .verdict{font-size:1.3em;font-weight:bold;padding:.3em .6em;border-radius:4px;display:inline-block}
 .shortcut{background:#f8d0d0}.structure{background:#d0f0d0}.inconclusive{background:#f0ecc8}
-.note{color:#555;font-size:13px}"""
+.note{color:#555;font-size:13px}.conclusion{font-size:1.1em;max-width:60em}
+.warning{background:#fff3cd;padding:.3em .6em;border-left:4px solid #e0a800}"""
 
 
 def _fmt(v: Any) -> str:
@@ -154,18 +177,50 @@ def _img(path: Path, alt: str) -> str:
     return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
 
 
+def _ci(v: float, ci: list[float]) -> str:
+    return "–" if not np.isfinite(v) else f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _swap_html(swap: dict[str, Any], suspect: str) -> str:
+    """The content-swap tables: balanced accuracy per condition and the follow-donor rates, with 95% intervals."""
+    what = {"original": "images as stored", "swap": f"{suspect} content from an image of another class",
+            "random_image": f"{suspect} content from a random other image", "noise": "noise of the donor's mean and std"}
+    conditions = [{"condition": what[k], "balanced accuracy [95% CI]": _ci(v["balanced_accuracy"],
+                                                                          v["balanced_accuracy_ci"]),
+                   "accuracy": v["accuracy"]} for k, v in swap["conditions"].items()]
+    rates = [{"prediction after the swap is": label, "n": f["n"], "rate [95% CI]": _ci(f["rate"], f["ci"]),
+              "chance": f["chance"], "excess over chance [95% CI]": _ci(f["excess"], f["excess_ci"]),
+              "with random content": _ci(f["reference"], f["reference_ci"])}
+             for label, f in (("the donor's class", swap["follow_donor"]),
+                              ("the donor's prediction (pairs predicted differently)",
+                               swap["follow_donor_prediction"]))]
+    pairs = ", ".join(f"{k}: {v}" for k, v in swap["class_pairs"].items())
+    return ("<h3>Content swap</h3><p class='note'>The suspect region of each image (the union with the donor's) "
+            f"is filled with a donor's pixels; {swap['n_pairs']} pairs ({swap['per_sample']} per image, seed "
+            f"{swap['seed']}), donors of a different class, balanced over class pairs (recipient-&gt;donor: "
+            f"{html.escape(pairs)}). Chance: the rate expected if the prediction did not depend "
+            f"on the donor. Intervals: bootstrap over pairs ({swap['n_boot']} draws).</p>"
+            + _table(conditions) + _table(rates))
+
+
 def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
     parts = [f"<p><span class='verdict {rep.verdict}'>{rep.verdict}</span> "
-             f"<span class='note'>({rep.kind} evidence, {rep.n_samples} samples, accuracy {rep.accuracy:.3f})</span></p>",
+             f"<span class='note'>({rep.kind} evidence, {rep.n_samples} samples, balanced accuracy "
+             f"{rep.balanced_accuracy:.3f} (chance {rep.chance:.3f}), accuracy {rep.accuracy:.3f})</span></p>",
              "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rep.reasons) + "</ul>"]
     if rep.kind == "masks":
-        what = {"original": "images as stored", "structure": "structure pixels filled with the matrix level",
-                "shortcut": "shortcut pixels filled (reported, not decisive)",
-                "shortcut_moved": "shortcut moved to its mirrored positions (x, y, xy; mean)"}
+        evidence, suspect = ", ".join(rep.evidence) or "(none)", ", ".join(rep.suspect) or "(none)"
+        parts.append(f"<p class='note'>Evidence mask classes: {html.escape(evidence)}; suspect: "
+                     f"{html.escape(suspect)}. Verdicts are decided on balanced accuracy (mean recall over classes).</p>")
+        what = {"original": "images as stored", "structure": f"evidence ({evidence}) filled with the background level",
+                "shortcut": f"suspect ({suspect}) filled (reported, not decisive)",
+                "shortcut_moved": f"suspect ({suspect}) moved to its mirrored positions (x, y, xy; mean)"}
         abl = [{"edit": what.get(k, k), "accuracy": v["accuracy"], "balanced accuracy": v["balanced_accuracy"],
-                "drop": rep.ablation["drop"].get(k, 0.0)} for k, v in rep.ablation.items() if isinstance(v, dict)
-               and "accuracy" in v]
+                "drop (balanced)": rep.ablation["drop"].get(k, 0.0)} for k, v in rep.ablation.items()
+               if isinstance(v, dict) and "accuracy" in v]
         parts += ["<h3>Ablation: accuracy on edited images</h3>", _table(abl)]
+        if rep.content_swap:
+            parts.append(_swap_html(rep.content_swap, suspect))
         if rep.shortcut_split:
             parts += ["<h3>Accuracy with and without the shortcut (has_shortcut)</h3>", _table([rep.shortcut_split])]
     else:
@@ -200,6 +255,38 @@ def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
     return "".join(parts)
 
 
+def verdict_row(workspace: str, rep: ShortcutReport) -> dict[str, Any]:
+    """A model's verdict beside its balanced accuracy on val and test (from training) and its accuracy on
+    the explained samples with and without the shortcut (``has_shortcut``): a shortcut that held in
+    train/val but not in test shows as a drop from val to test and a gap between with and without."""
+    metrics = ModelCatalog(workspace).get(rep.model_id).metrics
+    val, test = (float(metrics.get(s, {}).get("balanced_accuracy", np.nan)) for s in ("val", "test"))
+    split = rep.shortcut_split or {}
+    return {"model": rep.model_id, "dataset": rep.dataset, "verdict": rep.verdict, "val balanced accuracy": val,
+            "test balanced accuracy": test, "drop val to test": val - test,
+            "accuracy with shortcut": float(split.get("accuracy_with", np.nan)), "n with": split.get("n_with", 0),
+            "accuracy without": float(split.get("accuracy_without", np.nan)),
+            "n without": split.get("n_without", rep.n_samples)}
+
+
+def _comparison_html(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    verdicts = "; ".join(f"{html.escape(r['model'])}: <span class='verdict {html.escape(r['verdict'])}'>"
+                        f"{html.escape(r['verdict'])}</span>" for r in rows)
+    return (f"<h3>Side by side</h3><p>{verdicts}</p><p class='note'>Balanced accuracy on val and test from "
+            "training (a shortcut that holds in train/val but not in test costs accuracy on test); accuracy on the "
+            "explained samples whose shortcut marks their own class (with) and the others (without: elsewhere, or "
+            "none). The verdict and reasons of the first model follow.</p>" + _table(rows))
+
+
+def _conclusion_html(rep: ShortcutReport) -> str:
+    """The plain-language conclusion (:func:`xaiflow.conclusion.conclusion`) and the warnings, at the top."""
+    warnings = "".join(f"<p class='warning'>warning: {html.escape(w)}</p>" for w in rep.warnings)
+    return (f"<h2>Conclusion</h2><p class='conclusion'><span class='verdict {rep.verdict}'>{rep.verdict}</span> "
+            f"{html.escape(conclusion(rep))}</p>{warnings}")
+
+
 def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str) -> str:
     if rows is None:
         return (f"<p><b>Metrics were not computed</b> for these maps (no <code>metrics/{dataset}/{model_id}</code>). "
@@ -209,9 +296,13 @@ def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str
         r["median [p10, p90]"] = (f"{r['median']:.3f} [{r['p10']:.3f}, {r['p90']:.3f}]"
                                   if np.isfinite(r["median"]) else "–")
         r["better"] = {True: "higher", False: "lower"}.get(r["higher_is_better"], "")
+        r["chance (region)"] = (f"{r['chance']:.3f} ({r['mask_classes']})" if np.isfinite(r.get("chance", np.nan))
+                                else "")
     rows = sorted(rows, key=lambda r: (r["metric"], r["method"]))
-    return ("<p class='note'>Over samples with a done, finite value; – where undefined.</p>"
-            + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better"]))
+    return ("<p class='note'>Over samples with a done, finite value; – where undefined. A localization metric's "
+            "chance level is its region's share of the image (a map that knows nothing scores that), with the mask "
+            "classes forming the region.</p>"
+            + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better", "chance (region)"]))
 
 
 def _uncertainty_group(workspace: str, dataset: str, model_id: str) -> str | None:
@@ -352,9 +443,14 @@ def _inspection(section: Any, workspace: str, dataset: str, model_id: str, folde
 def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None,
                  out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
                  methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
-                 n_examples: int | None = None) -> Path:
+                 n_examples: int | None = None, beside: list[str] | None = None,
+                 shortcut_options: dict[str, Any] | None = None) -> Path:
     """Write the report folder of ``model_id`` on ``dataset`` (default: its training dataset)
-    into ``out`` (default :func:`default_out`); returns the path of ``report.html``."""
+    into ``out`` (default :func:`default_out`); returns the path of ``report.html``. The verdicts of
+    the ``beside`` models (each on its own training dataset) are shown beside its own, and written to
+    ``comparison.json`` (:func:`verdict_row`). ``shortcut_options``: the evidence/suspect settings
+    of the verdicts (:func:`xaiflow.shortcut.shortcut_report`'s keywords, e.g. from the config's
+    ``shortcut:`` section); the report opens with the verdict's plain-language conclusion."""
     workspace = str(workspace)
     try:
         dataset = dataset or model_dataset(workspace, model_id)
@@ -366,12 +462,19 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
         if not done.any():
             raise ReportError(f"{saliency_group(dataset, model_id)}: no sample has maps for every method yet")
         ds = ds.isel({schema.SAMPLE: np.flatnonzero(done)})
-        rep = shortcut_report(workspace, model_id, dataset, compare_model=compare_model, by=by, bins=bins)
+        options = shortcut_options or {}
+        rep = shortcut_report(workspace, model_id, dataset, compare_model=compare_model, by=by, bins=bins, **options)
+        others = [shortcut_report(workspace, m, **options) for m in beside or []]
     except (ShortcutError, SaliencyQueryError) as e:
         raise ReportError(str(e)) from None
     folder = Path(out) if out is not None else default_out(workspace, model_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "shortcut.json").write_text(rep.to_json())
+    comparison = [verdict_row(workspace, r) for r in [rep, *others]] if others else []
+    if comparison:
+        finite = [{k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in r.items()}
+                  for r in comparison]
+        (folder / "comparison.json").write_text(json.dumps(finite, indent=2))
     names = [str(m) for m in ds[METHOD].values]
     classes = list(ds.attrs.get(schema.ATTR_CLASSES, []))
     figures: dict[str, Path] = {}
@@ -404,8 +507,8 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     header = [{"model": model_id, "dataset": dataset, "checkpoint sha256": str(attrs.get("checkpoint_sha256", ""))[:12],
                "maps explain": attrs.get("target", ""), "samples with maps": int(ds.sizes[schema.SAMPLE]),
                "classes": ", ".join(classes), "methods": ", ".join(names)}]
-    body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _table(header),
-            "<h2>1. Shortcut verdict</h2>", _shortcut_html(rep, figures),
+    body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _table(header), _conclusion_html(rep),
+            "<h2>1. Shortcut verdict</h2>", _comparison_html(comparison), _shortcut_html(rep, figures),
             "<h2>2. Example overlays</h2><p class='note'>One explained sample per class; each map scaled by its "
             "99th percentile; red/blue for signed methods (for/against the explained class).</p>",
             _img(figures["examples"], "examples"),
@@ -413,7 +516,9 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
             "samples of each true class.</p>", _img(figures["class_means"], "class means")]
     if "bin_means" in figures:
         body += [f"<h3>Mean maps per {html.escape(str(by))} bin</h3>", _img(figures["bin_means"], "bin means")]
-    body += ["<h2>4. Metrics</h2>", _metrics_html(metrics, dataset, model_id),
+    faithfulness, covered = faithfulness_section(workspace, dataset, model_id, folder)
+    body += ["<h2>4. Metrics</h2>", faithfulness,
+             _metrics_html(metrics and [r for r in metrics if r["metric"] not in covered], dataset, model_id),
              "<h2>5. Method agreement</h2>", _img(figures["spearman"], "spearman"), _img(figures["overlap"], "overlap"),
              "<h2>6. Mask agreement</h2>"]
     if rep.kind == "masks":
@@ -425,7 +530,8 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
         body.append(f"<p>No masks for dataset {html.escape(dataset)}: mask agreement not available.</p>")
     for title, section in (("7. Uncertainty", _uncertainty_html), ("8. Concepts (TCAV)", _concepts_html),
                            ("9. Structure importance", _importance_html), ("10. Symmetry probes", _probes_html),
-                           ("11. Adversarial inspection", _adversarial_html)):
+                           ("11. Adversarial inspection", _adversarial_html),
+                           ("12. Humans and the model", human_html)):
         body += [f"<h2>{title}</h2>", _inspection(section, workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")

@@ -2,25 +2,40 @@
 
 Two kinds of evidence, depending on what the data set offers:
 
-**With masks** (``masks/<dataset>``, e.g. the synthetic source: 0 matrix, 1 structure, 2 shortcut):
+**With masks** (``masks/<dataset>``): the user names the *evidence* mask classes (what should
+decide the class, e.g. ``carbide_network``) and the *suspect* ones (what should not, e.g. a
+``databar``), per image label if wanted (:func:`mask_roles`; default for the synthetic source's
+masks: evidence ``structure``, suspect ``shortcut``). Every score is a *balanced* accuracy
+(mean recall over classes, chance 1/classes), so a majority-class guesser on imbalanced classes
+does not pass for a learned model:
 
 * *attribution mass*: per method, the share of relevance inside each mask class against the
   class's area share (:func:`xaiflow.aggregate.mask_mass`); a ratio mass/area above 1 means
   more relevance per pixel than a uniform map would give;
-* *ablation* (causal): the model's accuracy on the explained samples with the structure pixels
-  replaced by the image's matrix level, and with the shortcut region *moved* to its mirrored
-  positions (flipped in x, y and both; the corners of other classes for a corner marker). A
-  model that reads the shortcut follows it and loses accuracy, whatever its maps show. Merely
-  removing the shortcut is reported but does not decide: a model trained on images that all
-  carry a marker (even at random corners) fails on images without one, measured: a model
+* *ablation* (causal): balanced accuracy on the explained samples with the evidence pixels
+  replaced by the background level, and with the suspect region *moved* to its mirrored
+  positions (flipped in x, y and both; the corners of other classes for a corner marker).
+  Merely removing the suspect is reported but does not decide: a model trained on images that
+  all carry a marker (even at random corners) fails on images without one, measured: a model
   trained with the marker at a random corner lost 0.33 accuracy when it was removed, and
   0.09 when it was moved;
-* *metadata split*: accuracy on samples with and without the shortcut when a ``has_shortcut``
-  coordinate says which (the synthetic source records it).
+* *content swap* (:func:`content_swap`): the suspect region's *content* pasted from an image of
+  another class (seeded pairs balanced over class pairs), against content from a random image
+  and noise: how often the prediction follows the donor's class (and the donor's prediction),
+  against the chance level of a prediction that ignores the donor, with bootstrap intervals.
+  It catches what moving cannot: a fixed data bar whose text or scale-bar length encodes the
+  class;
+* *metadata split*: balanced accuracy on samples with and without the shortcut when a
+  ``has_shortcut`` coordinate says which (the synthetic source records it).
 
-The verdict comes from the ablation and the metadata split. Attribution mass is reported but
-does not decide: a bright marker attracts gradient relevance even in a model that does not use
-it (measured: an untrained small CNN gave the marker 1.5-7x its area share).
+The verdict (:func:`decide_masks`) comes from the content swap, the moves, the evidence removal
+and the metadata split; a model near chance that demonstrably follows the suspect region (a
+shortcut random in the test split) is a shortcut, not "inconclusive". Attribution mass is
+reported but does not decide: a bright marker attracts gradient relevance even in a model that
+does not use it (measured: an untrained small CNN gave the marker 1.5-7x its area share).
+
+Judged samples that the model was trained or validated on are counted (:func:`training_overlap`)
+and named in the report's warnings.
 
 **Without masks** (e.g. UHCS), the dependence on metadata that should not matter
 (``by``: ``um_per_px`` by default, cut into ``bins``) on the ``split`` samples:
@@ -44,6 +59,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,10 +71,17 @@ import xarray as xr
 from xaiflow import schema, store
 from xaiflow.aggregate import PIXELS, QueryError, mask_mass, normalized
 from xaiflow.errors import XaiflowError
+from xaiflow.maskspec import (
+    MaskSelection,
+    MaskSpecError,
+    has_mask,
+    parse_mask_selection,
+)
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.predict import current_predictions
-from xaiflow.scores import balanced_accuracy
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
+from xaiflow.scores import balanced_accuracy
+from xaiflow.sources.synthetic import MASK_CLASSES as SYNTHETIC_MASK_CLASSES
 from xaiflow.training import predict_logits
 
 SHORTCUT, STRUCTURE, INCONCLUSIVE = "shortcut", "structure", "inconclusive"
@@ -74,14 +97,23 @@ class ShortcutError(XaiflowError):
 class Thresholds:
     """Decision thresholds of the verdict (documented in the report)."""
 
-    #: a model within this of chance (1/classes) has nothing to explain -> inconclusive
+    #: a model whose balanced accuracy is within this of chance (1/classes) has nothing to explain ->
+    #: inconclusive, unless the content swap or the has_shortcut split show that it follows the suspect region
     above_chance: float = 0.15
-    #: accuracy lost when the shortcut region is moved (mirrored) that counts as reliance on it
+    #: balanced accuracy lost when the evidence is removed or the suspect region moved (mirrored) that
+    #: counts as reliance on it
     ablation_drop: float = 0.15
-    #: below this loss the model does not need the region
+    #: below this loss of balanced accuracy the model does not need the region
     ablation_negligible: float = 0.05
-    #: accuracy with the shortcut minus without it that counts as reliance on it
+    #: balanced accuracy with the shortcut minus without it that counts as reliance on it
     split_gap: float = 0.3
+    #: content swap: the lower end of the 95% interval of a follow-donor rate minus its chance level
+    #: (the rate expected when the prediction does not depend on the donor) must be at least this
+    follow_margin: float = 0.1
+    #: content swap: balanced accuracy lost when the suspect region holds another class's content
+    swap_collapse: float = 0.3
+    #: content swap: pairs needed for a follow-donor rate to decide
+    min_pairs: int = 10
     #: samples needed in each of the with/without groups for the split to count
     min_group: int = 5
     #: mass/area ratio above which a method is said to favour a region (reported, not decisive)
@@ -108,11 +140,21 @@ class ShortcutReport:
     n_samples: int
     accuracy: float
     thresholds: dict[str, Any]
+    balanced_accuracy: float = float("nan")
+    #: balanced accuracy of a model that guesses (1/classes)
+    chance: float = float("nan")
+    #: the mask classes whose removal should hurt (``evidence``) and whose content should not matter (``suspect``)
+    evidence: list[str] = field(default_factory=list)
+    suspect: list[str] = field(default_factory=list)
     mask_mass: list[dict[str, Any]] = field(default_factory=list)
     ablation: dict[str, Any] = field(default_factory=dict)
+    content_swap: dict[str, Any] = field(default_factory=dict)
     shortcut_split: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Any] = field(default_factory=dict)
+    #: judged samples the model was trained or validated on: split -> count
+    training_overlap: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -202,19 +244,60 @@ def _explained(workspace: str, dataset: str, model_id: str) -> xr.Dataset:
     return ds.isel({schema.SAMPLE: np.flatnonzero(done)})
 
 
+# ----------------------------------------------------------------------------- evidence and suspect mask classes
+
+
+#: the default evidence and suspect mask classes (those of the synthetic source)
+DEFAULT_EVIDENCE, DEFAULT_SUSPECT = "structure", "shortcut"
+#: how a mask selection is given (see :func:`xaiflow.maskspec.parse_mask_selection`)
+Selection = str | Sequence[str] | Mapping[str, str | Sequence[str]] | MaskSelection
+
+
+def mask_roles(mask_classes: list[str], labels: Sequence[str], evidence: Selection | None,
+               suspect: Selection | None, where: str) -> tuple[MaskSelection, MaskSelection]:
+    """The ``evidence`` (what should decide the class) and ``suspect`` (what should not) mask
+    selections, per image label if wanted (forms of :func:`~xaiflow.maskspec.parse_mask_selection`).
+
+    Both left open: ``structure`` and ``shortcut`` for the synthetic source's mask classes, else an
+    error listing the mask classes. Suspect alone left open: ``shortcut`` if there is such a class,
+    else none (no content swap, e.g. expert masks of phases only); evidence alone: ``structure``,
+    which must exist. Unknown classes, or one named both ways, are errors listing the mask classes."""
+    named = f"name them with --evidence/--suspect (config `shortcut:` evidence/suspect); mask classes: {mask_classes}"
+    if evidence is None and suspect is None and list(mask_classes) != list(SYNTHETIC_MASK_CLASSES):
+        raise ShortcutError(f"{where}: which mask classes are the evidence and which the suspect? {named}")
+    if evidence is None:
+        if DEFAULT_EVIDENCE not in mask_classes:
+            raise ShortcutError(f"{where}: no evidence mask class given and no {DEFAULT_EVIDENCE!r} class; {named}")
+        evidence = DEFAULT_EVIDENCE
+    if suspect is None:
+        suspect = DEFAULT_SUSPECT if DEFAULT_SUSPECT in mask_classes else ()
+    try:
+        ev = parse_mask_selection(evidence, mask_classes, labels)
+        su = parse_mask_selection(suspect, mask_classes, labels) if suspect else MaskSelection((), {})
+    except MaskSpecError as e:
+        raise ShortcutError(f"{where}: {e}") from None
+    both = sorted(set(ev.all_classes()) & set(su.all_classes()))
+    if both:
+        raise ShortcutError(f"{where}: mask class(es) {both} named both evidence and suspect; {named}")
+    return ev, su
+
+
 # ----------------------------------------------------------------------------- with masks
 
 
 #: mirrorings of an image that move a corner marker to each other corner
 _MIRRORS = {"flip_x": (slice(None), slice(None, None, -1)), "flip_y": (slice(None, None, -1), slice(None)),
             "flip_xy": (slice(None, None, -1), slice(None, None, -1))}
+#: at most this many images per model call and per read of images and masks...
+BATCH = 64
+#: ... and at most this many bytes of float32 images per read (large micrographs: fewer per batch)
+BATCH_BYTES = 64 * 2**20
 
 
-def _edited(x: np.ndarray, m: np.ndarray, classes: list[int], background: list[int], mirror: tuple | None) -> np.ndarray:
-    """``x`` with the ``classes`` pixels filled with the mean over ``background`` pixels, and, with
+def _edited(x: np.ndarray, hole: np.ndarray, bg: np.ndarray, mirror: tuple | None) -> np.ndarray:
+    """``x`` with the ``hole`` pixels filled with the mean over the ``bg`` pixels, and, with
     ``mirror``, those pixels pasted back at their mirrored position (the region moved)."""
-    hole = np.isin(m, classes)
-    bg = np.isin(m, background) & ~hole
+    bg = bg & ~hole
     out = x.copy()
     out[hole] = x[bg].mean() if bg.any() else x[~hole].mean()
     if mirror is not None:
@@ -223,43 +306,336 @@ def _edited(x: np.ndarray, m: np.ndarray, classes: list[int], background: list[i
     return out
 
 
-def _ablated_accuracy(workspace: str, model_id: str, images: xr.DataArray, masks: np.ndarray, labels: np.ndarray,
-                      edits: dict[str, tuple[list[int], list[tuple | None]]],
-                      background: list[int]) -> dict[str, dict[str, Any]]:
-    """Accuracy of the model on the images and on each edit: ``name -> (mask classes, mirrors)``;
-    each mirror (or None: removal only) is one edited copy of every image, accuracies averaged."""
-    model = ModelCatalog(workspace).get(model_id).load()
+class _Masks:
+    """Batched reads of the judged samples' images and the evidence/suspect/background regions of their masks."""
+
+    def __init__(self, images: xr.DataArray, masks: xr.DataArray, labels: Sequence[str], mask_classes: list[str],
+                 evidence: MaskSelection, suspect: MaskSelection) -> None:
+        self.images, self.masks, self.labels, self.classes = images, masks, np.asarray(labels, object), mask_classes
+        self.evidence, self.suspect = evidence, suspect
+        named = set(evidence.all_classes()) | set(suspect.all_classes())
+        self.background = MaskSelection(tuple(c for c in mask_classes if c not in named), {})
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Images (float32) and regions (``evidence``, ``suspect``, ``background``) of samples ``idx`` (any order)."""
+        order, inverse = np.unique(idx, return_inverse=True)
+        # read in this process: a small batch is not worth a round trip to a Dask cluster
+        x = np.asarray(self.images.isel({schema.SAMPLE: order}).compute(scheduler="synchronous").values,
+                       np.float32)[inverse]
+        m = np.asarray(self.masks.isel({schema.SAMPLE: order}).compute(scheduler="synchronous").values)[inverse]
+        lab = self.labels[idx]
+        return x, {k: sel.regions(m, lab, self.classes) for k, sel in
+                   (("evidence", self.evidence), ("suspect", self.suspect), ("background", self.background))}
+
+    def suspect_present(self) -> np.ndarray:
+        """(n,) bool: which samples have suspect pixels (only the masks are read)."""
+        out = [np.zeros(0, bool)]
+        for idx in self.batches():
+            m = np.asarray(self.masks.isel({schema.SAMPLE: idx}).compute(scheduler="synchronous").values)
+            out.append(self.suspect.regions(m, self.labels[idx], self.classes).reshape(len(idx), -1).any(1))
+        return np.concatenate(out)
+
+    def batches(self) -> Iterator[np.ndarray]:
+        n = self.images.shape[0]
+        step = self.batch_size
+        return (np.arange(s, min(s + step, n)) for s in range(0, n, step))
+
+    @property
+    def batch_size(self) -> int:
+        """Images per read: ``BATCH``, fewer when their float32 copies would pass ``BATCH_BYTES``."""
+        pixels = int(np.prod(self.images.shape[1:]))
+        return max(1, min(BATCH, BATCH_BYTES // (4 * pixels)))
+
+
+def _predict(model: torch.nn.Module, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Predicted classes of float images stored as ``dtype`` (rounded and clipped to its range)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = np.clip(np.rint(x), info.min, info.max)
+    with torch.no_grad():
+        return predict_logits(model, x.astype(dtype), torch.device("cpu")).argmax(1).astype(np.int64)
+
+
+def _ablated_accuracy(model: torch.nn.Module, data: _Masks, labels: np.ndarray,
+                      edits: dict[str, tuple[str, list[tuple | None]]]) -> dict[str, dict[str, Any]]:
+    """Accuracy and balanced accuracy of the model on the images and on each edit: ``name -> (region,
+    mirrors)``; each mirror (or None: removal only) is one edited copy of every image, scores averaged."""
     out: dict[str, dict[str, Any]] = {}
-    for name, (classes, mirrors) in {"original": ([], [None]), **edits}.items():
+    dtype = data.images.dtype
+    for name, (region, mirrors) in {"original": ("", [None]), **edits}.items():
         accs, bals, first = [], [], None
         for mirror in mirrors:
             preds = []
-            for s in range(0, images.shape[0], 64):
-                x = images[s:s + 64].values.astype(np.float32)
-                m = masks[s:s + 64]
-                x = np.stack([_edited(x[i], m[i], classes, background, mirror) for i in range(len(x))])
-                with torch.no_grad():
-                    preds.append(predict_logits(model, x.astype(images.dtype), torch.device("cpu")).argmax(1))
+            for idx in data.batches():
+                x, r = data.read(idx)
+                if region:
+                    x = np.stack([_edited(x[i], r[region][i], r["background"][i], mirror) for i in range(len(x))])
+                preds.append(_predict(model, x, dtype))
             p = np.concatenate(preds)
             first = p if first is None else first
             accs.append(float((p == labels).mean()))
             bals.append(balanced_accuracy(labels, p))
-        out[name] = {"classes": classes, "copies": len(mirrors), "accuracy": float(np.mean(accs)),
+        out[name] = {"region": region, "copies": len(mirrors), "accuracy": float(np.mean(accs)),
                      "balanced_accuracy": float(np.mean(bals)), "predicted": first}
     return out
 
 
-def _mask_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset, th: Thresholds,
-                 structure: list[str], shortcut: list[str]) -> ShortcutReport:
+# ----------------------------------------------------------------------------- content swap
+
+
+def swap_pairs(labels: np.ndarray, per_sample: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(recipient, donor) sample indices: every sample is a recipient ``per_sample`` times, with a
+    donor of a different class; a recipient class's slots (shuffled) cycle through the other
+    classes, so every ordered class pair gets an equal share, the donor drawn uniformly within its
+    class. Classes with a single class present give no pairs."""
+    classes = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    rec, don = [], []
+    for c in classes:
+        others = classes[classes != c]
+        if not len(others):
+            continue
+        slots = rng.permutation(np.repeat(members[c], per_sample))
+        donor_class = others[(rng.integers(len(others)) + np.arange(len(slots))) % len(others)]
+        for d in others:
+            at = np.flatnonzero(donor_class == d)
+            rec.append(slots[at])
+            don.append(rng.choice(members[d], len(at)))
+    if not rec:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(rec).astype(np.int64), np.concatenate(don).astype(np.int64)
+
+
+def _interval(stat: Callable[[np.ndarray], np.ndarray], n: int, rng: np.random.Generator,
+              n_boot: int) -> list[float]:
+    """Seeded bootstrap 95% interval over ``n`` resampled pairs: ``stat`` maps a (draws, n) index
+    matrix to one value per draw; 100 draws at a time bound the memory."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    values = np.concatenate([stat(rng.integers(0, n, (min(100, n_boot - b), n)))
+                             for b in range(0, n_boot, 100)]).astype(float)
+    if not np.isfinite(values).any():
+        return [float("nan"), float("nan")]
+    lo, hi = np.nanquantile(values, [0.025, 0.975])
+    return [float(lo), float(hi)]
+
+
+def _balanced_rows(y: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of (draws, n) labels ``y`` and predictions ``q`` (mean recall
+    over the classes present in the row, as :func:`xaiflow.scores.balanced_accuracy`)."""
+    recalls = []
+    for c in np.unique(y):
+        of_c = y == c
+        count = of_c.sum(1)
+        hit = (of_c & (q == c)).sum(1)
+        recalls.append(np.where(count > 0, hit / np.maximum(count, 1), np.nan))
+    return np.nanmean(np.stack(recalls), axis=0)
+
+
+def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, original: np.ndarray, n_classes: int,
+                 present: np.ndarray, *, names: Sequence[str] | None = None, per_sample: int = 2, seed: int = 0,
+                 n_boot: int = 1000, max_pairs: int = 4000) -> dict[str, Any]:
+    """Does the prediction follow the *content* of the suspect region?
+
+    For each (recipient, donor) pair of :func:`swap_pairs` the recipient's suspect region (the union
+    of the recipient's and the donor's, so a region at another position is moved too) is filled
+    with the donor's pixels (``swap``); as references, the same region is filled from a random
+    other image of any class (``random_image``, with that image's region in the union instead) and
+    with Gaussian noise of the mean and std of the donor's pixels there (``noise``). Reported:
+    balanced accuracy and accuracy against the recipients' labels for each condition; the
+    *follow-donor rate* (prediction after the swap = the donor's class) and the
+    *follow-donor-prediction rate* (the swapped image gets the prediction the model gave the
+    donor, over pairs whose original predictions differ: it detects a model that reads the region
+    even where the region does not carry the labels' class, e.g. a shortcut random in the test
+    split). Each has its chance level, the rate expected if the swapped prediction did not depend
+    on the donor (per pair: a prediction other than the recipient's class hits the donor's class
+    with probability 1/(classes-1), donor classes being uniform; it hits the donor's prediction
+    with the share of donors, drawn as the pairs draw them, that the model predicts so), the
+    excess over it, and as a reference the same rate for ``random_image``, whose content owes
+    nothing to the donor. Intervals: seeded bootstrap over pairs, 95%. ``original``: the
+    predictions on the unedited images; ``present``: which samples have suspect pixels (pairs
+    whose region is empty in both images change nothing and are left out); ``names``: class
+    names for the counts of class pairs;
+    at most ``max_pairs`` pairs (a seeded subset) bound the time, and images are read and
+    predicted a batch of pairs at a time (:attr:`_Masks.batch_size`).
+    """
+    rng = np.random.default_rng(seed)
+    rec, don = swap_pairs(labels, per_sample, rng)
+    keep = present[rec] | present[don]
+    rec, don = rec[keep], don[keep]
+    if len(rec) > max_pairs:
+        pick = np.sort(rng.choice(len(rec), max_pairs, replace=False))
+        rec, don = rec[pick], don[pick]
+    n = len(labels)
+    src = (rec + rng.integers(1, n, len(rec))) % n if n > 1 else rec.copy()
+    preds: dict[str, list[np.ndarray]] = {"swap": [], "random_image": [], "noise": []}
+    dtype = data.images.dtype
+    step = data.batch_size
+    for s in range(0, len(rec), step):
+        r, d, o = rec[s:s + step], don[s:s + step], src[s:s + step]
+        x, regions = data.read(np.concatenate([r, d, o]))
+        k = len(r)
+        x_rec, xd, xo = x[:k], x[k:2 * k], x[2 * k:]
+        region_d = regions["suspect"][:k] | regions["suspect"][k:2 * k]
+        region_o = regions["suspect"][:k] | regions["suspect"][2 * k:]
+        count = np.maximum(region_d.sum((1, 2)), 1)[:, None, None]
+        mean = (xd * region_d).sum((1, 2), keepdims=True) / count
+        std = np.sqrt((((xd - mean) ** 2) * region_d).sum((1, 2), keepdims=True) / count)
+        noise = mean + std * rng.standard_normal(x_rec.shape).astype(np.float32)
+        preds["swap"].append(_predict(model, np.where(region_d, xd, x_rec), dtype))
+        preds["random_image"].append(_predict(model, np.where(region_o, xo, x_rec), dtype))
+        preds["noise"].append(_predict(model, np.where(region_d, noise, x_rec), dtype))
+    p = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in preds.items()}
+    p["original"] = original[rec]
+    y, yd = labels[rec], labels[don]
+    boot = np.random.default_rng([seed, 1])
+    conditions = {}
+    for name in ("original", "swap", "random_image", "noise"):
+        q = p[name]
+        conditions[name] = {"balanced_accuracy": balanced_accuracy(y, q) if len(y) else float("nan"),
+                            "balanced_accuracy_ci": _interval(lambda i, q=q: _balanced_rows(y[i], q[i]),
+                                                              len(y), boot, n_boot),
+                            "accuracy": float((q == y).mean()) if len(y) else float("nan")}
+
+    def follow(hit: np.ndarray, level: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        """Rate of ``hit`` with its interval, its chance level (mean of the per-pair ``level``) and the
+        excess over it with its interval, and the ``reference`` rate (random content)."""
+        n = len(hit)
+
+        def mean(v: np.ndarray) -> float:
+            return float(v.mean()) if len(v) else float("nan")
+
+        excess = hit - level
+        return {"rate": mean(hit), "n": n, "ci": _interval(lambda i: hit[i].mean(1), n, boot, n_boot),
+                "chance": mean(level), "excess": mean(excess),
+                "excess_ci": _interval(lambda i: excess[i].mean(1), n, boot, n_boot),
+                "reference": mean(reference), "reference_ci": _interval(lambda i: reference[i].mean(1), n, boot, n_boot)}
+
+    # chance: the rate expected when the swapped prediction does not depend on the donor. Donor classes
+    # are uniform over the recipient's other classes, so a prediction q hits the donor's class with
+    # probability [q != recipient class] / (classes - 1) (at most 1/(classes-1));
+    swap_hit = p["swap"] == yd
+    by_class = (p["swap"] != y) / max(n_classes - 1, 1)
+    out_class = follow(swap_hit, by_class, p["random_image"] == yd)
+    # for the donor's prediction, the share of donors drawn as the pairs draw them (a uniform other class,
+    # then a uniform member) that the model predicted as the swapped image is, among those predicted
+    # unlike the recipient (as in the pairs counted).
+    differ = original[don] != original[rec]
+    table = np.zeros((n_classes, n_classes))  # (label, predicted) shares of the judged samples per label
+    np.add.at(table, (labels, original), 1)
+    table /= np.maximum(table.sum(1, keepdims=True), 1)
+    r, q = rec[differ], p["swap"][differ]
+    pool = (table.sum(0)[None] - table[labels[r]]) / max(n_classes - 1, 1)
+    pool[np.arange(len(r)), original[r]] = 0
+    total = pool.sum(1)
+    by_pred = np.divide(pool[np.arange(len(q)), q], total, out=np.zeros(len(q)), where=total > 0)
+    d = don[differ]
+    out_pred = follow(q == original[d], by_pred, p["random_image"][differ] == original[d])
+    names = list(names) if names is not None else [str(i) for i in range(n_classes)]
+    pairs: dict[str, int] = {}
+    for a, b in zip(y, yd):
+        key = f"{names[a]}->{names[b]}"
+        pairs[key] = pairs.get(key, 0) + 1
+    return {"n_pairs": len(rec), "per_sample": per_sample, "seed": seed, "n_boot": n_boot,
+            "class_pairs": pairs, "conditions": conditions, "follow_donor": out_class,
+            "follow_donor_prediction": out_pred,
+            "collapse": conditions["original"]["balanced_accuracy"] - conditions["swap"]["balanced_accuracy"]}
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f}%"
+
+
+def _follows(f: dict[str, Any], th: Thresholds) -> bool:
+    """A follow-donor rate decides when it has enough pairs and the 95% interval of its excess over
+    chance lies above the margin."""
+    return f["n"] >= th.min_pairs and f["excess_ci"][0] >= th.follow_margin
+
+
+def describe_follow(f: dict[str, Any], what: str) -> str:
+    """e.g. ``the prediction follows the donor's class in 83% (95% CI 76-89%) of 120 swaps (chance 45%...)``."""
+    return (f"the prediction follows the donor's {what} in {_pct(f['rate'])} (95% CI {_pct(f['ci'][0])}-"
+            f"{_pct(f['ci'][1])}) of {f['n']} swaps (chance {_pct(f['chance'])}, excess 95% CI "
+            f"{100 * f['excess_ci'][0]:+.0f} to {100 * f['excess_ci'][1]:+.0f} points; with content from a random "
+            f"image instead {_pct(f['reference'])})")
+
+
+def decide_masks(original: dict[str, float], drops: dict[str, float], split: dict[str, Any],
+                 swap: dict[str, Any], chance: float, th: Thresholds,
+                 names: tuple[str, str] = ("structure", "shortcut")) -> tuple[str, list[str]]:
+    """The verdict of the mask tests, on balanced accuracy (``original``: its accuracy and balanced
+    accuracy; ``drops``: balanced accuracy lost per edit: ``structure`` (evidence removed),
+    ``shortcut_moved`` (suspect mirrored); ``split``: the has_shortcut comparison; ``swap``: the
+    content swap). "shortcut" when the swap's predictions follow the donor, the swap collapses
+    balanced accuracy, the has_shortcut split shows a gap, or (for a model above chance) moving
+    the suspect region costs accuracy: the near-chance rule does not hide a model that follows
+    the suspect region where it is uninformative. Then near chance -> "inconclusive"; then
+    "structure" when removing the evidence costs accuracy and the suspect region is not needed."""
+    evidence, suspect = names
+    bal = original["balanced_accuracy"]
+    above = bal >= chance + th.above_chance
+    signals: list[str] = []
+    if swap.get("n_pairs"):
+        for key, what in (("follow_donor", "class"), ("follow_donor_prediction", "prediction")):
+            if _follows(swap[key], th):
+                signals.append(f"swapping the {suspect} content between images of different classes: "
+                               + describe_follow(swap[key], what))
+        if swap["collapse"] >= th.swap_collapse:
+            c = swap["conditions"]
+            signals.append(f"with another class's {suspect} content, balanced accuracy falls from "
+                           f"{c['original']['balanced_accuracy']:.2f} to {c['swap']['balanced_accuracy']:.2f} "
+                           f"(drop {swap['collapse']:.2f} >= {th.swap_collapse})")
+    gap = split.get("gap", float("nan")) if split.get("usable") else float("nan")
+    if gap >= th.split_gap:
+        signals.append(f"balanced accuracy {split['balanced_accuracy_with']:.2f} on images with the shortcut vs "
+                       f"{split['balanced_accuracy_without']:.2f} without (gap {gap:.2f} >= {th.split_gap})")
+    moved = drops.get("shortcut_moved", float("nan"))
+    if above and moved >= th.ablation_drop:
+        signals.append(f"moving the {suspect} region to its mirrored positions lowers balanced accuracy by "
+                       f"{moved:.2f} (>= {th.ablation_drop})")
+    if signals:
+        return SHORTCUT, signals
+    if not above:
+        return INCONCLUSIVE, [(f"balanced accuracy {bal:.2f} (accuracy {original['accuracy']:.2f}) is within "
+                              f"{th.above_chance} of chance ({chance:.2f}) and nothing shows that the model follows "
+                              f"the {suspect} region: it has learned too little to say what it uses")]
+    no_suspect = not swap.get("n_pairs") and not np.isfinite(moved)
+    swap_drop = swap.get("collapse", float("nan"))
+    quiet = no_suspect or ((not np.isfinite(moved) or moved < th.ablation_negligible)
+                           and (not np.isfinite(swap_drop) or swap_drop < th.ablation_drop))
+    ev_drop = drops.get("structure", float("nan"))
+    if quiet and ev_drop >= th.ablation_drop:
+        why = ("no suspect pixels in the masks" if no_suspect else
+               f"the {suspect} region is not needed (balanced accuracy change when moved {moved:+.2f}, when its "
+               f"content is swapped {swap_drop:+.2f})")
+        return STRUCTURE, [(f"{why}; removing the {evidence} lowers balanced accuracy from {bal:.2f} by "
+                           f"{ev_drop:.2f} (>= {th.ablation_drop})")]
+    return INCONCLUSIVE, [(f"balanced accuracy lost without the {evidence} {ev_drop:.2f}, with the {suspect} moved "
+                          f"{moved:.2f}, with its content swapped {swap_drop:.2f}: neither rule applies (thresholds "
+                          f"{th.ablation_drop}, {th.ablation_negligible})")]
+
+
+def _mask_report(workspace: str, dataset: str, entry: ModelEntry, ds: xr.Dataset, th: Thresholds,
+                 evidence: Selection | None, suspect: Selection | None, pairs_per_sample: int,
+                 seed: int) -> ShortcutReport:
     masks = store.open_group(workspace, schema.group_path(schema.MASKS, dataset))
     mask_classes = [str(c) for c in masks.attrs[schema.ATTR_MASK_CLASSES]]
-    unknown = sorted(set(structure + shortcut) - set(mask_classes))
-    if unknown:
-        raise ShortcutError(f"masks/{dataset}: mask class(es) {unknown} unknown; mask classes: {mask_classes}")
     idx = pd.Index(store.strings(masks[schema.SAMPLE].values)).get_indexer(store.strings(ds[schema.SAMPLE].values))
     if (idx < 0).any():
         raise ShortcutError(f"masks/{dataset}: no mask for {int((idx < 0).sum())} explained sample(s)")
     masks = masks.isel({schema.SAMPLE: idx})
+    annotated = has_mask(masks)
+    notes: list[str] = []
+    if not annotated.any():
+        raise ShortcutError(f"masks/{dataset}: none of the {len(annotated)} explained samples has a mask")
+    if not annotated.all():
+        notes.append(f"{int(annotated.sum())} of {len(annotated)} explained samples have a mask: the mask tests "
+                     "use those")
+        ds, masks = ds.isel({schema.SAMPLE: np.flatnonzero(annotated)}), masks.isel(
+            {schema.SAMPLE: np.flatnonzero(annotated)})
+    label_names = store.strings(ds[schema.LABEL].values)
+    ev, su = mask_roles(mask_classes, label_names, evidence, suspect, f"masks/{dataset}")
+    names = (ev.describe(), su.describe() if su.all_classes() else "suspect")
     mm = mask_mass(ds, masks.assign_coords({schema.SAMPLE: ds[schema.SAMPLE].values})).compute()
     mass_rows = []
     for m in store.strings(mm[METHOD].values):
@@ -272,76 +648,59 @@ def _mask_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset, th
                               "ratio": share / a if a > 0 else float("nan"), "n_samples": int(present.sum())})
 
     labels = np.asarray(ds[schema.LABEL_INDEX].values, np.int64)
-    index = {k: i for i, k in enumerate(mask_classes)}
-    background = [i for k, i in index.items() if k not in structure + shortcut]
-    sc = [index[k] for k in shortcut]
-    edits = {"structure": ([index[k] for k in structure], [None])}
-    has_shortcut_pixels = bool(np.isin(masks[schema.MASK].values, sc).any())
-    if has_shortcut_pixels:
-        edits["shortcut"] = (sc, [None])
-        edits["shortcut_moved"] = (sc, list(_MIRRORS.values()))
-    abl = _ablated_accuracy(workspace, model_id, ds["image"], masks[schema.MASK].values, labels, edits, background)
+    n_classes = len(ds.attrs.get(schema.ATTR_CLASSES, [])) or int(labels.max()) + 1
+    chance = 1.0 / n_classes
+    data = _Masks(ds["image"], masks[schema.MASK], label_names, mask_classes, ev, su)
+    has_suspect = data.suspect_present()
+    edits: dict[str, tuple[str, list[tuple | None]]] = {"structure": ("evidence", [None])}
+    if has_suspect.any():
+        edits["shortcut"] = ("suspect", [None])
+        edits["shortcut_moved"] = ("suspect", list(_MIRRORS.values()))
+    model = entry.load()
+    abl = _ablated_accuracy(model, data, labels, edits)
     pred = abl["original"].pop("predicted")
     for v in abl.values():
         v.pop("predicted", None)
-    acc = abl["original"]["accuracy"]
-    chance = 1.0 / len(ds.attrs.get(schema.ATTR_CLASSES, [])) if ds.attrs.get(schema.ATTR_CLASSES) else 0.0
-    drops = {k: acc - abl[k]["accuracy"] for k in edits}
-    ablation = {**abl, "drop": drops, "chance": chance}
+    original = abl["original"]
+    drops = {k: original["balanced_accuracy"] - abl[k]["balanced_accuracy"] for k in edits}
+    ablation = {**abl, "drop": drops, "accuracy_drop": {k: original["accuracy"] - abl[k]["accuracy"] for k in edits},
+                "chance": chance}
+    swap = content_swap(model, data, labels, pred, n_classes, has_suspect,
+                        names=ds.attrs.get(schema.ATTR_CLASSES), per_sample=pairs_per_sample,
+                        seed=seed) if has_suspect.any() else {}
 
     split: dict[str, Any] = {}
     if "has_shortcut" in ds.coords:
         flag = np.asarray(ds["has_shortcut"].values, float) > 0.5
-        split = {"n_with": int(flag.sum()), "n_without": int((~flag).sum()),
-                 "accuracy_with": float((pred[flag] == labels[flag]).mean()) if flag.any() else float("nan"),
-                 "accuracy_without": float((pred[~flag] == labels[~flag]).mean()) if (~flag).any() else float("nan")}
+        split = {"n_with": int(flag.sum()), "n_without": int((~flag).sum())}
+        for name, sel in (("with", flag), ("without", ~flag)):
+            split[f"accuracy_{name}"] = float((pred[sel] == labels[sel]).mean()) if sel.any() else float("nan")
+            split[f"balanced_accuracy_{name}"] = balanced_accuracy(labels[sel], pred[sel])
         split["usable"] = split["n_with"] >= th.min_group and split["n_without"] >= th.min_group
-        split["gap"] = split["accuracy_with"] - split["accuracy_without"]
+        split["gap"] = split["balanced_accuracy_with"] - split["balanced_accuracy_without"]
 
-    reasons: list[str] = []
-    if acc < chance + th.above_chance:
-        verdict = INCONCLUSIVE
-        reasons.append(f"accuracy {acc:.2f} on the {len(labels)} explained samples is within {th.above_chance} of "
-                       f"chance ({chance:.2f}): the model has learned too little to say what it uses")
+    verdict, reasons = decide_masks(original, drops, split, swap, chance, th, names)
+    if not has_suspect.any():
+        reasons.append(f"no {names[1]} pixels in the masks of the judged samples: content swap not run")
     else:
-        shortcut_drop = drops.get("shortcut_moved", float("nan"))
-        gap = split.get("gap", float("nan")) if split.get("usable") else float("nan")
-        if shortcut_drop >= th.ablation_drop or gap >= th.split_gap:
-            verdict = SHORTCUT
-            if shortcut_drop >= th.ablation_drop:
-                reasons.append(f"moving the shortcut to the mirrored corners lowers accuracy from {acc:.2f} to "
-                               f"{abl['shortcut_moved']['accuracy']:.2f} (drop {shortcut_drop:.2f} >= "
-                               f"{th.ablation_drop})")
-            if gap >= th.split_gap:
-                reasons.append(f"accuracy {split['accuracy_with']:.2f} with the shortcut vs "
-                               f"{split['accuracy_without']:.2f} without (gap {gap:.2f} >= {th.split_gap})")
-        elif (not has_shortcut_pixels or shortcut_drop < th.ablation_negligible) and \
-                drops["structure"] >= th.ablation_drop and not gap >= th.split_gap:
-            verdict = STRUCTURE
-            reasons.append(("no shortcut pixels in the masks" if not has_shortcut_pixels else
-                            f"moving the shortcut to the mirrored corners lowers accuracy by {shortcut_drop:+.2f} "
-                            f"(< {th.ablation_negligible})") +
-                           f"; removing the structures lowers it from {acc:.2f} to "
-                           f"{abl['structure']['accuracy']:.2f} (drop {drops['structure']:.2f} >= {th.ablation_drop})")
-        else:
-            verdict = INCONCLUSIVE
-            reasons.append(f"accuracy drop without the structures {drops['structure']:.2f}, with the shortcut "
-                           f"moved {shortcut_drop:.2f}: neither rule applies (thresholds {th.ablation_drop}, "
-                           f"{th.ablation_negligible})")
-    if has_shortcut_pixels:
-        reasons.append(f"removing the shortcut pixels (reported, not decisive) lowers accuracy by "
+        reasons.append(f"removing the {names[1]} pixels (reported, not decisive) lowers balanced accuracy by "
                        f"{drops['shortcut']:+.2f}: a model trained with a marker in every image may fail without "
-                       "one even if the marker's position means nothing to it")
-    favour = [r["method"] for r in mass_rows if r["mask_class"] in shortcut and r["ratio"] >= th.mass_ratio]
-    on_structure = [r["method"] for r in mass_rows if r["mask_class"] in structure and r["ratio"] >= 1.0]
+                       "one even if the marker's content means nothing to it")
+    if swap and not any(r.startswith(f"swapping the {names[1]}") for r in reasons):
+        reasons.append(f"content swap (not decisive here): {describe_follow(swap['follow_donor'], 'class')}")
+    ev_names, su_names = set(ev.all_classes()), set(su.all_classes())
+    favour = [r["method"] for r in mass_rows if r["mask_class"] in su_names and r["ratio"] >= th.mass_ratio]
+    on_structure = [r["method"] for r in mass_rows if r["mask_class"] in ev_names and r["ratio"] >= 1.0]
     methods = sorted({r["method"] for r in mass_rows})
     reasons.append(f"attribution mass (reported, not decisive): {len(on_structure)} of {len(methods)} methods give "
-                   f"the structures at least their area share; "
-                   + (f"{len(favour)} give the shortcut >= {th.mass_ratio}x its area share ({', '.join(favour)})"
-                      if has_shortcut_pixels else "no shortcut region"))
-    return ShortcutReport(model_id=model_id, dataset=dataset, kind="masks", verdict=verdict, reasons=reasons,
-                          n_samples=len(labels), accuracy=acc, thresholds=asdict(th), mask_mass=mass_rows,
-                          ablation=ablation, shortcut_split=split)
+                   f"the {names[0]} at least their area share; "
+                   + (f"{len(favour)} give the {names[1]} >= {th.mass_ratio}x its area share ({', '.join(favour)})"
+                      if has_suspect.any() else f"no {names[1]} region"))
+    return ShortcutReport(model_id=entry.model_id, dataset=dataset, kind="masks", verdict=verdict,
+                          reasons=notes + reasons, n_samples=len(labels), accuracy=original["accuracy"],
+                          balanced_accuracy=original["balanced_accuracy"], chance=chance, thresholds=asdict(th),
+                          evidence=list(ev.all_classes()), suspect=list(su.all_classes()), mask_mass=mass_rows,
+                          ablation=ablation, content_swap=swap, shortcut_split=split)
 
 
 # ----------------------------------------------------------------------------- without masks
@@ -438,8 +797,8 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
     bal, chance = meta["balanced_accuracy"], 1.0 / meta["n_classes"]
     base = meta["scale_baseline"]["balanced_accuracy"]
     v_lab, v_pred = meta["cramers_v_label"], meta["cramers_v_predicted"]
-    reasons = [f"{meta['split']} split, n={meta['n']}: balanced accuracy {bal:.2f} (chance {chance:.2f}); "
-               f"scale-only baseline (class from log10 {by} alone) {base:.2f}",
+    reasons = [(f"{meta['split']} split, n={meta['n']}: balanced accuracy {bal:.2f} (chance {chance:.2f}); "
+               f"scale-only baseline (class from log10 {by} alone) {base:.2f}"),
                f"Cramer's V of the {by} bin with the true label {v_lab:.2f}, with the prediction {v_pred:.2f}"]
     confounded = base >= chance + th.above_chance
     if confounded:
@@ -480,8 +839,42 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
         reasons.insert(0, why + ("" if compare else "; train a model on images resampled to one pixel size "
                                                     "(geometry target_um_per_px) and pass it as compare model"))
     return ShortcutReport(model_id=model_id, dataset=dataset, kind="metadata", verdict=verdict, reasons=reasons,
-                          n_samples=meta["n"], accuracy=meta["accuracy"], thresholds=asdict(th), metadata=meta,
-                          compare=compare)
+                          n_samples=meta["n"], accuracy=meta["accuracy"], balanced_accuracy=bal, chance=chance,
+                          thresholds=asdict(th), metadata=meta, compare=compare)
+
+
+# ----------------------------------------------------------------------------- training-split overlap
+
+
+def training_overlap(workspace: str, entry: ModelEntry, dataset: str, samples: Sequence[str]) -> dict[str, int]:
+    """How many of ``samples`` of ``dataset`` the model was trained (``train``) or early-stopped
+    (``val``) on: its training dataset and splits (re-made by fold when it was trained on a fold)
+    come from its catalog entry. Empty for another dataset."""
+    if dataset != entry.dataset:
+        return {}
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+    split = store.strings(images[schema.SPLIT].values)
+    tc = entry.train_config
+    if tc.get("folds"):
+        from xaiflow.training import fold_split
+
+        split = fold_split(split, store.strings(images[schema.GROUP].values),
+                           np.asarray(images[schema.LABEL_INDEX].values, np.int64), int(tc["folds"]),
+                           int(tc.get("fold") or 0), int(tc.get("seed", 0)))
+    pos = pd.Index(store.strings(images[schema.SAMPLE].values)).get_indexer(list(samples))
+    judged = split[pos[pos >= 0]]
+    return {name: int((judged == name).sum()) for name in ("train", "val") if (judged == name).any()}
+
+
+def overlap_warning(overlap: dict[str, int], n: int, model_id: str) -> str | None:
+    """One warning line naming the counts and splits, or None when there is no overlap."""
+    if not overlap:
+        return None
+    where = " and ".join(f"{k} in its {'training' if s == 'train' else 'validation'} split"
+                         for s, k in overlap.items())
+    return (f"{where} of the {n} judged samples: model {model_id} has seen them while training, so numbers on them "
+            "overstate how it does on new images (explain the test split only: `splits: [test]` in the config's "
+            "`attribution:` section)")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -489,14 +882,17 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
 
 def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None, *,
                     compare_model: str | None = None, by: str | None = None, bins: list[float] | None = None,
-                    split: str = "test", structure: tuple[str, ...] = ("structure",),
-                    shortcut: tuple[str, ...] = ("shortcut",), thresholds: Thresholds | None = None) -> ShortcutReport:
+                    split: str = "test", evidence: Selection | None = None, suspect: Selection | None = None,
+                    pairs_per_sample: int = 2, seed: int = 0, thresholds: Thresholds | None = None) -> ShortcutReport:
     """Shortcut verdict for ``model_id`` on ``dataset`` (default: its training dataset).
 
-    With ``masks/<dataset>``: mask mass, ablation and the ``has_shortcut`` split over the samples
-    with maps for every method. Without: metadata dependence on ``split`` (and ``compare_model``);
-    ``by`` defaults to ``source_um_per_px`` (the original image's pixel size, the same for a model
-    trained on resampled images) when recorded, else ``um_per_px``.
+    With ``masks/<dataset>``: mask mass, ablation of the ``evidence`` mask classes, moves and a
+    content swap of the ``suspect`` ones (:func:`mask_roles`; ``pairs_per_sample`` swaps per
+    sample, ``seed``) and the ``has_shortcut`` split, over the samples with maps for every method.
+    Without: metadata dependence on ``split`` (and ``compare_model``); ``by`` defaults to
+    ``source_um_per_px`` (the original image's pixel size, the same for a model trained on
+    resampled images) when recorded, else ``um_per_px``. Judged samples the model was trained or
+    validated on are counted in ``training_overlap`` and named in ``warnings``.
     """
     workspace = str(workspace)
     th = thresholds or Thresholds()
@@ -513,10 +909,22 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
         if not has_maps:
             raise ShortcutError(f"no saliency for dataset {dataset!r} and model {model_id!r}: the mask report needs "
                                 "maps; run `xaiflow attribute`")
-        return _mask_report(workspace, dataset, model_id, _explained(workspace, dataset, model_id), th,
-                            list(structure), list(shortcut))
-    try:
-        ds = _explained(workspace, dataset, model_id) if has_maps else None
-        return _metadata_report(workspace, dataset, model_id, ds, th, by, bins, split, compare_model)
-    except QueryError as e:
-        raise ShortcutError(str(e)) from None
+        ds = _explained(workspace, dataset, model_id)
+        rep = _mask_report(workspace, dataset, entry, ds, th, evidence, suspect, pairs_per_sample, seed)
+        judged = store.strings(ds[schema.SAMPLE].values)
+    else:
+        try:
+            ds = _explained(workspace, dataset, model_id) if has_maps else None
+            rep = _metadata_report(workspace, dataset, model_id, ds, th, by, bins, split, compare_model)
+        except QueryError as e:
+            raise ShortcutError(str(e)) from None
+        images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+        judged = store.strings(images[schema.SAMPLE].values)[store.strings(images[schema.SPLIT].values) == split]
+    if not has_masks and (evidence or suspect):
+        rep.warnings.append(f"no masks/{dataset}: the evidence and suspect mask classes given are not used (the "
+                            "verdict without masks judges the dependence on metadata)")
+    rep.training_overlap = training_overlap(workspace, entry, dataset, judged)
+    warning = overlap_warning(rep.training_overlap, len(judged), model_id)
+    if warning:
+        rep.warnings.append(warning)
+    return rep

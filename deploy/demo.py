@@ -4,10 +4,12 @@ Starts, all on loopback: a Prefect server (``prefect server start``, its databas
 ``workspace/prefect-home``), a local Dask cluster sized to the machine, and a static file
 server for the report's figures; prints the UI, run and dashboard addresses; runs the
 pipeline flow (:mod:`flows.pipeline`); prints the stage table and headline numbers; stops
-everything. ``KEEP_SERVER=1`` (or ``--keep``) keeps the servers up until Ctrl-C, to browse
-the run in the UI.
+everything. With ``compare:`` models in the config (the quick start trains one with the planted
+shortcut and one without it) it prints each model's ``shortcut verdict: ...`` with its accuracy
+on val and test. ``KEEP_SERVER=1`` (or ``--keep``) keeps the servers up until Ctrl-C, to browse
+the run in the UI. The flows' INFO log lines go to the UI only; ``-v`` prints them here too.
 
-    python deploy/demo.py [--config configs/quickstart.yaml] [--workspace workspace/quickstart.zarr]
+    python deploy/demo.py [--config configs/quickstart.yaml] [--workspace workspace/quickstart.zarr] [-v]
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=None, help="Prefect server port (default: a free one)")
     parser.add_argument("--keep", action="store_true", default=os.environ.get("KEEP_SERVER", "") not in ("", "0"),
                         help="keep the servers running until Ctrl-C (also KEEP_SERVER=1)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print every flow and task log line here too (the Prefect UI always has them)")
     args = parser.parse_args()
+    if not args.verbose:
+        # the terminal shows warnings and the results; INFO lines still reach the Prefect UI (its API
+        # log handler), and the Dask worker processes started below inherit the setting
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     workspace = Path(args.workspace).resolve()
     home = workspace.parent / "prefect-home"
     tick = time.perf_counter()
@@ -59,9 +67,10 @@ def main() -> int:
         for row in result["stages"]:
             print(f"{row['stage']:<12} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
         for r in result["results"].get("evaluate", {}).get("summary", []):
-            if r["metric"] in ("deletion", "insertion", "relevance_mass_accuracy"):
+            if r["metric"] in ("road", "region_perturbation", "deletion", "insertion", "relevance_mass_accuracy"):
                 print(f"  {r['method']:<22} {r['metric']:<24} {r['mean']:.3f} ± {r['std']:.3f}")
         if "report" in result["results"]:
+            _print_verdicts(result["results"]["report"])
             print(f"Report:             {result['results']['report']['report']}")
         print(f"Workspace:          {workspace}")
         print(f"Total:              {time.perf_counter() - tick:.0f} s", flush=True)
@@ -73,6 +82,25 @@ def main() -> int:
             except KeyboardInterrupt:
                 pass
     return 0
+
+
+def _print_verdicts(report: dict) -> None:
+    """Each model's shortcut verdict with the accuracy where the shortcut held (val) and on test."""
+    rows = report.get("comparison") or [{"model": report["model_id"], "verdict": report["verdict"]}]
+    print("Models side by side (balanced accuracy on val -> test; test accuracy with the shortcut at the class's "
+          "own place / elsewhere or none):")
+    for r in rows:
+        numbers = ""
+        if "val balanced accuracy" in r:
+            numbers = f"  {_num(r['val balanced accuracy'])} -> {_num(r['test balanced accuracy'])}"
+            if r.get("n with"):
+                numbers += (f"; {_num(r['accuracy with shortcut'])} (n={r['n with']}) / {_num(r['accuracy without'])} "
+                            f"(n={r['n without']})")
+        print(f"  {r['model']:<38} {r.get('dataset', ''):<16} shortcut verdict: {r['verdict']:<12}{numbers}")
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -240,9 +240,14 @@ TINY_INSPECTIONS = {
 }
 
 
-def tiny_pipeline_config(work: Path, inspections: bool = False) -> Path:
+#: a ``compare:`` model of :func:`tiny_pipeline_config`: the same training with another seed, one method
+TINY_COMPARE = [{"name": "seed1", "train": {"seed": 1}, "methods": ["grad_cam"]}]
+
+
+def tiny_pipeline_config(work: Path, inspections: bool = False, compare: bool = False) -> Path:
     """A run config of 24 synthetic 32 px images with every pipeline stage up to the report configured,
-    small and fast; with ``inspections`` the model-inspection stages too (:data:`TINY_INSPECTIONS`)."""
+    small and fast; with ``inspections`` the model-inspection stages too (:data:`TINY_INSPECTIONS`), with
+    ``compare`` a second model judged beside the first (:data:`TINY_COMPARE`)."""
     from conftest import write_tiny_run_config
 
     return write_tiny_run_config(
@@ -252,7 +257,7 @@ def tiny_pipeline_config(work: Path, inspections: bool = False) -> Path:
         studies={"dataset": "syn", "cv": {"folds": 2, "classifiers": ["logistic_regression"]},
                  "feature_sets": {"texture": ["glcm"]},
                  "reduction": {"feature_sets": ["texture"], "methods": ["pca"], "classifier": "logistic_regression"}},
-        **(TINY_INSPECTIONS if inspections else {}))
+        **(TINY_INSPECTIONS if inspections else {}), **({"compare": TINY_COMPARE} if compare else {}))
 
 
 @pytest.fixture(scope="session")

@@ -204,8 +204,10 @@ def test_pipeline_parameters_are_a_typed_form():
 def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_path):
     from flows.pipeline import STAGES, PipelineParams, pipeline_flow
     from xaiflow import store
+    from xaiflow.saliency import METHOD, open_saliency
 
-    config = tiny_pipeline_config(tmp_path)  # every stage up to the report (the e2e deployment runs the inspections)
+    # every stage up to the report (the e2e deployment runs the inspections), and a compare: model
+    config = tiny_pipeline_config(tmp_path, compare=True)
     ws = str(tmp_path / "ws.zarr")
     params = PipelineParams(config_path=str(config), workspace=ws, cluster="threads", device="cpu",
                             metrics=["sparseness", "entropy"], report_out=str(tmp_path / "report"))
@@ -214,12 +216,18 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     inspections = ("uncertainty", "concepts", "importance", "probes", "adversarial")
     assert [(r["stage"], r["status"]) for r in first["stages"]] == [
         (s, "skipped (no config section)" if s in inspections else "done") for s in STAGES]
-    model = first["results"]["train"][0]["model_id"]
+    model, other = (r["model_id"] for r in first["results"]["train"])  # the train: model, then the compare: one
     for group in ("images/syn", f"predictions/syn/{model}", "features/syn/glcm", "studies/syn/reduction",
-                  f"saliency/syn/{model}", f"metrics/syn/{model}"):
+                  f"saliency/syn/{model}", f"metrics/syn/{model}", f"predictions/syn/{other}", f"saliency/syn/{other}"):
         assert store.group_exists(ws, group), group
+    assert not store.group_exists(ws, f"metrics/syn/{other}")  # metrics: the first model only
+    assert list(open_saliency(ws, "syn", other)[METHOD].values) == ["grad_cam"]  # its own methods
     report = first["results"]["report"]
     assert Path(report["report"]).is_file() and report["figures"] and report["verdict"]
+    assert [r["model"] for r in report["comparison"]] == [model, other]
+    assert (Path(report["report"]).parent / "comparison.json").is_file()
+    row = {r["stage"]: r for r in first["stages"]}["report"]["result"]
+    assert all(f"{r['model']}: shortcut verdict: {r['verdict']}" in row for r in report["comparison"])
     assert all(Path(f).parent == tmp_path / "report" for f in report["figures"])
     arts = _artifacts(state.state_details.flow_run_id)
     (stages,) = [a for a in arts["table"] if a["key"] == "pipeline-stages"]
@@ -229,9 +237,30 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     assert f"{model} test balanced accuracy" in summary["data"] and "saliency sparseness" in summary["data"]
 
     again = pipeline_flow(params)["results"]
-    assert again["ingest"][0]["status"] == "up-to-date" and again["train"][0]["reused"]
-    assert again["predict"][0]["reused"]
-    assert again["attribute"]["chunks_run"] == 0 and again["evaluate"]["chunks_run"] == 0
+    assert again["ingest"][0]["status"] == "up-to-date" and all(r["reused"] for r in again["train"] + again["predict"])
+    assert again["attribute"]["chunks_run"] == 0 and again["attribute"]["compared"][0]["chunks_run"] == 0
+    assert again["evaluate"]["chunks_run"] == 0
+
+
+def test_compare_models_change_the_train_section(tmp_path):
+    """`compare:` entries are the `train:` section with changes (nested keys merged), each a run config of its
+    own whose `{train: this}` is that model, explained with its own methods."""
+    from xaiflow.config import ConfigError, load_config
+
+    run = load_config(tiny_pipeline_config(tmp_path, compare=True))
+    (other,) = run.compared()
+    assert other.train == run.train.model_copy(update={"seed": 1})
+    assert [m.name for m in other.attribution.methods] == ["grad_cam"] and other.attribution.model is None
+    assert other.features is None and other.compare == []
+    data = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    data["compare"] = [{"name": "x", "train": {"augment": {"flips": False}}}, {"name": "x", "train": {}}]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="compare names must be unique"):
+        load_config(tmp_path / "run.yaml")
+    data["compare"] = data["compare"][:1]
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    (flips_off,) = load_config(tmp_path / "run.yaml").compared()
+    assert not flips_off.train.augment.flips and flips_off.train.augment.rot90  # one nested key changed
 
 
 def test_pipeline_failure_names_the_stage_in_its_table(prefect_harness, tmp_path):

@@ -8,7 +8,14 @@ chance level), and what to do next. It opens the HTML report and is printed by
 
 from __future__ import annotations
 
-from xaiflow.shortcut import INCONCLUSIVE, SHORTCUT, STRUCTURE, ShortcutReport
+from xaiflow.shortcut import (
+    INCONCLUSIVE,
+    SHORTCUT,
+    STRUCTURE,
+    ShortcutReport,
+    collapses,
+    follows,
+)
 
 
 def _pct(v: float) -> str:
@@ -27,16 +34,18 @@ def _swap_sentence(rep: ShortcutReport, suspect: str) -> str | None:
     for key, what in (("follow_donor", "the donor image's class"), ("follow_donor_prediction",
                                                                    "the class the model gives the donor image")):
         f = swap[key]
-        if f["n"] >= th["min_pairs"] and f["excess_ci"][0] >= th["follow_margin"]:
+        if follows(f, th):
             return (f"The model's predictions follow the content of the {suspect}: pasting the {suspect} of an image "
                     f"of another class into an image changes the prediction to {what} in {_pct(f['rate'])} "
-                    f"(95% CI {_pct(f['ci'][0])}-{_pct(f['ci'][1])}) of {f['n']} swaps, where chance would give "
-                    f"{_pct(f['chance'])}.")
-    if swap["collapse"] >= th["swap_collapse"]:
+                    f"(95% CI {_pct(f['ci'][0])}-{_pct(f['ci'][1])}) of {f['n']} swaps, against "
+                    f"{_pct(f['chance'])} for the unedited images and {_pct(f['reference'])} with the {suspect} of "
+                    "a random image.")
+    if collapses(swap, th):
         c = swap["conditions"]
         return (f"The model's predictions depend on the content of the {suspect}: with the {suspect} of an image of "
                 f"another class pasted in, its balanced accuracy falls from {c['original']['balanced_accuracy']:.2f} "
-                f"to {c['swap']['balanced_accuracy']:.2f}.")
+                f"to {c['swap']['balanced_accuracy']:.2f} (with that of a random image, to "
+                f"{c['random_image']['balanced_accuracy']:.2f}).")
     return None
 
 
@@ -63,7 +72,8 @@ def _masks(rep: ShortcutReport) -> str:
         if swap and swap.get("n_pairs"):
             f = swap["follow_donor"]
             extra = (f" Swapping the {suspect} between images of different classes changes little: the prediction "
-                     f"follows the donor's class in {_pct(f['rate'])} of {f['n']} swaps (chance {_pct(f['chance'])}).")
+                     f"follows the donor's class in {_pct(f['rate'])} of {f['n']} swaps (unedited images "
+                     f"{_pct(f['chance'])}).")
         return (f"The model relies on the {evidence}: removing those regions lowers its balanced accuracy from "
                 f"{rep.balanced_accuracy:.2f} by {drops.get('structure', float('nan')):.2f}.{extra} Next: check on "
                 "held-out images whether its maps point at the same regions an expert would (`xaiflow evaluate`, "

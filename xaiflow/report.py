@@ -189,17 +189,18 @@ def _swap_html(swap: dict[str, Any], suspect: str) -> str:
                                                                           v["balanced_accuracy_ci"]),
                    "accuracy": v["accuracy"]} for k, v in swap["conditions"].items()]
     rates = [{"prediction after the swap is": label, "n": f["n"], "rate [95% CI]": _ci(f["rate"], f["ci"]),
-              "chance": f["chance"], "excess over chance [95% CI]": _ci(f["excess"], f["excess_ci"]),
+              "unedited images": f["chance"], "excess over unedited [95% CI]": _ci(f["excess"], f["excess_ci"]),
               "with random content": _ci(f["reference"], f["reference_ci"])}
              for label, f in (("the donor's class", swap["follow_donor"]),
-                              ("the donor's prediction (pairs predicted differently)",
+                              ("the donor's (unedited) prediction",
                                swap["follow_donor_prediction"]))]
     pairs = ", ".join(f"{k}: {v}" for k, v in swap["class_pairs"].items())
     return ("<h3>Content swap</h3><p class='note'>The suspect region of each image (the union with the donor's) "
             f"is filled with a donor's pixels; {swap['n_pairs']} pairs ({swap['per_sample']} per image, seed "
             f"{swap['seed']}), donors of a different class, balanced over class pairs (recipient-&gt;donor: "
-            f"{html.escape(pairs)}). Chance: the rate expected if the prediction did not depend "
-            f"on the donor. Intervals: bootstrap over pairs ({swap['n_boot']} draws).</p>"
+            f"{html.escape(pairs)}). Unedited images: the same rate for the recipient's own prediction on the "
+            f"same pairs; the excess over it is paired per pair. Intervals: bootstrap over pairs "
+            f"({swap['n_boot']} draws).</p>"
             + _table(conditions) + _table(rates))
 
 

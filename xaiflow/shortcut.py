@@ -22,7 +22,8 @@ does not pass for a learned model:
 * *content swap* (:func:`content_swap`): the suspect region's *content* pasted from an image of
   another class (seeded pairs balanced over class pairs), against content from a random image
   and noise: how often the prediction follows the donor's class (and the donor's prediction),
-  against the chance level of a prediction that ignores the donor, with bootstrap intervals.
+  against how often the unedited image's prediction already is that (paired, per pair) and
+  against random content, with bootstrap intervals.
   It catches what moving cannot: a fixed data bar whose text or scale-bar length encodes the
   class;
 * *metadata split*: balanced accuracy on samples with and without the shortcut when a
@@ -107,10 +108,11 @@ class Thresholds:
     ablation_negligible: float = 0.05
     #: balanced accuracy with the shortcut minus without it that counts as reliance on it
     split_gap: float = 0.3
-    #: content swap: the lower end of the 95% interval of a follow-donor rate minus its chance level
-    #: (the rate expected when the prediction does not depend on the donor) must be at least this
+    #: content swap: the lower end of the 95% interval of a follow-donor rate minus the same rate of the
+    #: unedited images on the same pairs must be at least this (and the rate must beat random content)
     follow_margin: float = 0.1
-    #: content swap: balanced accuracy lost when the suspect region holds another class's content
+    #: content swap: balanced accuracy lost when the suspect region holds another class's content (the loss
+    #: must also exceed the loss with a random image's content, 95% interval of the difference above 0)
     swap_collapse: float = 0.3
     #: content swap: pairs needed for a follow-donor rate to decide
     min_pairs: int = 10
@@ -192,17 +194,19 @@ def model_dataset(workspace: str | os.PathLike[str], model_id: str) -> str:
     return str(trained_model(workspace, model_id).dataset)
 
 
-def predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str) -> np.ndarray:
+def predictions(workspace: str | os.PathLike[str], model_id: str, dataset: str,
+                device: torch.device | str = "cpu") -> np.ndarray:
     """Predicted class index per sample of ``dataset``: the stored predictions group when it was
-    made by this checkpoint from these images, else computed here (one forward pass per image)."""
+    made by this checkpoint from these images, else computed here on ``device`` (one forward pass
+    per image)."""
     entry = ModelCatalog(workspace).get(model_id)
     group = current_predictions(workspace, entry, dataset)
     if group is not None:
         return np.asarray(store.open_group(workspace, group)["predicted"].values, np.int64)
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))[schema.IMAGE]
-    model = entry.load()
+    model = entry.load(device)
     with torch.no_grad():
-        return np.concatenate([predict_logits(model, images[s:s + 64].values, torch.device("cpu")).argmax(1)
+        return np.concatenate([predict_logits(model, images[s:s + 64].values, torch.device(device)).argmax(1)
                                for s in range(0, images.shape[0], 64)]).astype(np.int64)
 
 
@@ -347,19 +351,22 @@ class _Masks:
         return max(1, min(BATCH, BATCH_BYTES // (4 * pixels)))
 
 
-def _predict(model: torch.nn.Module, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Predicted classes of float images stored as ``dtype`` (rounded and clipped to its range)."""
+def _predict(model: torch.nn.Module, x: np.ndarray, dtype: np.dtype, device: torch.device | str = "cpu") -> np.ndarray:
+    """Predicted classes of float images stored as ``dtype`` (rounded and clipped to its range), by
+    ``model`` on ``device`` (where the model is)."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         x = np.clip(np.rint(x), info.min, info.max)
     with torch.no_grad():
-        return predict_logits(model, x.astype(dtype), torch.device("cpu")).argmax(1).astype(np.int64)
+        return predict_logits(model, x.astype(dtype), torch.device(device)).argmax(1).astype(np.int64)
 
 
 def _ablated_accuracy(model: torch.nn.Module, data: _Masks, labels: np.ndarray,
-                      edits: dict[str, tuple[str, list[tuple | None]]]) -> dict[str, dict[str, Any]]:
-    """Accuracy and balanced accuracy of the model on the images and on each edit: ``name -> (region,
-    mirrors)``; each mirror (or None: removal only) is one edited copy of every image, scores averaged."""
+                      edits: dict[str, tuple[str, list[tuple | None]]],
+                      device: torch.device | str = "cpu") -> dict[str, dict[str, Any]]:
+    """Accuracy and balanced accuracy of the model (on ``device``) on the images and on each edit:
+    ``name -> (region, mirrors)``; each mirror (or None: removal only) is one edited copy of every
+    image, scores averaged."""
     out: dict[str, dict[str, Any]] = {}
     dtype = data.images.dtype
     for name, (region, mirrors) in {"original": ("", [None]), **edits}.items():
@@ -370,7 +377,7 @@ def _ablated_accuracy(model: torch.nn.Module, data: _Masks, labels: np.ndarray,
                 x, r = data.read(idx)
                 if region:
                     x = np.stack([_edited(x[i], r[region][i], r["background"][i], mirror) for i in range(len(x))])
-                preds.append(_predict(model, x, dtype))
+                preds.append(_predict(model, x, dtype, device))
             p = np.concatenate(preds)
             first = p if first is None else first
             accs.append(float((p == labels).mean()))
@@ -434,7 +441,7 @@ def _balanced_rows(y: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, original: np.ndarray, n_classes: int,
                  present: np.ndarray, *, names: Sequence[str] | None = None, per_sample: int = 2, seed: int = 0,
-                 n_boot: int = 1000, max_pairs: int = 4000) -> dict[str, Any]:
+                 n_boot: int = 1000, max_pairs: int = 4000, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Does the prediction follow the *content* of the suspect region?
 
     For each (recipient, donor) pair of :func:`swap_pairs` the recipient's suspect region (the union
@@ -442,22 +449,23 @@ def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, origi
     with the donor's pixels (``swap``); as references, the same region is filled from a random
     other image of any class (``random_image``, with that image's region in the union instead) and
     with Gaussian noise of the mean and std of the donor's pixels there (``noise``). Reported:
-    balanced accuracy and accuracy against the recipients' labels for each condition; the
-    *follow-donor rate* (prediction after the swap = the donor's class) and the
-    *follow-donor-prediction rate* (the swapped image gets the prediction the model gave the
-    donor, over pairs whose original predictions differ: it detects a model that reads the region
-    even where the region does not carry the labels' class, e.g. a shortcut random in the test
-    split). Each has its chance level, the rate expected if the swapped prediction did not depend
-    on the donor (per pair: a prediction other than the recipient's class hits the donor's class
-    with probability 1/(classes-1), donor classes being uniform; it hits the donor's prediction
-    with the share of donors, drawn as the pairs draw them, that the model predicts so), the
-    excess over it, and as a reference the same rate for ``random_image``, whose content owes
-    nothing to the donor. Intervals: seeded bootstrap over pairs, 95%. ``original``: the
-    predictions on the unedited images; ``present``: which samples have suspect pixels (pairs
-    whose region is empty in both images change nothing and are left out); ``names``: class
-    names for the counts of class pairs;
+    balanced accuracy and accuracy against the recipients' labels for each condition, and the
+    drop of balanced accuracy under the swap (``collapse``) beside the drop with random content
+    (``reference_drop``), with a paired interval of their difference; the *follow-donor rate*
+    (prediction after the swap = the donor's class) and the *follow-donor-prediction rate* (the
+    swapped image gets the prediction the model gave the unedited donor: it detects a model that
+    reads the region even where the region does not carry the labels' class, e.g. a shortcut
+    random in the test split). Each rate is measured against the unedited images on the same
+    pairs (``chance``: how often the recipient's own prediction already is the donor's class, or
+    the donor's prediction), so a swap that changes no prediction has no excess whatever classes
+    the judged samples cover; the excess is the per-pair difference, with a paired bootstrap
+    interval. As a reference the same rate for ``random_image``, whose content owes nothing to
+    the donor, with the paired interval of the swap's rate minus it. Intervals: seeded bootstrap
+    over pairs, 95%. ``original``: the predictions on the unedited images; ``present``: which
+    samples have suspect pixels (pairs whose region is empty in both images change nothing and
+    are left out); ``names``: class names for the counts of class pairs (``n_classes`` of them);
     at most ``max_pairs`` pairs (a seeded subset) bound the time, and images are read and
-    predicted a batch of pairs at a time (:attr:`_Masks.batch_size`).
+    predicted (by ``model`` on ``device``) a batch of pairs at a time (:attr:`_Masks.batch_size`).
     """
     rng = np.random.default_rng(seed)
     rec, don = swap_pairs(labels, per_sample, rng)
@@ -482,9 +490,9 @@ def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, origi
         mean = (xd * region_d).sum((1, 2), keepdims=True) / count
         std = np.sqrt((((xd - mean) ** 2) * region_d).sum((1, 2), keepdims=True) / count)
         noise = mean + std * rng.standard_normal(x_rec.shape).astype(np.float32)
-        preds["swap"].append(_predict(model, np.where(region_d, xd, x_rec), dtype))
-        preds["random_image"].append(_predict(model, np.where(region_o, xo, x_rec), dtype))
-        preds["noise"].append(_predict(model, np.where(region_d, noise, x_rec), dtype))
+        preds["swap"].append(_predict(model, np.where(region_d, xd, x_rec), dtype, device))
+        preds["random_image"].append(_predict(model, np.where(region_o, xo, x_rec), dtype, device))
+        preds["noise"].append(_predict(model, np.where(region_d, noise, x_rec), dtype, device))
     p = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in preds.items()}
     p["original"] = original[rec]
     y, yd = labels[rec], labels[don]
@@ -497,40 +505,27 @@ def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, origi
                                                               len(y), boot, n_boot),
                             "accuracy": float((q == y).mean()) if len(y) else float("nan")}
 
-    def follow(hit: np.ndarray, level: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-        """Rate of ``hit`` with its interval, its chance level (mean of the per-pair ``level``) and the
-        excess over it with its interval, and the ``reference`` rate (random content)."""
+    def follow(hit: np.ndarray, unedited: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        """Rate of ``hit`` with its interval, against the same event on the unedited images
+        (``chance``) and on random content (``reference``): means and paired intervals of the differences."""
         n = len(hit)
 
         def mean(v: np.ndarray) -> float:
             return float(v.mean()) if len(v) else float("nan")
 
-        excess = hit - level
-        return {"rate": mean(hit), "n": n, "ci": _interval(lambda i: hit[i].mean(1), n, boot, n_boot),
-                "chance": mean(level), "excess": mean(excess),
-                "excess_ci": _interval(lambda i: excess[i].mean(1), n, boot, n_boot),
-                "reference": mean(reference), "reference_ci": _interval(lambda i: reference[i].mean(1), n, boot, n_boot)}
+        def ci(v: np.ndarray) -> list[float]:
+            return _interval(lambda i: v[i].mean(1), n, boot, n_boot)
 
-    # chance: the rate expected when the swapped prediction does not depend on the donor. Donor classes
-    # are uniform over the recipient's other classes, so a prediction q hits the donor's class with
-    # probability [q != recipient class] / (classes - 1) (at most 1/(classes-1));
-    swap_hit = p["swap"] == yd
-    by_class = (p["swap"] != y) / max(n_classes - 1, 1)
-    out_class = follow(swap_hit, by_class, p["random_image"] == yd)
-    # for the donor's prediction, the share of donors drawn as the pairs draw them (a uniform other class,
-    # then a uniform member) that the model predicted as the swapped image is, among those predicted
-    # unlike the recipient (as in the pairs counted).
-    differ = original[don] != original[rec]
-    table = np.zeros((n_classes, n_classes))  # (label, predicted) shares of the judged samples per label
-    np.add.at(table, (labels, original), 1)
-    table /= np.maximum(table.sum(1, keepdims=True), 1)
-    r, q = rec[differ], p["swap"][differ]
-    pool = (table.sum(0)[None] - table[labels[r]]) / max(n_classes - 1, 1)
-    pool[np.arange(len(r)), original[r]] = 0
-    total = pool.sum(1)
-    by_pred = np.divide(pool[np.arange(len(q)), q], total, out=np.zeros(len(q)), where=total > 0)
-    d = don[differ]
-    out_pred = follow(q == original[d], by_pred, p["random_image"][differ] == original[d])
+        excess, over = hit.astype(float) - unedited, hit.astype(float) - reference
+        return {"rate": mean(hit), "n": n, "ci": ci(hit), "chance": mean(unedited), "excess": mean(excess),
+                "excess_ci": ci(excess), "reference": mean(reference), "reference_ci": ci(reference),
+                "over_reference": mean(over), "over_reference_ci": ci(over)}
+
+    # paired with the unedited predictions of the same kept pairs: a model whose prediction the swap does not
+    # change has no excess, whatever the mix of donor classes (judged samples of some classes only, pairs left out)
+    out_class = follow(p["swap"] == yd, p["original"] == yd, p["random_image"] == yd)
+    pd_don = original[don]
+    out_pred = follow(p["swap"] == pd_don, p["original"] == pd_don, p["random_image"] == pd_don)
     names = list(names) if names is not None else [str(i) for i in range(n_classes)]
     pairs: dict[str, int] = {}
     for a, b in zip(y, yd):
@@ -539,23 +534,37 @@ def content_swap(model: torch.nn.Module, data: _Masks, labels: np.ndarray, origi
     return {"n_pairs": len(rec), "per_sample": per_sample, "seed": seed, "n_boot": n_boot,
             "class_pairs": pairs, "conditions": conditions, "follow_donor": out_class,
             "follow_donor_prediction": out_pred,
-            "collapse": conditions["original"]["balanced_accuracy"] - conditions["swap"]["balanced_accuracy"]}
+            "collapse": conditions["original"]["balanced_accuracy"] - conditions["swap"]["balanced_accuracy"],
+            "reference_drop": (conditions["original"]["balanced_accuracy"]
+                               - conditions["random_image"]["balanced_accuracy"]),
+            "collapse_over_reference_ci": _interval(
+                lambda i: _balanced_rows(y[i], p["random_image"][i]) - _balanced_rows(y[i], p["swap"][i]),
+                len(y), boot, n_boot)}
 
 
 def _pct(v: float) -> str:
     return f"{100 * v:.0f}%"
 
 
-def _follows(f: dict[str, Any], th: Thresholds) -> bool:
-    """A follow-donor rate decides when it has enough pairs and the 95% interval of its excess over
-    chance lies above the margin."""
-    return f["n"] >= th.min_pairs and f["excess_ci"][0] >= th.follow_margin
+def follows(f: Mapping[str, Any], th: Mapping[str, Any]) -> bool:
+    """A follow-donor rate (of :func:`content_swap`) decides when it has at least ``min_pairs`` pairs,
+    the 95% interval of its excess over the unedited images lies above ``follow_margin``, and that of
+    its excess over random content above 0 (``th``: :class:`Thresholds` as a dict)."""
+    return (f["n"] >= th["min_pairs"] and f["excess_ci"][0] >= th["follow_margin"]
+            and f["over_reference_ci"][0] > 0)
+
+
+def collapses(swap: Mapping[str, Any], th: Mapping[str, Any]) -> bool:
+    """The swap's loss of balanced accuracy decides when it is at least ``swap_collapse`` and the 95%
+    interval of its excess over the loss with random content lies above 0: a region that breaks the
+    model under any pasted content is not read for its class."""
+    return swap["collapse"] >= th["swap_collapse"] and swap["collapse_over_reference_ci"][0] > 0
 
 
 def describe_follow(f: dict[str, Any], what: str) -> str:
-    """e.g. ``the prediction follows the donor's class in 83% (95% CI 76-89%) of 120 swaps (chance 45%...)``."""
+    """e.g. ``the prediction follows the donor's class in 83% (95% CI 76-89%) of 120 swaps (unedited 4%...)``."""
     return (f"the prediction follows the donor's {what} in {_pct(f['rate'])} (95% CI {_pct(f['ci'][0])}-"
-            f"{_pct(f['ci'][1])}) of {f['n']} swaps (chance {_pct(f['chance'])}, excess 95% CI "
+            f"{_pct(f['ci'][1])}) of {f['n']} swaps (unedited images {_pct(f['chance'])}, excess 95% CI "
             f"{100 * f['excess_ci'][0]:+.0f} to {100 * f['excess_ci'][1]:+.0f} points; with content from a random "
             f"image instead {_pct(f['reference'])})")
 
@@ -566,8 +575,9 @@ def decide_masks(original: dict[str, float], drops: dict[str, float], split: dic
     """The verdict of the mask tests, on balanced accuracy (``original``: its accuracy and balanced
     accuracy; ``drops``: balanced accuracy lost per edit: ``structure`` (evidence removed),
     ``shortcut_moved`` (suspect mirrored); ``split``: the has_shortcut comparison; ``swap``: the
-    content swap). "shortcut" when the swap's predictions follow the donor, the swap collapses
-    balanced accuracy, the has_shortcut split shows a gap, or (for a model above chance) moving
+    content swap). "shortcut" when the swap's predictions follow the donor (:func:`follows`), the
+    swap collapses balanced accuracy more than random content does (:func:`collapses`), the
+    has_shortcut split shows a gap, or (for a model above chance) moving
     the suspect region costs accuracy: the near-chance rule does not hide a model that follows
     the suspect region where it is uninformative. Then near chance -> "inconclusive"; then
     "structure" when removing the evidence costs accuracy and the suspect region is not needed."""
@@ -576,15 +586,17 @@ def decide_masks(original: dict[str, float], drops: dict[str, float], split: dic
     above = bal >= chance + th.above_chance
     signals: list[str] = []
     if swap.get("n_pairs"):
+        limits = asdict(th)
         for key, what in (("follow_donor", "class"), ("follow_donor_prediction", "prediction")):
-            if _follows(swap[key], th):
+            if follows(swap[key], limits):
                 signals.append(f"swapping the {suspect} content between images of different classes: "
                                + describe_follow(swap[key], what))
-        if swap["collapse"] >= th.swap_collapse:
+        if collapses(swap, limits):
             c = swap["conditions"]
             signals.append(f"with another class's {suspect} content, balanced accuracy falls from "
                            f"{c['original']['balanced_accuracy']:.2f} to {c['swap']['balanced_accuracy']:.2f} "
-                           f"(drop {swap['collapse']:.2f} >= {th.swap_collapse})")
+                           f"(drop {swap['collapse']:.2f} >= {th.swap_collapse}; with a random image's content "
+                           f"{swap['reference_drop']:.2f})")
     gap = split.get("gap", float("nan")) if split.get("usable") else float("nan")
     if gap >= th.split_gap:
         signals.append(f"balanced accuracy {split['balanced_accuracy_with']:.2f} on images with the shortcut vs "
@@ -617,7 +629,8 @@ def decide_masks(original: dict[str, float], drops: dict[str, float], split: dic
 
 def _mask_report(workspace: str, dataset: str, entry: ModelEntry, ds: xr.Dataset, th: Thresholds,
                  evidence: Selection | None, suspect: Selection | None, pairs_per_sample: int,
-                 seed: int) -> ShortcutReport:
+                 seed: int, device: torch.device | str) -> tuple[ShortcutReport, list[str]]:
+    """The mask report on the explained samples ``ds`` with a mask, and the ids of those judged samples."""
     masks = store.open_group(workspace, schema.group_path(schema.MASKS, dataset))
     mask_classes = [str(c) for c in masks.attrs[schema.ATTR_MASK_CLASSES]]
     idx = pd.Index(store.strings(masks[schema.SAMPLE].values)).get_indexer(store.strings(ds[schema.SAMPLE].values))
@@ -656,8 +669,8 @@ def _mask_report(workspace: str, dataset: str, entry: ModelEntry, ds: xr.Dataset
     if has_suspect.any():
         edits["shortcut"] = ("suspect", [None])
         edits["shortcut_moved"] = ("suspect", list(_MIRRORS.values()))
-    model = entry.load()
-    abl = _ablated_accuracy(model, data, labels, edits)
+    model = entry.load(device)
+    abl = _ablated_accuracy(model, data, labels, edits, device)
     pred = abl["original"].pop("predicted")
     for v in abl.values():
         v.pop("predicted", None)
@@ -667,7 +680,7 @@ def _mask_report(workspace: str, dataset: str, entry: ModelEntry, ds: xr.Dataset
                 "chance": chance}
     swap = content_swap(model, data, labels, pred, n_classes, has_suspect,
                         names=ds.attrs.get(schema.ATTR_CLASSES), per_sample=pairs_per_sample,
-                        seed=seed) if has_suspect.any() else {}
+                        seed=seed, device=device) if has_suspect.any() else {}
 
     split: dict[str, Any] = {}
     if "has_shortcut" in ds.coords:
@@ -700,7 +713,8 @@ def _mask_report(workspace: str, dataset: str, entry: ModelEntry, ds: xr.Dataset
                           reasons=notes + reasons, n_samples=len(labels), accuracy=original["accuracy"],
                           balanced_accuracy=original["balanced_accuracy"], chance=chance, thresholds=asdict(th),
                           evidence=list(ev.all_classes()), suspect=list(su.all_classes()), mask_mass=mass_rows,
-                          ablation=ablation, content_swap=swap, shortcut_split=split)
+                          ablation=ablation, content_swap=swap,
+                          shortcut_split=split), list(store.strings(ds[schema.SAMPLE].values))
 
 
 # ----------------------------------------------------------------------------- without masks
@@ -744,9 +758,11 @@ def _concentration_by_bin(ds: xr.Dataset, bins: np.ndarray, order: list[str]) ->
 
 
 def metadata_dependence(workspace: str | os.PathLike[str], model_id: str, dataset: str, by: str = schema.UM_PER_PX,
-                        bins: list[float] | None = None, split: str = "test") -> dict[str, Any]:
+                        bins: list[float] | None = None, split: str = "test",
+                        device: torch.device | str = "cpu") -> dict[str, Any]:
     """Accuracy against the metadata ``by`` (binned): per-bin accuracy and class mix, the
-    scale-only baseline, Cramer's V of bin with label and with prediction (see the module doc)."""
+    scale-only baseline, Cramer's V of bin with label and with prediction (see the module doc);
+    predictions not stored are computed on ``device``."""
     images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
     if by not in images.coords:
         raise ShortcutError(f"images/{dataset}: no coordinate {by!r}; coordinates: {sorted(map(str, images.coords))}")
@@ -757,7 +773,7 @@ def metadata_dependence(workspace: str | os.PathLike[str], model_id: str, datase
     ev = splits == split
     if not ev.any():
         raise ShortcutError(f"images/{dataset}: no sample in split {split!r}")
-    pred = predictions(workspace, model_id, dataset)
+    pred = predictions(workspace, model_id, dataset, device)
     edges = bins or default_bins(x)
     cut = pd.cut(x, bins=edges, include_lowest=True)
     labels = np.array([str(c) if isinstance(c, pd.Interval) else "" for c in cut], object)
@@ -781,8 +797,9 @@ def metadata_dependence(workspace: str | os.PathLike[str], model_id: str, datase
 
 
 def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset | None, th: Thresholds, by: str,
-                     bins: list[float] | None, split: str, compare_model: str | None) -> ShortcutReport:
-    meta = metadata_dependence(workspace, model_id, dataset, by, bins, split)
+                     bins: list[float] | None, split: str, compare_model: str | None,
+                     device: torch.device | str) -> ShortcutReport:
+    meta = metadata_dependence(workspace, model_id, dataset, by, bins, split, device)
     sample_bins = meta.pop("_sample_bins")
     if ds is not None:
         ids = store.strings(ds[schema.SAMPLE].values)
@@ -791,7 +808,7 @@ def _metadata_report(workspace: str, dataset: str, model_id: str, ds: xr.Dataset
     compare: dict[str, Any] = {}
     if compare_model:
         cds = model_dataset(workspace, compare_model)
-        other = metadata_dependence(workspace, compare_model, cds, by, meta["bins"], split)
+        other = metadata_dependence(workspace, compare_model, cds, by, meta["bins"], split, device)
         other.pop("_sample_bins")
         compare = {"model_id": compare_model, "dataset": cds, **other}
     bal, chance = meta["balanced_accuracy"], 1.0 / meta["n_classes"]
@@ -883,7 +900,8 @@ def overlap_warning(overlap: dict[str, int], n: int, model_id: str) -> str | Non
 def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: str | None = None, *,
                     compare_model: str | None = None, by: str | None = None, bins: list[float] | None = None,
                     split: str = "test", evidence: Selection | None = None, suspect: Selection | None = None,
-                    pairs_per_sample: int = 2, seed: int = 0, thresholds: Thresholds | None = None) -> ShortcutReport:
+                    pairs_per_sample: int = 2, seed: int = 0, thresholds: Thresholds | None = None,
+                    device: torch.device | str = "cpu") -> ShortcutReport:
     """Shortcut verdict for ``model_id`` on ``dataset`` (default: its training dataset).
 
     With ``masks/<dataset>``: mask mass, ablation of the ``evidence`` mask classes, moves and a
@@ -891,8 +909,9 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
     sample, ``seed``) and the ``has_shortcut`` split, over the samples with maps for every method.
     Without: metadata dependence on ``split`` (and ``compare_model``); ``by`` defaults to
     ``source_um_per_px`` (the original image's pixel size, the same for a model trained on
-    resampled images) when recorded, else ``um_per_px``. Judged samples the model was trained or
-    validated on are counted in ``training_overlap`` and named in ``warnings``.
+    resampled images) when recorded, else ``um_per_px``. Judged samples (those ``n_samples``
+    counts) the model was trained or validated on are counted in ``training_overlap`` and named in
+    ``warnings``. The model runs on ``device`` (e.g. ``"cuda"``; the config's device).
     """
     workspace = str(workspace)
     th = thresholds or Thresholds()
@@ -910,12 +929,12 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
             raise ShortcutError(f"no saliency for dataset {dataset!r} and model {model_id!r}: the mask report needs "
                                 "maps; run `xaiflow attribute`")
         ds = _explained(workspace, dataset, model_id)
-        rep = _mask_report(workspace, dataset, entry, ds, th, evidence, suspect, pairs_per_sample, seed)
-        judged = store.strings(ds[schema.SAMPLE].values)
+        rep, judged = _mask_report(workspace, dataset, entry, ds, th, evidence, suspect, pairs_per_sample, seed,
+                                   device)
     else:
         try:
             ds = _explained(workspace, dataset, model_id) if has_maps else None
-            rep = _metadata_report(workspace, dataset, model_id, ds, th, by, bins, split, compare_model)
+            rep = _metadata_report(workspace, dataset, model_id, ds, th, by, bins, split, compare_model, device)
         except QueryError as e:
             raise ShortcutError(str(e)) from None
         images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))

@@ -11,6 +11,7 @@ from conftest import folder_config, write_folder_dataset, write_tiny_run_config
 
 import pytest
 import xaiflow
+import xarray as xr
 import yaml
 
 # the commands run in this process, without the per-call subprocess timeout they had before
@@ -69,8 +70,6 @@ def test_train_models_predict_commands(tmp_path):
     pred = run("predict", "-w", str(ws), "--model", model_id, "--dataset", "syn", "--cluster", "threads")
     assert pred.returncode == 0 and f"predictions/syn/{model_id}: 24 samples" in pred.stdout
     # plain xarray: split is a per-sample coordinate, not a dimension of its own
-    import xarray as xr
-
     p = xr.open_zarr(ws, group=f"predictions/syn/{model_id}", consolidated=False)
     assert p.split.dims == ("sample",) and set(p.dims) == {"sample", "class"}
     test = p.predicted.where((p.split == "test").compute(), drop=True)
@@ -95,6 +94,14 @@ def test_attribute_and_show_commands(tmp_path):
     model_id = res.stdout.split("saliency/syn/")[1].split(":")[0]
     again = run("attribute", str(config), "-w", str(ws), "--cluster", "threads")
     assert again.returncode == 0 and "0 chunk(s) computed" in again.stdout
+    assert "while training" not in res.stderr + again.stderr  # the test split only: no warning
+    (tmp_path / "all").mkdir()
+    everything = write_tiny_run_config(tmp_path / "all", attribution={"dataset": "syn", "methods": ["saliency"],
+                                                                      "device": "cpu", "splits": ["train", "test"]})
+    seen = run("attribute", str(everything), "-w", str(ws), "--cluster", "threads")
+    assert seen.returncode == 0, seen.stderr
+    n_train = int((xr.open_zarr(ws, group="images/syn", consolidated=False).split.values == "train").sum())
+    assert f"warning: {n_train} in its training split" in seen.stderr and "has seen them while training" in seen.stderr
     png = tmp_path / "grid.png"
     shown = run("show", "-w", str(ws), "-d", "syn", "-m", model_id, "-o", str(png))
     assert shown.returncode == 0, shown.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -40,6 +40,25 @@ def attribute(
                  "s/map (worker)": res.seconds.get(k, 0.0) / max(n, 1)} for k, n in res.maps_computed.items()]
         if rows:
             out.print(rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"]))
+        seen = _seen_in_training(workspace, acfg, cfg)
+        if seen:
+            console.print(f"[yellow]warning[/]: {seen}", highlight=False)
+
+
+def _seen_in_training(workspace: str, acfg: Any, run: Any) -> str | None:
+    """A warning when the explained samples include images the model was trained or early-stopped on."""
+    import numpy as np
+
+    from xaiflow import schema, store
+    from xaiflow.models.catalog import ModelCatalog
+    from xaiflow.shortcut import overlap_warning, training_overlap
+
+    entry = ModelCatalog(workspace).resolve(acfg.model, run=run, dataset=acfg.dataset)
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, acfg.dataset))
+    ids = store.strings(images[schema.SAMPLE].values)
+    if acfg.splits:
+        ids = ids[np.isin(store.strings(images[schema.SPLIT].values), list(acfg.splits))]
+    return overlap_warning(training_overlap(workspace, entry, acfg.dataset, list(ids)), len(ids), entry.model_id)
 
 
 def show(

@@ -14,9 +14,11 @@ from conftest import folder_config, write_folder_dataset
 from xaiflow import schema, store
 from xaiflow.config import parse_config
 from xaiflow.geometry import resample
-from xaiflow.ingest import IngestError, ingest_dataset
+from xaiflow.ingest import IngestError, WriteJob, ingest_dataset
+from xaiflow.jobs import run_job
+from xaiflow.runtime import TaskError
 from xaiflow.maskspec import has_mask
-from xaiflow.sources.base import Window
+from xaiflow.sources.base import SourceError, Window
 
 CLASSES = ["matrix", "carbide_network", "spheroidite", "widmanstatten"]
 WINDOW = Window(0, 8, 48, 48)  # 48x64 sources: the centred 48x48 square, resampled to 32x32
@@ -109,6 +111,42 @@ def test_masks_for_a_subset_one_summary_line(data, tmp_path, client, caplog):
     assert masks.has_mask.dtype == bool
     assert store.strings(masks.sample.values[flags]).tolist() == annotated
     assert not masks.mask.values[~flags].any() and masks.mask.values[flags].any()
+
+
+def test_has_mask_decided_at_planning_travels_with_a_resumed_write(tmp_path, client):
+    """An ingest killed after its first chunk; before the resume a flagged sample's mask file is removed
+    (an error naming it, not an all-zero mask under has_mask) and an unflagged sample's appears (it stays
+    without mask: has_mask is what the template said)."""
+    root = write_folder_dataset(tmp_path / "data", n_specimens=2, per_specimen=4)  # 8 images, chunks of 2
+    names = stems(root)
+    raw = {s: quadrants(i) for i, s in enumerate(names)}
+    save_masks(root, {s: raw[s] for s in names[:6]})
+    cfg = dataset(folder_config(root, "resume", chunk_size=2, source={"masks": {"dir": "masks", "classes": CLASSES}}))
+    ws = tmp_path / "ws.zarr"
+
+    def killed_after_one_chunk(job):
+        if isinstance(job, WriteJob):
+            job.run_chunk(job.chunks[0])
+            return None
+        return run_job(job, client=client)
+
+    ingest_dataset(cfg, ws, runner=killed_after_one_chunk)
+    (root / "masks" / f"{names[3]}.png").unlink()  # flagged, in a chunk not yet written
+    save_masks(root, {names[6]: raw[names[6]]})  # not flagged, in a chunk not yet written
+    with pytest.raises(TaskError, match=rf"1 of 3 write tasks failed.*mask file .*masks/{names[3]}.png: the mask of "
+                                        "sample 's0_3' .* was there when this ingest was planned and is missing now; "
+                                        "restore it") as e:
+        ingest_dataset(cfg, ws, client=client)
+    assert isinstance(e.value.__cause__, SourceError)
+    save_masks(root, {names[3]: raw[names[3]]})
+    assert ingest_dataset(cfg, ws, client=client).status == "resumed"
+    masks = store.open_group(ws, "masks/resume")
+    schema.validate_masks(masks, store.open_group(ws, "images/resume"), "masks/resume")
+    assert store.strings(masks.sample.values).tolist() == names
+    assert has_mask(masks).tolist() == [True] * 6 + [False] * 2
+    for i, s in enumerate(names[:6]):
+        np.testing.assert_array_equal(masks.mask.values[i], resample(raw[s], WINDOW, (32, 32), nearest=True), err_msg=s)
+    assert not masks.mask.values[6:].any()  # names[6]'s late mask is not content under has_mask False
 
 
 def test_undeclared_values_and_oversized_masks_are_refused_naming_the_file(tmp_path, client):

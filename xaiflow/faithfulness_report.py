@@ -9,7 +9,9 @@ pixels or regions in random orders, on the same images). This module reads
 * the mean over samples with a percentile-bootstrap 95% interval (:func:`bootstrap_mean`,
   resampling samples; seeded, so a report is reproducible), for each method and for the
   random order (per sample, the mean of the references stored with each method: they are
-  the same images and seeds);
+  the same images and seeds). Every number of a metric is taken over the same samples: those
+  finished for every method that has any (:func:`common_samples`), so a method whose run
+  stopped early is not compared on other images (intervals, ranks, the random row, the curves);
 * a flag where a method is **no better than random**: the bootstrap interval of its mean
   per-image difference from the random order (paired: the same image, so what all images
   share cancels) does not lie entirely on the better side of 0. The unpaired intervals of
@@ -135,6 +137,21 @@ def _interval(v: np.ndarray) -> Interval:
     return Interval(float(mean), float(lo), float(hi), len(v))
 
 
+def common_samples(finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From ``finite`` ``(sample, method)`` (a method's value and reference are there): the methods
+    with any sample, and the samples finished for every one of them (both boolean masks)."""
+    scored = finite.any(axis=0)
+    return finite[:, scored].all(axis=1) if scored.any() else np.zeros(len(finite), bool), scored
+
+
+def _scalars(ds: xr.Dataset, name: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``name`` and of its reference ``(sample, method)``, NaN where not done."""
+    scalars = [str(m) for m in store.strings(ds["metric"].values)]
+    done, value = np.asarray(ds["done"].values, bool), np.asarray(ds["value"].values, np.float64)
+    ki, kr = scalars.index(name), scalars.index(reference)
+    return np.where(done[:, :, ki], value[:, :, ki], np.nan), np.where(done[:, :, kr], value[:, :, kr], np.nan)
+
+
 def faithfulness_summary(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                          ds: xr.Dataset | None = None) -> list[FaithfulnessRow]:
     """Every method x every scalar with a random-order reference (module docstring); [] if none."""
@@ -144,19 +161,19 @@ def faithfulness_summary(workspace: str | os.PathLike[str], dataset: str, model_
     outputs = dict(ds.attrs.get("outputs", {}))
     scalars = [str(m) for m in store.strings(ds["metric"].values)]
     methods = [str(m) for m in store.strings(ds[METHOD].values)]
-    values = np.where(np.asarray(ds["done"].values, bool), np.asarray(ds["value"].values, np.float64), np.nan)
     rows: list[FaithfulnessRow] = []
     for name, reference in reference_pairs(outputs).items():
         higher = outputs[name].get("higher_is_better")
         if name not in scalars or reference not in scalars or higher is None:
             continue
-        ref_all = values[:, :, scalars.index(reference)]
+        v_all, r_all = _scalars(ds, name, reference)
+        common, scored = common_samples(np.isfinite(v_all) & np.isfinite(r_all))
+        if not common.any():
+            continue
         per_method = {}
-        for mi, method in enumerate(methods):
-            v, r = values[:, mi, scalars.index(name)], ref_all[:, mi]
-            ok = np.isfinite(v) & np.isfinite(r)
-            if ok.any():
-                per_method[method] = (_interval(v[ok]), _interval(r[ok]), _interval(v[ok] - r[ok]))
+        for mi in np.flatnonzero(scored):
+            v, r = v_all[common, mi], r_all[common, mi]
+            per_method[methods[mi]] = (_interval(v), _interval(r), _interval(v - r))
         flags = ranks_and_flags({m: (value, diff) for m, (value, _, diff) in per_method.items()}, bool(higher))
         for method, (rank, beats) in flags.items():
             value, random, diff = per_method[method]
@@ -174,18 +191,18 @@ def ranks_and_flags(intervals: dict[str, tuple[Interval, Interval]], higher: boo
             for method, (value, diff) in intervals.items()}
 
 
-def _random_row(ds: xr.Dataset, reference: str) -> Interval:
-    """The random order's interval over every sample scored (mean of the references stored per method)."""
-    scalars = [str(m) for m in store.strings(ds["metric"].values)]
-    ki = scalars.index(reference)
-    v = np.where(np.asarray(ds["done"].values[:, :, ki], bool), np.asarray(ds["value"].values[:, :, ki], float), np.nan)
-    seen = np.isfinite(v).any(axis=1)
-    return _interval(np.nanmean(v[seen], axis=1)) if seen.any() else Interval(np.nan, np.nan, np.nan, 0)
+def _random_row(ds: xr.Dataset, name: str, reference: str) -> Interval:
+    """The random order's interval over the samples the methods' rows use (:func:`common_samples`),
+    per sample the mean of the references stored with each method."""
+    v, r = _scalars(ds, name, reference)
+    common, scored = common_samples(np.isfinite(v) & np.isfinite(r))
+    return _interval(r[common][:, scored].mean(axis=1)) if common.any() else Interval(np.nan, np.nan, np.nan, 0)
 
 
 def curves_figure(ds: xr.Dataset, path: Path) -> Path | None:
     """One panel per curve with a random-order reference: each method's mean curve with its
-    bootstrap 95% band over samples, against the random order's band (grey); None if no curve."""
+    bootstrap 95% band over samples, against the random order's band (grey), all over the samples
+    finished for every method (:func:`common_samples`); None if no curve."""
     outputs = dict(ds.attrs.get("outputs", {}))
     pairs = {n: r for n, r in reference_pairs(outputs).items() if n in ds.data_vars and r in ds.data_vars}
     if not pairs:
@@ -204,16 +221,14 @@ def curves_figure(ds: xr.Dataset, path: Path) -> Path | None:
         x = np.asarray(ds[dim].values, float)
         curves = np.asarray(ds[name].values, np.float64)  # (sample, method, K)
         randoms = np.asarray(ds[reference].values, np.float64)
-        seen = np.isfinite(randoms).all(axis=2).any(axis=1)
-        if seen.any():
-            mean, lo, hi = bootstrap_mean(np.nanmean(randoms[seen], axis=1))
+        common, scored = common_samples(np.isfinite(curves).all(axis=2) & np.isfinite(randoms).all(axis=2))
+        if common.any():
+            mean, lo, hi = bootstrap_mean(randoms[common][:, scored].mean(axis=1))
             ax.fill_between(x, lo, hi, color="0.6", alpha=0.35, lw=0)
             ax.plot(x, mean, color="0.3", ls="--", lw=1.2, label="random order")
         for mi, method in enumerate(methods):
-            c = curves[:, mi]
-            c = c[np.isfinite(c).all(axis=1)]
-            if len(c):
-                mean, lo, hi = bootstrap_mean(c)
+            if common.any() and scored[mi]:
+                mean, lo, hi = bootstrap_mean(curves[common, mi])
                 ax.fill_between(x, lo, hi, color=colors[mi], alpha=0.2, lw=0)
                 ax.plot(x, mean, color=colors[mi], lw=1.4, label=method)
         ax.set_title(name, fontsize=9)
@@ -257,7 +272,8 @@ def _html_table(rows: list[FaithfulnessRow], randoms: dict[str, Interval]) -> st
                 + "".join(f"<td><i>{_cell(randoms[m])}</i></td>" for m in metrics) + "</tr>")
     n = max(r.value.n for r in rows)
     return (f"<table><tr>{head}</tr>{''.join(body)}</table>"
-            f"<p class='note'>Mean over samples [bootstrap 95% interval], n ≤ {n}; ↑/↓: higher/lower is better. "
+            f"<p class='note'>Mean over samples [bootstrap 95% interval], n ≤ {n} (per metric, the samples "
+            "scored for every method); ↑/↓: higher/lower is better. "
             "#k: rank among the methods (1 + the methods whose interval lies entirely on the better side; "
             "overlapping intervals share a rank). “vs random”: mean per-image difference from the random order "
             "(the same images with pixels or regions removed in random orders) [bootstrap 95% interval]. Grey, "
@@ -295,7 +311,7 @@ def faithfulness_section(workspace: str | os.PathLike[str], dataset: str, model_
         return "", set()
     pairs = reference_pairs(dict(ds.attrs.get("outputs", {})))
     shown = {r.metric for r in rows}
-    randoms = {m: _random_row(ds, pairs[m]) for m in shown}
+    randoms = {m: _random_row(ds, m, pairs[m]) for m in shown}
     parts = ["<h3>Faithfulness against random orders</h3>", _INTRO, _html_table(rows, randoms)]
     figure = curves_figure(ds.load(), folder / FIGURE)
     if figure is not None:

@@ -12,9 +12,13 @@ Ingestion runs in three steps, each safe to interrupt, the last two as chunked j
    samples, or per chunk in a group without shards: :mod:`xaiflow.layout`) into a template
    created up front, each task writing its own shard-aligned region and then its samples'
    ``done`` flags. The group is marked ``complete`` only at the end, so a failed ingest never
-   looks complete, and re-running the same config resumes the missing chunks. A finished
-   ingest with the same config is a no-op; a different config for an existing dataset is
-   refused unless ``overwrite``.
+   looks complete, and re-running the same config resumes the missing chunks. Which samples
+   have a mask (``has_mask``) is decided once, when the template is made, and travels with
+   the write tasks: a mask that was there then and is missing when its chunk is written is an
+   error naming the file (never an all-zero mask passing for an annotation); a mask that
+   appeared since is not read (the sample stays without mask until a re-ingest with
+   ``overwrite``). A finished ingest with the same config is a no-op; a different config for
+   an existing dataset is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from xaiflow.errors import XaiflowError
 from xaiflow.geometry import convert_dtype, plan_window, resample
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
 from xaiflow.locks import group_lock
+from xaiflow.maskspec import has_mask
 from xaiflow.runtime import ProgressFn
 from xaiflow.sources.base import SOURCES, ImageSource, SampleRef, SourceError, Window
 from xaiflow.splits import SplitError, assign_splits, given_splits
@@ -106,7 +111,8 @@ class ScanJob(ChunkJob):
 
 @dataclass(frozen=True)
 class WriteJob(ChunkJob):
-    """Step 3: read, cut, resample and write each chunk of samples; payloads are (refs, windows)."""
+    """Step 3: read, cut, resample and write each chunk of samples; payloads are (refs, windows,
+    has_mask flags as stored in the masks template)."""
 
     stage = "write"
     cfg: DatasetConfig
@@ -117,15 +123,14 @@ class WriteJob(ChunkJob):
     skipped_items: tuple[dict[str, str], ...]
 
     def run_chunk(self, chunk: Chunk) -> int:
-        refs, windows = chunk.payload
+        refs, windows, flagged = chunk.payload
         size = self.cfg.geometry.size
         images = np.empty((len(refs), *size), dtype=self.cfg.dtype)
         masks = np.empty((len(refs), *size), dtype=np.uint8) if self.with_masks else None
         for j, (ref, win) in enumerate(zip(refs, windows)):
             images[j] = convert_dtype(resample(self.source.read(ref), win, size), self.cfg.dtype)
-            if masks is not None:
-                mask = self.source.read_mask(ref)  # None: not annotated (has_mask False), stored as 0
-                masks[j] = 0 if mask is None else resample(mask, win, size, nearest=True)
+            if masks is not None:  # not annotated (has_mask False): stored as 0, a mask added since unread
+                masks[j] = self._mask(ref, win) if flagged[j] else 0
         images_group = schema.group_path(schema.IMAGES, self.cfg.name)
         store.write_region(self.workspace, images_group, schema.IMAGE, chunk.start, images)
         if masks is not None:
@@ -134,6 +139,15 @@ class WriteJob(ChunkJob):
             store.mark_done(self.workspace, masks_group, chunk.start, chunk.stop)
         store.mark_done(self.workspace, images_group, chunk.start, chunk.stop)
         return chunk.index
+
+    def _mask(self, ref: SampleRef, win: Window) -> np.ndarray:
+        """The resampled mask of a sample flagged ``has_mask`` when the template was made."""
+        mask = self.source.read_mask(ref)
+        if mask is None:
+            raise SourceError(f"{self.source.describe_mask(ref)}: the mask of sample {ref.id!r} ({_name(ref)}) was "
+                              "there when this ingest was planned and is missing now; restore it and re-run the "
+                              "ingest (it resumes), or re-ingest with overwrite to store the sample without mask")
+        return resample(mask, win, self.cfg.geometry.size, nearest=True)
 
     def finalize(self, results: list[int]) -> IngestResult:
         images_group = schema.group_path(schema.IMAGES, self.cfg.name)
@@ -348,12 +362,16 @@ def write_job(scan: ScanJob, scanned: list[Window | str]) -> WriteJob:
     images_group, masks_group = (schema.group_path(kind, cfg.name) for kind in (schema.IMAGES, schema.MASKS))
     state = scan.state
     done = np.zeros(len(refs), bool)
+    flags = np.zeros(len(refs), bool)  # has_mask, as the masks template stores it
     if state == "incomplete":
         old = store.open_group(workspace, images_group, check_complete=False)
         if list(old[schema.SAMPLE].values) == list(template[schema.SAMPLE].values):
             done = store.resume_flags(workspace, images_group)
             if with_masks and store.group_exists(workspace, masks_group):
                 done &= store.resume_flags(workspace, masks_group)
+                flags = has_mask(store.open_group(workspace, masks_group, check_complete=False))
+            elif with_masks:
+                done[:] = False  # no masks template: start over
         else:
             state = "absent"  # the source changed since the failed run: start over
     if state == "replace":
@@ -362,11 +380,11 @@ def write_job(scan: ScanJob, scanned: list[Window | str]) -> WriteJob:
     if state != "incomplete" or not done.any():
         store.create_template(workspace, images_group, template)
         if with_masks:
-            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes,
-                                                                         _mask_flags(cfg, source, refs)))
+            flags = _mask_flags(cfg, source, refs)
+            store.create_template(workspace, masks_group, _mask_template(template, source.mask_classes, flags))
         done[:] = False
     unit = layout.write_unit(workspace, f"{images_group}/{schema.IMAGE}")  # a task writes whole shards
-    chunks = pending_chunks(~done, unit, lambda a, b: (refs[a:b], windows[a:b]))
+    chunks = pending_chunks(~done, unit, lambda a, b: (refs[a:b], windows[a:b], flags[a:b]))
     n_chunks = chunk_count(len(refs), unit)
     if done.any():
         log.info("dataset %s: resuming, %d of %d chunks already written", cfg.name, n_chunks - len(chunks), n_chunks)

@@ -15,7 +15,8 @@ from xaiflow.attribution import make_method
 from xaiflow.attribution.engine import run_attribution
 from xaiflow.config import AttributionConfig
 from xaiflow.plugins import PluginSpec
-from xaiflow.metrics import make_metric
+from xaiflow.metrics import make_metric, road
+from xaiflow.metrics.road import ImputationError
 from xaiflow.metrics.runner import MetricsError, metrics_group, run_metrics
 from xaiflow.models.checkpoint import load_checkpoint
 from xaiflow.preprocess import to_input
@@ -139,6 +140,14 @@ def test_changed_parameters_are_refused_unless_overwrite(ws, client, tmp_path):
     run_metrics(ws, "syn", model_id, ["pointing_game"], methods=["saliency"], client=client)
     with pytest.raises(MetricsError, match=r"'pointing_game' is stored with .*'mask_classes': \['structure', 'shortcut'\]"):
         run_metrics(ws, "syn", model_id, ["pointing_game"], mask_class="shortcut", client=client)
+    # values of an older version of a metric (deletion 1: tied pixels in raster order) are not mixed with new ones
+    group = metrics_group("syn", model_id)
+    stored = dict(store.group_attrs(ws, group)["metrics"])
+    assert stored["deletion"]["version"] == 2
+    stored["deletion"] = {k: v for k, v in stored["deletion"].items() if k != "version"}  # as version 1 stored it
+    store.set_attrs(ws, group, metrics=stored)
+    with pytest.raises(MetricsError, match="'deletion' was computed by version 1 of metric 'deletion'; version 2"):
+        run_metrics(ws, "syn", model_id, [{"name": "deletion", "params": {"n_steps": 8}}], client=client)
 
 
 def test_error_cases(ws, client, tmp_path):
@@ -169,6 +178,20 @@ def test_error_cases(ws, client, tmp_path):
     store.set_attrs(copy, f"saliency/syn/{model_id}", target="all")
     with pytest.raises(MetricsError, match="target='all'"):
         run_metrics(copy, "syn", model_id, ["sparseness"], client=client)
+
+
+def test_an_image_size_road_cannot_impute_is_refused_before_any_task(ws, client, monkeypatch):
+    ws, model_id = ws
+    assert make_metric("region_perturbation").check_image_size(4096, 4096) is None  # fill: blur has no limit
+    with pytest.raises(ImputationError, match="images of 1024x1024 px are above the 262144 pixels"):
+        make_metric("region_perturbation", fill="road").check_image_size(1024, 1024)
+    monkeypatch.setattr(road, "MAX_PIXELS", 16 * 16)  # read in this process, where the run is planned
+    before = store.group_attrs(ws, metrics_group("syn", model_id)) if store.group_exists(
+        ws, metrics_group("syn", model_id)) else {}
+    with pytest.raises(MetricsError, match=r"metrics\[road\]: metric 'road': images of 32x32 px are above the 256"):
+        run_metrics(ws, "syn", model_id, ["sparseness", "road"], client=client)
+    after = store.group_attrs(ws, metrics_group("syn", model_id)) if before else {}
+    assert after == before and "road" not in after.get("metrics", {})  # nothing planned, nothing written
 
 
 def test_a_method_rerun_that_cannot_fit_its_worker_is_refused(ws, tmp_path):

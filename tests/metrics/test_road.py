@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch import Tensor, nn
 
 from xaiflow.attribution.engine import run_attribution
@@ -174,6 +175,41 @@ def test_bootstrap_interval_and_ranks():
     assert np.isnan(bootstrap_mean(np.empty((0, 3)))[0]).all()
 
 
+def test_intervals_and_ranks_use_the_samples_finished_for_every_method(tmp_path):
+    """Method b's run stopped after 10 of 20 samples; a's values on the other 10 are much higher and
+    must not lift its interval (nor the random row or the curves) above b's."""
+    n = 20
+    value = np.zeros((n, 2, 2), np.float32)  # (sample, method a/b, metric road/road_random)
+    value[:, :, 0] = np.linspace(0.1, 0.2, n)[:, None]
+    value[10:, 0, 0] = 5.0  # a, only where b has nothing
+    value[:, :, 1] = np.linspace(-0.01, 0.01, n)[:, None]
+    value[10:, 0, 1] = 3.0
+    done = np.ones(value.shape, bool)
+    done[10:, 1] = False
+    curve = np.repeat(value[:, :, :1], 3, axis=2); curve[~done[:, :, 0]] = np.nan
+    random_curve = np.repeat(value[:, :, 1:], 3, axis=2); random_curve[~done[:, :, 1]] = np.nan
+    outputs = {"road": {"key": "road", "higher_is_better": True, "dim": None},
+               "road_random": {"key": "road", "higher_is_better": None, "dim": None},
+               "road_curve": {"key": "road", "higher_is_better": None, "dim": "road_fraction"},
+               "road_random_curve": {"key": "road", "higher_is_better": None, "dim": "road_fraction"}}
+    ds = xr.Dataset({"value": (("sample", "xai_method", "metric"), value),
+                     "done": (("sample", "xai_method", "metric"), done),
+                     "road_curve": (("sample", "xai_method", "road_fraction"), curve),
+                     "road_random_curve": (("sample", "xai_method", "road_fraction"), random_curve)},
+                    coords={"sample": np.array([f"s{i}" for i in range(n)], object),
+                            "xai_method": np.array(["a", "b"], object),
+                            "metric": np.array(["road", "road_random"], object), "road_fraction": [0.0, 0.2, 0.5]},
+                    attrs={"outputs": outputs})
+    ds.to_zarr(tmp_path / "ws.zarr", group="metrics/syn/m", consolidated=False, zarr_format=3)
+    rows = {r.method: r for r in faithfulness_summary(tmp_path / "ws.zarr", "syn", "m")}
+    assert rows["a"].value.n == rows["b"].value.n == 10
+    assert rows["a"].value == rows["b"].value and rows["a"].rank == rows["b"].rank == 1
+    np.testing.assert_allclose(rows["a"].value.mean, value[:10, 0, 0].mean(), rtol=1e-6)
+    html, _ = faithfulness_section(tmp_path / "ws.zarr", "syn", "m", tmp_path)
+    random = bootstrap_mean(value[:10, :, 1].mean(axis=1).astype(np.float64))
+    assert f"<i>{random[0]:.3f} [{random[1]:.3f}, {random[2]:.3f}]</i>" in html  # the random row: same 10 samples
+
+
 # ---------------------------------------------------------------- on a model that learned the structures
 
 METHODS = ["grad_cam", "integrated_gradients"]  # as test_human: the shared workspace computes them once
@@ -190,8 +226,8 @@ def scored(learned, client):
 
 
 def test_good_maps_beat_random_orders_and_the_report_says_so(scored, tmp_path):
-    """Measured (seed 0, 36 test images): ROAD gap integrated gradients 0.25 [0.20, 0.31], Grad-CAM 0.08
-    [0.04, 0.11], random orders 0.000 [-0.003, 0.003]."""
+    """Measured (seed 0, 36 test images, tied pixels in random order): ROAD gap integrated gradients 0.25
+    [0.20, 0.31], Grad-CAM 0.07 [0.04, 0.11], random orders 0.000 [-0.003, 0.003]."""
     ws, model = scored
     rows = {(r.metric, r.method): r for r in faithfulness_summary(ws, "syn", model)}
     assert {m for m, _ in rows} == {"road", "road_morf", "road_lerf", "region_perturbation"}

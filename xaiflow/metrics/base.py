@@ -8,7 +8,8 @@ shared tests in ``tests/metrics/test_metrics.py`` (they loop over :data:`METRICS
   validated by the class's ``Params`` (a :class:`MetricParams`: unknown names are errors,
   every field has a documented default), kept in :attr:`Metric.params`;
   :meth:`Metric.identity` (name and parameters, defaults filled in, without
-  :attr:`Metric.batch_param`) is what a stored result is compared with on a re-run.
+  :attr:`Metric.batch_param`; with :attr:`Metric.version`, raised when a change of the code
+  changes the values) is what a stored result is compared with on a re-run.
 * :meth:`Metric.outputs` declares what :meth:`Metric.compute` returns, before anything is
   computed (the runner lays out the store from it): output name -> :class:`Output`, a
   scalar per map, or a curve along a named dimension with known coordinates. Every name
@@ -111,10 +112,20 @@ class Metric(Plugin):
     needs_model: ClassVar[bool] = False
     needs_mask: ClassVar[bool] = False
     needs_method: ClassVar[bool] = False
+    #: raised when a change of the code changes the values a metric stores; in the identity from 2
+    #: on (older stored identities stay valid for metrics that never changed), so a stored result
+    #: of an older version is refused on a re-run instead of mixed with new values
+    version: ClassVar[int] = 1
 
     def identity(self) -> dict[str, Any]:
-        """Name and every parameter that changes the values (defaults filled in), JSON-ready."""
-        return {"metric": self.name, "params": self.identity_params()}
+        """Name, every parameter that changes the values (defaults filled in) and the
+        :attr:`version` when above 1, JSON-ready."""
+        identity = {"metric": self.name, "params": self.identity_params()}
+        return identity if self.version == 1 else {**identity, "version": self.version}
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise a :class:`~xaiflow.errors.XaiflowError` if images of ``height`` x ``width`` px cannot
+        be scored; the runner calls it when a run is planned, before any task. Any size by default."""
 
     @abstractmethod
     def outputs(self, model: MicrographModel | None = None) -> dict[str, Output]:

@@ -32,7 +32,11 @@ follow Petsiuk et al.: deletion to ``"zeros"``, insertion from ``"blur"``.
 [0, 1]; a superpixel's score is the mean attribution inside it (region perturbation, as in
 Samek et al. 2017), and the fraction on the curve counts superpixels.
 
-Ties (e.g. the flat parts of a Grad-CAM map) keep the units' raster order (a stable sort).
+**Ties** (the flat parts of a Grad-CAM map, an occlusion block, LIME's segments) are taken in
+a random order, seeded per sample (``[seed, index, TIE_STREAM]``, a stream apart from the random
+orders'): a raster order would remove tied top rows first and bottom rows last, so a value would
+depend on where things sit in the image (a data bar at the bottom) rather than on the map.
+Values are still deterministic for a given ``seed`` and sample index.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class PerturbationParams(MetricParams):
     baseline: BaselineName | float = Field("zeros", description="what replaces removed units (see module docs)")
     blur_sigma: float = Field(5.0, gt=0, description="baseline=blur: Gaussian sigma in px (Petsiuk et al.: 5)")
     random_reference: bool = Field(True, description="also compute the curve for a random order (chance level)")
-    seed: int = Field(0, ge=0, description="seed of the random orders (one stream per sample index)")
+    seed: int = Field(0, ge=0, description="seed of the random orders and of the order of tied units "
+                                           "(streams per sample index)")
     batch_size: int = Field(64, ge=1, le=4096, description="perturbed images per forward pass (speed and memory only)")
 
 
@@ -80,27 +85,45 @@ def superpixels(x: Tensor, n_segments: int, compactness: float) -> np.ndarray:
     return np.stack(labels).astype(np.int64)
 
 
-def unit_ranks(maps: np.ndarray, labels: np.ndarray | None = None, orders: list[np.ndarray] | None = None
+#: third seed word of the stream that breaks ties of the attribution order; the random orders use
+#: ``[seed, index]`` (deletion, insertion) and ``[seed, index, r]`` with r < 64 (road), never this
+TIE_STREAM = 0x7469_6573
+
+
+def attribution_orders(maps: np.ndarray, index: np.ndarray, seed: int, labels: np.ndarray | None = None
+                       ) -> list[np.ndarray]:
+    """Each image's units ordered by attribution, highest first, ties in random order.
+
+    Units are pixels (``labels=None``) or the superpixels of ``labels`` ``(B, H, W)``
+    (numbered 0..n-1), a unit's score its mean attribution. Tied units are ordered by a
+    random key from the sample's own stream (``[seed, index, TIE_STREAM]``), so the order
+    does not depend on their position, the batch, or the other samples.
+    """
+    orders = []
+    for i in range(len(maps)):
+        flat = (labels[i] if labels is not None else np.arange(maps[i].size)).ravel()
+        n = int(flat.max()) + 1
+        total = np.bincount(flat, weights=maps[i].ravel().astype(np.float64), minlength=n)
+        score = total / np.bincount(flat, minlength=n)
+        key = np.random.default_rng([seed, int(index[i]), TIE_STREAM]).random(n)
+        orders.append(np.lexsort((key, -score)))  # by score, then by the random key
+    return orders
+
+
+def unit_ranks(maps: np.ndarray, labels: np.ndarray | None, orders: list[np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:
     """Rank of each pixel's unit (0 = first changed), ``(B, H, W)``, and the unit counts ``(B,)``.
 
-    Units are pixels (``labels=None``) or the superpixels of ``labels``; they are ordered by
-    attribution, highest first (a unit's score is its mean attribution), or by ``orders``
-    (one permutation of the units per image) when given.
+    Units are pixels (``labels=None``) or the superpixels of ``labels``; ``orders`` holds one
+    permutation of the units per image (:func:`attribution_orders`, :func:`random_orders`).
     """
     b, h, w = maps.shape
     if labels is None:
         labels = np.broadcast_to(np.arange(h * w).reshape(h, w), maps.shape)
     ranks = np.empty(maps.shape, dtype=np.int64)
     counts = np.empty(b, dtype=np.int64)
-    for i in range(b):
-        flat = labels[i].ravel()
-        n = int(flat.max()) + 1
-        if orders is None:
-            total = np.bincount(flat, weights=maps[i].ravel().astype(np.float64), minlength=n)
-            order = np.argsort(-total / np.bincount(flat, minlength=n), kind="stable")
-        else:
-            order = orders[i]
+    for i, order in enumerate(orders):
+        n = len(order)
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)
         ranks[i], counts[i] = rank[labels[i]], n
@@ -155,6 +178,7 @@ class _PerturbationCurve(Metric):
     needs_model = True
     batch_param = "batch_size"
     citation = "Petsiuk et al. 2018, RISE: randomized input sampling for explanation of black-box models (BMVC)"
+    version = 2  # 2: tied units in a seeded random order (1: raster order)
     insertion: ClassVar[bool]
 
     @property
@@ -182,7 +206,7 @@ class _PerturbationCurve(Metric):
         assert x is not None and model is not None and targets is not None  # checked: needs_model
         labels = superpixels(x, p.n_segments, p.compactness) if p.unit == "superpixel" else None
         baseline = baseline_input(x, p.baseline, p.blur_sigma)
-        ranks, counts = unit_ranks(inputs.maps, labels)
+        ranks, counts = unit_ranks(inputs.maps, labels, attribution_orders(inputs.maps, inputs.index, p.seed, labels))
         runs = {self.name: ranks}
         if p.random_reference:
             shuffled = random_orders(counts, inputs.index, p.seed)

@@ -36,6 +36,10 @@ removed region filled by noisy linear imputation (``fill: road``) or by the blur
 (``fill: blur``). Its headline is Samek's AOPC, the mean over the curve's points of the
 probability lost against the untouched image (**higher is better**).
 
+Units with equal attribution (a flat map, an occlusion block) are taken in a random order
+seeded per sample (:func:`xaiflow.metrics.faithfulness.attribution_orders`), not in raster
+order, so MoRF and LeRF do not depend on where the tied pixels sit.
+
 **Random-order reference** (``random_reference``, on by default): the same curves with the
 units in ``n_random`` random orders, seeded per sample (``[seed, index, r]``), averaged over
 the orders, stored as ``<name>_random...``: the value of an uninformative map on the same
@@ -73,7 +77,7 @@ from xaiflow.metrics.base import (
     Output,
     as_tensor_targets,
 )
-from xaiflow.metrics.faithfulness import baseline_input, superpixels, unit_ranks
+from xaiflow.metrics.faithfulness import attribution_orders, baseline_input, superpixels, unit_ranks
 from xaiflow.models.base import MicrographModel
 
 #: (dy, dx, weight) of the neighbours a removed pixel is the weighted mean of (Rong et al. 2022)
@@ -210,9 +214,9 @@ def random_unit_orders(counts: np.ndarray, index: np.ndarray, seed: int, r: int)
     return [np.random.default_rng([seed, int(i), r]).permutation(int(n)) for n, i in zip(counts, index)]
 
 
-def _check_size(x: Tensor, name: str) -> None:
-    if x.shape[2] * x.shape[3] > MAX_PIXELS:
-        raise ImputationError(f"metric {name!r}: images of {x.shape[2]}x{x.shape[3]} px are above the "
+def _check_size(height: int, width: int, name: str) -> None:
+    if height * width > MAX_PIXELS:
+        raise ImputationError(f"metric {name!r}: images of {height}x{width} px are above the "
                               f"{MAX_PIXELS} pixels noisy linear imputation is limited to; resize the dataset "
                               "(geometry: size) or use fill: blur")
 
@@ -222,7 +226,8 @@ class _RemovalParams(MetricParams):
                                                         "(model-input units; Rong et al.: 0.01)")
     random_reference: bool = Field(True, description="also compute the curves for random orders (chance level)")
     n_random: int = Field(1, ge=1, le=64, description="random orders averaged per sample for the reference")
-    seed: int = Field(0, ge=0, description="seed of the random orders and the imputation noise")
+    seed: int = Field(0, ge=0, description="seed of the random orders, the order of tied units and the "
+                                           "imputation noise")
     batch_size: int = Field(64, ge=1, le=4096, description="perturbed images per forward pass (speed and memory only)")
 
 
@@ -249,6 +254,7 @@ class ROAD(Metric):
     params: ROADParams
     needs_model = True
     batch_param = "batch_size"
+    version = 2  # 2: tied pixels in a seeded random order (1: raster order)
     citation = ("Rong et al. 2022, A consistent and efficient evaluation strategy for attribution methods "
                 "(ICML), ROAD: RemOve And Debias")
     quick_params: ClassVar[dict[str, Any]] = {"fractions": (0.2, 0.5)}
@@ -256,6 +262,10 @@ class ROAD(Metric):
     @property
     def fractions(self) -> np.ndarray:
         return np.array((0.0, *self.params.fractions))
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Images above :data:`MAX_PIXELS` are refused (:class:`ImputationError`)."""
+        _check_size(height, width, self.name)
 
     def outputs(self, model: MicrographModel | None = None) -> dict[str, Output]:
         dim, coords = f"{self.name}_fraction", tuple(self.fractions.tolist())
@@ -282,8 +292,8 @@ class ROAD(Metric):
         p = self.params
         x, model, targets = inputs.x, inputs.model, inputs.targets
         assert x is not None and model is not None and targets is not None  # checked: needs_model
-        _check_size(x, self.name)
-        ranks, counts = unit_ranks(inputs.maps)
+        self.check_image_size(x.shape[2], x.shape[3])
+        ranks, counts = unit_ranks(inputs.maps, None, attribution_orders(inputs.maps, inputs.index, p.seed))
         curves = [(ranks, False), (ranks, True)]
         if p.random_reference:
             for r in range(p.n_random):
@@ -324,6 +334,7 @@ class RegionPerturbation(Metric):
     params: RegionPerturbationParams
     needs_model = True
     batch_param = "batch_size"
+    version = 2  # 2: tied regions in a seeded random order (1: raster order)
     citation = ("Samek et al. 2017, Evaluating the visualization of what a deep neural network has learned "
                 "(IEEE TNNLS); fill: Rong et al. 2022 (ICML)")
     quick_params: ClassVar[dict[str, Any]] = {"n_steps": 2, "n_segments": 16}
@@ -331,6 +342,11 @@ class RegionPerturbation(Metric):
     @property
     def fractions(self) -> np.ndarray:
         return np.linspace(0.0, self.params.max_fraction, self.params.n_steps + 1)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """With ``fill: road``, images above :data:`MAX_PIXELS` are refused (:class:`ImputationError`)."""
+        if self.params.fill == "road":
+            _check_size(height, width, self.name)
 
     def outputs(self, model: MicrographModel | None = None) -> dict[str, Output]:
         dim, coords = f"{self.name}_fraction", tuple(self.fractions.tolist())
@@ -350,10 +366,9 @@ class RegionPerturbation(Metric):
         p = self.params
         x, model, targets = inputs.x, inputs.model, inputs.targets
         assert x is not None and model is not None and targets is not None  # checked: needs_model
-        if p.fill == "road":
-            _check_size(x, self.name)
+        self.check_image_size(x.shape[2], x.shape[3])
         labels = superpixels(x, p.n_segments, p.compactness)
-        ranks, counts = unit_ranks(inputs.maps, labels)
+        ranks, counts = unit_ranks(inputs.maps, labels, attribution_orders(inputs.maps, inputs.index, p.seed, labels))
         curves = [(ranks, False)]
         if p.random_reference:
             curves += [(unit_ranks(inputs.maps, labels, random_unit_orders(counts, inputs.index, p.seed, r))[0], False)

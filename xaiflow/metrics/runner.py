@@ -24,8 +24,10 @@ A chunked job (:class:`MetricsJob`, :mod:`xaiflow.jobs`). Every variable is chun
 ``(chunk_size, all methods, all outputs)``, aligned with the image chunks: a task reads its
 chunk, computes what is missing, and writes its chunk back (values first, ``done`` last), so
 no two tasks touch one chunk, retries are safe and a killed run resumes. A re-run computes only what is not done. A metric key stored with
-other parameters or mask classes, maps recomputed with other parameters, or maps of a
-retrained model are refused unless ``overwrite`` (which recomputes them). New methods or
+other parameters or mask classes or by an older version of the metric (its ``version``),
+maps recomputed with other parameters, or maps of a retrained model are refused unless
+``overwrite`` (which recomputes them). Image sizes a metric cannot score (ROAD's imputation
+limit) are refused when the run is planned, before any task. New methods or
 metric keys extend the group: it is small (no maps in it), so it is rewritten with the
 union of coordinates, keeping every stored value.
 """
@@ -279,6 +281,11 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
         raise MetricsError(f"method(s) {missing} not computed for {dataset}/{model_id}; computed: {sorted(computed)}")
     specs, own_selection = zip(*(_split_mask_class(_as_spec(s)) for s in metrics)) if metrics else ((), ())
     built = _make_metrics(list(specs))
+    for key, metric in built.items():  # before any task: a size a metric refuses fails the run, not a chunk
+        try:
+            metric.check_image_size(images.sizes[schema.Y], images.sizes[schema.X])
+        except XaiflowError as e:
+            raise MetricsError(f"metrics[{key}]: {e}") from None
     per_key = {k: sel for k, sel in zip(built, own_selection) if built[k].needs_mask}
     mask_classes, selections = (_mask_selections(workspace, dataset, images, mask_class, per_key)
                                 if per_key else (None, {}))
@@ -372,6 +379,11 @@ def _reconcile(workspace: str, group: str, sha: str, identities: dict[str, Any],
     for key, identity in identities.items():
         if key in stored["metrics"] and stored["metrics"][key] != identity:
             if not overwrite:
+                if _without_version(stored["metrics"][key]) == _without_version(identity):
+                    raise MetricsError(f"{group}: {key!r} was computed by version "
+                                       f"{stored['metrics'][key].get('version', 1)} of metric {identity['metric']!r}; "
+                                       f"version {identity.get('version', 1)} computes other values. Pass overwrite "
+                                       "to recompute it, or store it under another key")
                 raise MetricsError(f"{group}: {key!r} is stored with {stored['metrics'][key]}, this run asks for "
                                    f"{identity}. Use another key or overwrite")
             drop_outputs += [name for name, o in stored["outputs"].items() if o["key"] == key]
@@ -389,6 +401,11 @@ def _reconcile(workspace: str, group: str, sha: str, identities: dict[str, Any],
     old = old.sel({METRIC: ~np.isin(store.strings(old[METRIC].values), drop_outputs),
                    METHOD: ~np.isin(store.strings(old[METHOD].values), drop_methods)})
     return old, stored
+
+
+def _without_version(identity: dict[str, Any]) -> dict[str, Any]:
+    """A stored metric identity without its ``version`` (see :attr:`xaiflow.metrics.base.Metric.version`)."""
+    return {k: v for k, v in identity.items() if k != "version"}
 
 
 def _curve_layout(stored_outs: dict[str, Any], outputs: dict[str, dict[str, tuple[str, Output]]],

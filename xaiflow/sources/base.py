@@ -94,6 +94,10 @@ class ImageSource(ABC):
         """Whether :meth:`read_mask` returns a mask for this sample; cheap (no decoding)."""
         return self.mask_classes is not None
 
+    def describe_mask(self, ref: SampleRef) -> str:
+        """Where :meth:`read_mask` reads the sample's mask from, for messages (a file's path)."""
+        return f"mask of {ref.uri}"
+
     def describe(self) -> str:
         """A short human-readable description for provenance (e.g. the folder path)."""
         return self.kind

@@ -256,6 +256,9 @@ class FolderSource(ImageSource):
         """Is there a mask file for this micrograph? (Masks may cover a subset of the images.)"""
         return self.config.masks is not None and self.mask_path(ref).is_file()
 
+    def describe_mask(self, ref: SampleRef) -> str:
+        return f"mask file {self.mask_path(ref)}" if self.config.masks is not None else super().describe_mask(ref)
+
     def read_mask(self, ref: SampleRef) -> np.ndarray | None:
         """Class indices of the micrograph's mask, decoded by the configured encoding; None when
         the source has no masks or this micrograph has no mask file (not annotated)."""

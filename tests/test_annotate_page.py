@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from PIL import Image
 from selenium.webdriver.common.keys import Keys
 
 from cli_run import run
-from conftest import ingest_synthetic
+from conftest import ingest_synthetic, synthetic_dataset
 from xaiflow import store
 from xaiflow.annotate import AnnotationServer, AnnotationSession
 from xaiflow.annotations import annotated_samples
@@ -453,3 +454,69 @@ def test_command_refuses_bad_input_before_serving(workspace):
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
         assert "http://" not in res.stdout
+
+
+# --- failures are answered, never a dropped connection ---------------------------------------------------------
+def _reingest(ws, specimens_per_class: int) -> None:
+    from xaiflow.config import parse_config
+    from xaiflow.ingest import ingest_dataset
+
+    cfg = synthetic_dataset(name=DATASET, size=32, chunk_size=4, specimens_per_class=specimens_per_class,
+                            images_per_specimen=1)
+    ingest_dataset(parse_config({"datasets": [cfg]}).datasets[0], ws, overwrite=True)
+
+
+def test_busy_and_reingested_workspaces_get_a_json_error(tmp_path, monkeypatch):
+    """A group held by another writer beyond the lock wait: 503 with Retry-After; images ingested again
+    (other samples) while the page is open: 409 for the image and the submission, with the message the
+    page shows; nothing is written. No request is left without an answer."""
+    from xaiflow import annotations as ann
+    from xaiflow.locks import group_lock
+
+    ws = tmp_path / "ws.zarr"
+    _reingest(ws, 2)
+    ann.write_annotation(ws, DATASET, _first_sample(ws), "alice", label="particles", confidence=1,
+                         region=np.ones((32, 32), bool), seconds=1)
+    monkeypatch.setattr(ann, "LOCK_WAIT_SECONDS", 0.2)
+    with AnnotationServer(AnnotationSession(ws, DATASET, "bob")) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        headers = {"Cookie": f"{server.cookie}={server.token}", "Content-Type": "application/json"}
+        submission = json.dumps({"position": 0, "label": "network", "confidence": 0.5, "seconds": 3,
+                                 "region": base64.b64encode(bytes(32 * 32 // 8)).decode()}).encode()
+        with group_lock(str(ws), f"annotations/{DATASET}", "another writer"):  # bob is new: needs the lock
+            status, response_headers, body = _request(f"{base}/api/submit", headers, submission)
+        assert status == 503 and response_headers["Retry-After"] == "5"
+        assert "busy" in json.loads(body)["error"]
+        _reingest(ws, 3)
+        status, _, body = _request(f"{base}/api/image/0.png", headers)
+        assert status == 409 and "ingested again" in json.loads(body)["error"]
+        status, _, body = _request(f"{base}/api/submit", headers, submission)
+        assert status == 409 and "ingested again" in json.loads(body)["error"]
+    stored = ann.open_annotations(ws, DATASET)
+    assert stored["annotator"].values.tolist() == ["alice"] and int(stored["done"].sum()) == 1
+
+
+def _first_sample(ws) -> str:
+    return str(store.strings(store.open_group(ws, f"images/{DATASET}")["sample"].values)[0])
+
+
+def test_an_idle_connection_does_not_hold_up_stopping(workspace, monkeypatch):
+    """A browser's preconnect (a connection that sends nothing) ends after the handler's timeout, so
+    stopping the server (which waits for its request threads) does not wait for it."""
+    import threading
+
+    from xaiflow.annotate.server import AnnotationHandler
+
+    monkeypatch.setattr(AnnotationHandler, "timeout", 1)
+    server = AnnotationServer(AnnotationSession(workspace, DATASET, "idle")).start()
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        time.sleep(0.2)  # the server has accepted it and a handler thread waits for a request line
+        started = time.monotonic()
+        closing = threading.Thread(target=server.close, daemon=True)
+        closing.start()
+        closing.join(timeout=15)
+        assert not closing.is_alive(), "close() is still waiting for the idle connection"
+        assert time.monotonic() - started < 5
+    finally:
+        idle.close()

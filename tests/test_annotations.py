@@ -161,3 +161,142 @@ def test_reading_without_annotations_says_how_to_make_them(fresh):
     assert ann.annotated_samples(fresh, "syn", "alice") == set()
     with pytest.raises(ann.AnnotationError, match="unknown dataset"):
         ann.annotated_samples(fresh, "other", "alice")
+
+
+def _ingest(ws, **dataset) -> list[str]:
+    from xaiflow.config import parse_config
+    from xaiflow.ingest import ingest_dataset
+
+    cfg = parse_config({"datasets": [synthetic_dataset(size=32, chunk_size=4, images_per_specimen=1, **dataset)]})
+    ingest_dataset(cfg.datasets[0], ws, overwrite=True)
+    return _ids(ws)
+
+
+def test_reingest_with_other_samples_is_refused_and_loses_nothing(tmp_path):
+    """The review's reproduction: annotate, re-ingest (--overwrite) with other samples, annotate again. The
+    new submission is refused with a message saying what to do (no zarr error, nothing written to another
+    sample), a session cannot start on the old answers, the stored annotation is intact; ingesting the same
+    samples again (same config) makes the annotations usable again."""
+    from xaiflow.annotate.session import AnnotationSession
+
+    ws = tmp_path / "ws.zarr"
+    ids0 = _ingest(ws, specimens_per_class=2)
+    ann.write_annotation(ws, "syn", ids0[0], "alice", label="particles", confidence=1, region=_box(0, 8, 0, 8),
+                         seconds=1)
+    before = ann.open_annotations(ws, "syn").load()
+    reasons = {"3 image(s) not in the annotations", "another config"}
+    for changed, reason in (({"specimens_per_class": 3}, reasons),  # more samples
+                            ({"specimens_per_class": 2, "seed": 7}, {"another config"})):  # same ids, new images
+        ids1 = _ingest(ws, **changed)
+        for sample in (ids1[-1], ids0[0]):
+            with pytest.raises(ann.StaleAnnotationsError, match="was made for other images") as info:
+                ann.write_annotation(ws, "syn", sample, "alice", label="network", confidence=1,
+                                     region=_box(0, 32, 0, 32), seconds=1)
+            message = str(info.value)
+            assert "move the folder" in message and "ingest the same samples again" in message
+            assert all(r in message for r in reason), message
+        with pytest.raises(ann.StaleAnnotationsError):
+            AnnotationSession(ws, "syn", "alice")
+        after = ann.open_annotations(ws, "syn").load()
+        xr.testing.assert_identical(after, before)  # nothing stored was touched, no annotator added
+    _ingest(ws, specimens_per_class=2)  # the same samples and config again: go on
+    ann.write_annotation(ws, "syn", ids0[1], "alice", label="network", confidence=0.5, region=_box(0, 2, 0, 2),
+                         seconds=2)
+    assert ann.annotated_samples(ws, "syn", "alice") == {ids0[0], ids0[1]}
+
+
+
+def _rewrite(ws, group: str, ds: xr.Dataset) -> None:
+    """Store ``ds`` as ``group`` with the annotations' per-cell chunks (plain xarray)."""
+    ds = ds.copy()
+    for v in ds.variables.values():
+        v.encoding = {}
+    encoding = {k: {"chunks": (1, 1, *ds[k].shape[2:])} for k in ds.data_vars}
+    ds.to_zarr(str(ws), group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+
+
+def test_cells_are_found_by_sample_id_not_position(fresh):
+    """A group whose samples are in another order than the images' (same samples): a submission lands in
+    the row of its sample id."""
+    ids = _ids(fresh)
+    ann.write_annotation(fresh, "syn", ids[0], "alice", label="network", confidence=1, region=_box(0, 4, 0, 4),
+                         seconds=1)
+    stored = xr.open_zarr(fresh, group="annotations/syn", consolidated=False).load()
+    _rewrite(fresh, "annotations/syn", stored.isel(sample=np.arange(len(ids))[::-1]))
+    ann.write_annotation(fresh, "syn", ids[1], "alice", label="lamellae", confidence=0.5, region=_box(0, 2, 0, 3),
+                         seconds=2)
+    ds = ann.open_annotations(fresh, "syn")
+    assert ds["sample"].values.tolist() == ids[::-1]
+    assert ann.annotated_samples(fresh, "syn", "alice") == {ids[0], ids[1]}
+    assert str(ds["annotated_class"].sel(sample=ids[1], annotator="alice").values) == "lamellae"
+    assert int(ds["region"].sel(sample=ids[1], annotator="alice").sum()) == 6
+    assert int(ds["region"].sel(sample=ids[0], annotator="alice").sum()) == 16
+
+
+def test_reading_while_an_annotator_is_added(fresh):
+    """Between resizing the arrays and extending the coordinate (what adding an annotator does, under the
+    lock) a reader sees the annotators before it, then the new one once it is complete."""
+    import zarr
+
+    from xaiflow import store
+
+    ids = _ids(fresh)
+    ann.write_annotation(fresh, "syn", ids[2], "alice", label="network", confidence=1, region=_box(0, 4, 0, 4),
+                         seconds=1)
+    root = zarr.open_group(store.location(fresh), path="annotations/syn", mode="r+", zarr_format=3)
+    for name, arr in root.arrays():  # the first half of _annotator_index's addition
+        dims = arr.metadata.dimension_names or ()
+        if name != "annotator" and "annotator" in dims:
+            arr.resize((arr.shape[0], 2, *arr.shape[2:]))
+    ds = ann.open_annotations(fresh, "syn")
+    assert ds.sizes["annotator"] == 1 and ds["region"].shape == (len(ids), 1, 32, 32)
+    assert ann.annotated_samples(fresh, "syn", "alice") == {ids[2]}
+    root["annotator"].resize((2,))  # the second half
+    root["annotator"][1] = "bob"
+    ds = ann.open_annotations(fresh, "syn")
+    assert ds["annotator"].values.tolist() == ["alice", "bob"] and not ds["done"].sel(annotator="bob").any()
+
+
+def test_one_session_writes_one_submission_at_a_time(fresh, monkeypatch):
+    """Two browser tabs of one annotator submitting the same image at once: the session's writes never
+    overlap (each is timed out to 50 ms so two would overlap without the session's lock) and the stored
+    cell is one whole submission (class, confidence and region of the same one), never a mix."""
+    import time
+
+    from xaiflow.annotate import session as session_module
+
+    active, overlaps = [0], []
+    real_write = session_module.write_annotation
+
+    def timed_write(*args, **kwargs):  # the real write, held open a little longer
+        active[0] += 1
+        overlaps.append(active[0])
+        try:
+            time.sleep(0.05)
+            real_write(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(session_module, "write_annotation", timed_write)
+    session = session_module.AnnotationSession(fresh, "syn", "alice")
+    tabs = {"particles": (0.25, _box(0, 32, 0, 16)), "network": (0.75, _box(0, 8, 0, 32))}
+    errors: list[Exception] = []
+
+    def submit(label: str) -> None:
+        confidence, region = tabs[label]
+        try:
+            for _ in range(3):
+                session.submit(0, label=label, confidence=confidence, region=region, seconds=1)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(label,)) for label in tabs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(overlaps) == 6 and max(overlaps) == 1
+    cell = ann.open_annotations(fresh, "syn").sel(sample=session.sample_at(0), annotator="alice")
+    label = str(cell["annotated_class"].values)
+    assert bool(cell["done"]) and float(cell["confidence"]) == tabs[label][0]
+    np.testing.assert_array_equal(cell["region"].values, tabs[label][1])

@@ -77,6 +77,19 @@ def test_bootstrap_flags_only_intervals_above_chance():
     assert below["excludes_chance"] and not below["beats_chance"]
 
 
+def test_beats_chance_is_judged_per_image():
+    """Chance differs from image to image (the region's area share): a map always a little above its image's
+    chance beats chance, though the interval of the mean value overlaps the mean chance; the excess is the
+    mean of value - chance with its own interval. Large n_boot and many samples stay in bounded memory."""
+    chance = np.linspace(0.05, 0.95, 20)
+    paired = hm.bootstrap_summary(chance + 0.02, chance, n_boot=2000, seed=0)
+    assert paired["ci_low"] < paired["chance"] < paired["ci_high"]  # the unpaired view would say "no"
+    assert paired["excess"] == pytest.approx(0.02) and paired["excess_low"] == pytest.approx(0.02)
+    assert paired["beats_chance"] and paired["excludes_chance"]
+    big = hm.bootstrap_summary(np.random.default_rng(0).random(20_000), np.full(20_000, 0.5), n_boot=200)
+    assert big["ci_low"] < big["value"] < big["ci_high"] and not big["beats_chance"]
+
+
 # ----------------------------------------------------------------------------- the issue's check on real models
 
 
@@ -212,3 +225,30 @@ def test_report_section_and_flow(structure_model, prefect_harness, tmp_path):
     assert section.count("<img") == 2 and (tmp_path / "human_agreement.png").is_file()
     empty = human_html(ws, "other", model, tmp_path)
     assert f"xaiflow annotate -w {ws} -d other --annotator NAME" in empty
+
+
+def test_study_matches_samples_by_id_not_position(structure_model, tmp_path):
+    """The annotations stored in another sample order than the images and the maps (same samples): the
+    study lines regions, maps and predictions up by sample id and gives the same numbers."""
+    ws, model, _ = structure_model
+    before = hm.run_study(ws, "syn", model, n_boot=100, seed=0, write=False)
+    group = "annotations/syn"
+    original = xr.open_zarr(ws, group=group, consolidated=False, chunks=None).load()
+    order = np.random.default_rng(0).permutation(original.sizes["sample"])
+    try:
+        _rewrite(ws, group, original.isel(sample=order))
+        assert xr.open_zarr(ws, group=group, consolidated=False)["sample"].values.tolist() != \
+            original["sample"].values.tolist()
+        shuffled = hm.run_study(ws, "syn", model, n_boot=100, seed=0, write=False)
+    finally:
+        _rewrite(ws, group, original)
+    assert shuffled.to_dict() == before.to_dict()
+
+
+def _rewrite(ws, group: str, ds: xr.Dataset) -> None:
+    """Store ``ds`` as ``group`` with the annotations' per-cell chunks (plain xarray)."""
+    ds = ds.copy()
+    for v in ds.variables.values():
+        v.encoding = {}
+    encoding = {k: {"chunks": (1, 1, *ds[k].shape[2:])} for k in ds.data_vars}
+    ds.to_zarr(str(ws), group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)

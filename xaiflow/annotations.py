@@ -10,13 +10,20 @@ One labelled group per dataset, ``annotations/<dataset>``, readable with plain
   (ISO 8601 UTC) per (sample, annotator): '' or NaN where nobody annotated;
 - ``done(sample, annotator)``: set last for a submission, so a crash mid-write leaves it not done.
 
+Cells are found by sample id in the group's own ``sample`` coordinate, never by position in the
+images. The group belongs to the images it was made for: when ``images/<dataset>`` no longer holds
+the same samples (ids), image size or ingest config (``ingest --overwrite`` with other data), writing
+and resuming are refused with :class:`StaleAnnotationsError`, which says how to go on; nothing stored
+is touched.
+
 Every per-(sample, annotator) value is its own Zarr chunk, so one submission writes its own
 chunks only: submissions of different cells (two experts at once, two browser tabs) never
 touch one chunk. A submission first clears its cell's ``done`` flag, writes the values, then
 sets the flag: re-annotating replaces the earlier submission, and a submission cut short is
 not counted. Adding an annotator resizes the ``annotator`` dimension under the group lock
 (:mod:`xaiflow.locks`); the coordinate is extended last, so readers never see an annotator
-whose arrays do not exist yet.
+whose arrays do not exist yet, and :func:`open_annotations` trims the arrays to the coordinate (a
+reader in the middle of an addition sees the annotators before it).
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ class AnnotationError(XaiflowError):
     """An annotation is refused or missing; the message names the dataset, sample, annotator or value."""
 
 
+class StaleAnnotationsError(AnnotationError):
+    """``annotations/<dataset>`` was made for other images than ``images/<dataset>`` holds now."""
+
+
 def annotation_group(dataset: str) -> str:
     """``annotations/<dataset>``."""
     try:
@@ -72,14 +83,15 @@ def write_annotation(workspace: str | os.PathLike[str], dataset: str, sample: st
     """Store one submission atomically (region, class, confidence, seconds, time, then done).
 
     Creates the group on first use. ``region`` is (y, x) bool/uint8 (values 0/1) of the image shape.
-    A second submission of the same (sample, annotator) replaces the first."""
+    A second submission of the same (sample, annotator) replaces the first. The cell is the one of
+    ``sample`` in the group's own ``sample`` coordinate; a group made for other images is refused
+    (:func:`check_current`) before anything is written."""
     workspace = str(workspace)
     images = _images(workspace, dataset)
     _check_annotator(annotator)
     classes = [str(c) for c in images.attrs[schema.ATTR_CLASSES]]
     ids = store.strings(images[schema.SAMPLE].values)
-    where = np.flatnonzero(ids == str(sample))
-    if not where.size:
+    if not (ids == str(sample)).any():
         raise AnnotationError(f"annotations/{dataset}: unknown sample id {sample!r} (not in images/{dataset}, "
                               f"e.g. {', '.join(ids[:3].tolist())})")
     if label not in classes:
@@ -90,11 +102,12 @@ def write_annotation(workspace: str | os.PathLike[str], dataset: str, sample: st
     if seconds < 0:
         raise AnnotationError(f"annotations/{dataset}: seconds {seconds} is negative")
     mask = _region(region, (images.sizes[schema.Y], images.sizes[schema.X]), dataset)
+    check_current(workspace, dataset, images)
 
     group = annotation_group(dataset)
     column = _annotator_index(workspace, dataset, images, annotator)
     root = zarr.open_group(store.location(workspace), path=group, mode="r+", zarr_format=3)
-    i = int(where[0])
+    i = int(np.flatnonzero(store.strings(root[schema.SAMPLE][:]) == str(sample))[0])  # by id, never by position
     root[schema.DONE][i, column] = False  # an earlier submission stops counting until this one is stored
     root[REGION][i, column] = mask
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -104,6 +117,42 @@ def write_annotation(workspace: str | os.PathLike[str], dataset: str, sample: st
     root[schema.DONE][i, column] = True
 
 
+def check_current(workspace: str | os.PathLike[str], dataset: str, images: xr.Dataset | None = None) -> None:
+    """Refuse (:class:`StaleAnnotationsError`) an ``annotations/<dataset>`` made for other images than
+    ``images/<dataset>`` holds now: other sample ids (in any order: cells are found by id), another
+    image size, or another ingest config (when the group recorded the images' config hash at its
+    creation). Without a (complete) group there is nothing to check. The message says how to go on;
+    nothing is changed."""
+    workspace = str(workspace)
+    group = annotation_group(dataset)
+    if not _complete(workspace, group):
+        return
+    images = _images(workspace, dataset) if images is None else images
+    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
+    stored = store.strings(root[schema.SAMPLE][:])
+    current = store.strings(images[schema.SAMPLE].values)
+    reasons = []
+    gone, new = np.setdiff1d(stored, current), np.setdiff1d(current, stored)
+    if len(gone):
+        reasons.append(f"{len(gone)} annotated sample id(s) no longer in the images, e.g. {', '.join(gone[:3])}")
+    if len(new):
+        reasons.append(f"{len(new)} image(s) not in the annotations, e.g. {', '.join(new[:3])}")
+    shape, image_shape = tuple(root[REGION].shape[2:]), (images.sizes[schema.Y], images.sizes[schema.X])
+    if shape != image_shape:
+        reasons.append(f"the annotations are {shape[0]}x{shape[1]} px, the images {image_shape[0]}x{image_shape[1]}")
+    made_for = dict(root.attrs.get(schema.ATTR_PROVENANCE, {})).get("images_config_hash")
+    now = dict(images.attrs.get(schema.ATTR_PROVENANCE, {})).get("config_hash")
+    if made_for and now and made_for != now:
+        reasons.append(f"the images were ingested again with another config (hash {now[:12]}, the annotations "
+                       f"were made for {made_for[:12]})")
+    if reasons:
+        raise StaleAnnotationsError(
+            f"{workspace}: {group} was made for other images than images/{dataset} holds now ({'; '.join(reasons)}), "
+            f"e.g. after `xaiflow ingest --overwrite`. Nothing was written. To go on with these annotations, "
+            f"ingest the same samples again (same config); to annotate the new images, move the folder "
+            f"{workspace}/{group} out of the workspace (keeps the old annotations) or delete it.")
+
+
 def annotated_samples(workspace: str | os.PathLike[str], dataset: str, annotator: str) -> set[str]:
     """Sample ids this annotator has submitted (done), for resuming a session; empty for a new one."""
     _check_annotator(annotator)
@@ -111,6 +160,7 @@ def annotated_samples(workspace: str | os.PathLike[str], dataset: str, annotator
     if not store.group_exists(workspace, group):
         _images(str(workspace), dataset)  # an unknown dataset is an error, not "nothing annotated"
         return set()
+    check_current(workspace, dataset)  # a session on re-ingested images must not resume old answers
     root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
     names = store.strings(root[ANNOTATOR][:]).tolist()
     if annotator not in names:
@@ -122,16 +172,32 @@ def annotated_samples(workspace: str | os.PathLike[str], dataset: str, annotator
 def open_annotations(workspace: str | os.PathLike[str], dataset: str) -> xr.Dataset:
     """The group as an xarray Dataset: the per-cell values loaded, ``region`` lazy (dask).
 
+    The per-cell arrays are cut to the ``annotator`` coordinate: while an annotator is being added
+    (:func:`_annotator_index`) the arrays already have one column more than the coordinate, and a
+    reader then sees the annotators before it. Opens what is stored even when the images were
+    ingested again since (:func:`check_current` says whether they still match).
     Raises :class:`AnnotationError` when the dataset has no annotations yet."""
     group = annotation_group(dataset)
     if not store.group_exists(workspace, group):
         raise AnnotationError(f"{workspace}: no annotations for dataset {dataset!r} yet ({group} does not exist); "
                               f"make some with `xaiflow annotate -w {workspace} -d {dataset} --annotator NAME`")
-    ds = store.open_group(workspace, group)
-    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
+    location = store.location(workspace)
+    per_cell = (REGION, *CELL_VARIABLES, schema.DONE)
+    # the coordinates (small: loaded), without the per-cell arrays, whose annotator size may run ahead
+    ds = xr.open_zarr(location, group=group, consolidated=False, zarr_format=3, chunks=None,
+                      drop_variables=list(per_cell)).load()
+    ds = ds.set_coords(list(ds.data_vars))  # all that is left are the sample and annotator coordinates
+    root = zarr.open_group(location, path=group, mode="r", zarr_format=3)
+    n = ds.sizes[ANNOTATOR]
+
+    def variable(name: str, data: Any) -> tuple[tuple[str, ...], Any, dict[str, Any]]:
+        attrs = {k: v for k, v in root[name].attrs.items() if not k.startswith("_") and k != "coordinates"}
+        return tuple(root[name].metadata.dimension_names), data, attrs
+
     # one zarr read per variable (concurrent chunk fetches) instead of a Dask task per cell
-    loaded = {name: (ds[name].dims, np.asarray(root[name][:]), ds[name].attrs) for name in (*CELL_VARIABLES, schema.DONE)}
-    return ds.assign(loaded)
+    cells = {name: variable(name, np.asarray(root[name][:, :n])) for name in (*CELL_VARIABLES, schema.DONE)}
+    region = variable(REGION, da.from_zarr(root[REGION])[:, :n])
+    return ds.assign({REGION: region, **cells})
 
 
 def _images(workspace: str, dataset: str) -> xr.Dataset:
@@ -248,6 +314,8 @@ def _create(workspace: str, group: str, images: xr.Dataset, annotator: str) -> N
                schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
                schema.ATTR_STATUS: schema.STATUS_INCOMPLETE,
                schema.ATTR_PROVENANCE: {"images": schema.group_path(schema.IMAGES, group.split("/", 1)[1]),
+                                        "images_config_hash": images.attrs.get(schema.ATTR_PROVENANCE, {})
+                                        .get("config_hash", ""),
                                         "xaiflow_version": xaiflow.__version__,
                                         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}},
     )

@@ -23,14 +23,21 @@ Three questions, one study per (dataset, model):
 
    Each is summarized per (annotator, method) by its mean over samples with a seeded bootstrap
    95% interval (resampling samples), the chance level beside it (the mean area share of the same
-   samples for the first two), and two flags: ``beats_chance`` (the interval lies above the chance
-   level) and ``excludes_chance`` (it does not contain it; below chance counts too).
+   samples for the first two), the mean per-sample excess over chance (value - chance, paired: the
+   area share differs from image to image) with its interval from the same resamples, and two
+   flags: ``beats_chance`` (the excess interval lies above 0) and ``excludes_chance`` (it does not
+   contain 0; below chance counts too).
 
 Human regions come from ``annotations/<dataset>`` (:mod:`xaiflow.annotations`) or from imported
 segmentation masks (:func:`regions_from_masks`, annotator id ``masks``, with
 :func:`xaiflow.maskspec.parse_mask_selection` choosing the mask classes per image class). Results
 are stored as ``human/<dataset>/<model>``: ``value(sample, annotator, xai_method, metric)``,
 ``chance(sample, annotator, metric)`` and the summary tables as JSON attrs.
+
+Regions, maps and predictions are matched by sample id, never by position: the regions are put in
+the order of ``images/<dataset>`` and the maps looked up by id. Memory is bounded whatever the
+image size and ``n_boot``: samples are scored a block at a time (:data:`BLOCK_BYTES`), and
+bootstrap resamples are drawn a block at a time (:data:`BOOT_BYTES`).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from xaiflow.annotations import (
     REGION,
     AnnotationError,
     annotation_group,
+    check_current,
     open_annotations,
 )
 from xaiflow.errors import XaiflowError
@@ -73,8 +81,14 @@ FIXED_CHANCE = {"rank_correlation": 0.0, "auc": 0.5}
 #: the study's settings kept in its provenance (and in :attr:`HumanStudy.settings`)
 SETTINGS = ("absolute", "n_boot", "seed", "level", "from_masks", "use_masks", "mask_selection", "methods",
             "checkpoint_sha256", "latest_annotation")
-#: samples whose maps are held in memory at once (bounded memory on full-size micrographs)
-BLOCK = 32
+#: bytes of maps, regions and working arrays held at once: the study scores this many bytes' worth of
+#: samples at a time (one sample at least), so full-size micrographs do not fill the memory
+BLOCK_BYTES = 256 * 2**20
+#: working bytes per pixel while one map is scored against the regions (float64 copy, ranks, centred ranks,
+#: the region indicator and products)
+WORK_BYTES_PER_PIXEL = 64
+#: bytes of bootstrap resample counts held at once (whatever ``n_boot`` and the number of samples)
+BOOT_BYTES = 8 * 2**20
 
 
 class HumanError(XaiflowError):
@@ -138,6 +152,11 @@ def iou_dice(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (np.where(union > 0, inter / union, np.nan), np.where(total > 0, 2 * inter / total, np.nan))
 
 
+def block_rows(bytes_per_sample: int) -> int:
+    """How many samples of ``bytes_per_sample`` fit in :data:`BLOCK_BYTES` (at least one)."""
+    return max(1, BLOCK_BYTES // max(int(bytes_per_sample), 1))
+
+
 def _done(annotations: xr.Dataset) -> np.ndarray:
     return np.asarray(annotations[schema.DONE].values, bool)
 
@@ -164,8 +183,9 @@ def annotator_agreement(annotations: xr.Dataset) -> pd.DataFrame:
         if len(both):
             region = annotations[REGION]
             iou, dice = np.full(len(both), np.nan), np.full(len(both), np.nan)
-            for start in range(0, len(both), BLOCK):  # bounded memory: a block of samples at a time
-                block = both[start:start + BLOCK]
+            per_block = block_rows(8 * region.sizes[schema.Y] * region.sizes[schema.X])  # 2 regions, their bools
+            for start in range(0, len(both), per_block):  # bounded memory: a block of samples at a time
+                block = both[start:start + per_block]
                 a = np.asarray(region.isel({schema.SAMPLE: block, ANNOTATOR: i}).values)
                 b = np.asarray(region.isel({schema.SAMPLE: block, ANNOTATOR: j}).values)
                 iou[start:start + len(block)], dice[start:start + len(block)] = iou_dice(a, b)
@@ -195,15 +215,16 @@ def class_agreement(reference: Sequence[str], human: Sequence[str], classes: Seq
 
 
 def human_vs(annotations: xr.Dataset, reference: np.ndarray, against: str) -> list[dict[str, Any]]:
-    """Per annotator and pooled ("all"): the human class against ``reference`` (a class name per sample:
-    the model's prediction or the true label); annotators without classes (imported masks) are left out."""
+    """Per annotator and pooled ("all"): the human class against ``reference`` (a class name per sample of
+    ``annotations``, '' where there is none: the model's prediction or the true label); annotators without
+    classes (imported masks) are left out."""
     classes = [str(c) for c in annotations.attrs.get("classes", [])]
     names, done = _names(annotations), _done(annotations)
     given = store.strings(annotations[ANNOTATED_CLASS].values)
     reference = np.asarray(reference).astype(str)
     rows, pooled_ref, pooled_human = [], [], []
     for j, name in enumerate(names):
-        keep = done[:, j] & (given[:, j] != "")
+        keep = done[:, j] & (given[:, j] != "") & (reference != "")  # '': no reference for the sample
         if not keep.any():
             continue
         rows.append({"annotator": name, "against": against, **class_agreement(reference[keep], given[keep, j], classes)})
@@ -220,17 +241,33 @@ def human_vs(annotations: xr.Dataset, reference: np.ndarray, against: str) -> li
 def rank_correlation(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Spearman's rho of each map with its region indicator, (B, H, W) x2 -> (B,); NaN for an empty or full
     region or a constant map."""
-    ranks, inside = _ranks(maps), np.asarray(regions, bool).reshape(len(maps), -1)
+    return _rho(_ranks(maps), _inside(regions))
+
+
+def detection_auc(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """ROC AUC of each map as a detector of its region's pixels (Mann-Whitney U / (n_in * n_out), ties
+    half), (B, H, W) x2 -> (B,); NaN for an empty or full region."""
+    return _auc(_ranks(maps), _inside(regions))
+
+
+def _inside(regions: np.ndarray) -> np.ndarray:
+    return np.asarray(regions, bool).reshape(len(regions), -1)
+
+
+def _ranks(maps: np.ndarray) -> np.ndarray:
+    """(B, H, W) maps -> (B, H*W) pixel ranks (ties: average rank), the part both rank measures share."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    return rankdata(flat, axis=1, method="average")
+
+
+def _rho(ranks: np.ndarray, inside: np.ndarray) -> np.ndarray:
     r = ranks - ranks.mean(axis=1, keepdims=True)
     m = inside - inside.mean(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (r * m).sum(axis=1) / np.sqrt((r ** 2).sum(axis=1) * (m ** 2).sum(axis=1))
 
 
-def detection_auc(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """ROC AUC of each map as a detector of its region's pixels (Mann-Whitney U / (n_in * n_out), ties
-    half), (B, H, W) x2 -> (B,); NaN for an empty or full region."""
-    ranks, inside = _ranks(maps), np.asarray(regions, bool).reshape(len(maps), -1)
+def _auc(ranks: np.ndarray, inside: np.ndarray) -> np.ndarray:
     n_in = inside.sum(axis=1).astype(np.float64)
     n_out = inside.shape[1] - n_in
     u = (ranks * inside).sum(axis=1) - n_in * (n_in + 1) / 2
@@ -238,19 +275,25 @@ def detection_auc(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
         return np.where((n_in > 0) & (n_out > 0), u / (n_in * n_out), np.nan)
 
 
-def _ranks(maps: np.ndarray) -> np.ndarray:
-    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    return rankdata(flat, axis=1, method="average")
-
-
 def map_region_values(maps: np.ndarray, regions: np.ndarray, absolute: bool = False) -> np.ndarray:
     """(B, H, W) maps and regions -> (B, len(MAP_METRICS)) values (see the module docstring); NaN where the
     region is empty."""
-    maps = np.abs(maps) if absolute else np.asarray(maps)
-    maps = np.nan_to_num(maps, nan=0.0)
+    maps = _scored(maps, absolute)
+    return _region_values(maps, _ranks(maps), regions)
+
+
+def _scored(maps: np.ndarray, absolute: bool) -> np.ndarray:
+    """The maps as they are scored: |map| with ``absolute``, NaN as 0."""
+    return np.nan_to_num(np.abs(maps) if absolute else np.asarray(maps), nan=0.0)
+
+
+def _region_values(maps: np.ndarray, ranks: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """:func:`map_region_values` of scored maps whose pixel ranks are computed already (once per map,
+    whatever the number of annotators)."""
     regions = np.asarray(regions, bool)
+    inside = _inside(regions)
     return np.stack([pointing_game(maps, regions), relevance_mass_accuracy(maps, regions),
-                     rank_correlation(maps, regions), detection_auc(maps, regions)], axis=1)
+                     _rho(ranks, inside), _auc(ranks, inside)], axis=1)
 
 
 def chance_levels(regions: np.ndarray) -> np.ndarray:
@@ -264,21 +307,31 @@ def chance_levels(regions: np.ndarray) -> np.ndarray:
 def bootstrap_summary(values: np.ndarray, chance: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> dict[str, Any]:
     """Mean of ``values`` over samples with a bootstrap percentile interval (resampling samples, seeded), the
-    mean chance level of the same samples, and whether the interval lies above it (``beats_chance``) or does
-    not contain it (``excludes_chance``)."""
+    mean chance level of the same samples, and the mean per-sample excess ``values - chance`` with its
+    interval from the same resamples (``excess``, ``excess_low``, ``excess_high``). The comparison with
+    chance is paired because the chance level differs from sample to sample (the region's area share):
+    ``beats_chance`` when the excess interval lies above 0, ``excludes_chance`` when it does not contain 0.
+
+    Resamples are drawn as multinomial counts, :data:`BOOT_BYTES` of them at a time: memory does not
+    grow with ``n_boot``."""
     keep = np.isfinite(values) & np.isfinite(chance)
     v, c = np.asarray(values, np.float64)[keep], np.asarray(chance, np.float64)[keep]
     out = {"n_samples": int(keep.sum()), "value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-           "chance": float("nan"), "beats_chance": False, "excludes_chance": False}
-    if not len(v):
+           "chance": float("nan"), "excess": float("nan"), "excess_low": float("nan"), "excess_high": float("nan"),
+           "beats_chance": False, "excludes_chance": False}
+    n = len(v)
+    if not n:
         return out
+    paired = np.stack([v, v - c], axis=1)  # (n, 2): the value and its excess over chance, resampled together
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
+    per_block = max(1, BOOT_BYTES // (8 * n))
+    boot = np.concatenate([rng.multinomial(n, np.full(n, 1.0 / n), size=min(per_block, n_boot - start)) @ paired / n
+                           for start in range(0, n_boot, per_block)])
     tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(v[idx].mean(axis=1), [tail, 100 - tail])
-    chance_mean = float(c.mean())
-    out.update(value=float(v.mean()), ci_low=float(lo), ci_high=float(hi), chance=chance_mean,
-               beats_chance=bool(lo > chance_mean), excludes_chance=bool(lo > chance_mean or hi < chance_mean))
+    (lo, excess_lo), (hi, excess_hi) = np.percentile(boot, [tail, 100 - tail], axis=0)
+    out.update(value=float(v.mean()), ci_low=float(lo), ci_high=float(hi), chance=float(c.mean()),
+               excess=float(paired[:, 1].mean()), excess_low=float(excess_lo), excess_high=float(excess_hi),
+               beats_chance=bool(excess_lo > 0), excludes_chance=bool(excess_lo > 0 or excess_hi < 0))
     return out
 
 
@@ -327,24 +380,41 @@ def regions_from_masks(workspace: str | os.PathLike[str], dataset: str, selectio
 def human_regions(workspace: str | os.PathLike[str], dataset: str, from_masks: Any = None,
                   use_masks: bool = False) -> xr.Dataset:
     """The regions the study compares with: the annotations, plus the imported masks (annotator ``masks``)
-    when ``use_masks`` (``from_masks`` selects their classes); an error saying how to make either."""
+    when ``use_masks`` (``from_masks`` selects their classes); an error saying how to make either.
+
+    The samples are those of ``images/<dataset>``, in its order (matched by sample id); annotations made
+    for other images (re-ingested since) are refused (:func:`xaiflow.annotations.check_current`)."""
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+    ids = store.strings(images[schema.SAMPLE].values)
     parts = []
     if store.group_exists(workspace, annotation_group(dataset)):
+        check_current(workspace, dataset, images)
         ann = open_annotations(workspace, dataset)
-        parts.append(xr.Dataset({REGION: ann[REGION], ANNOTATED_CLASS: ann[ANNOTATED_CLASS],
-                                 schema.DONE: ann[schema.DONE]},
-                                coords={schema.LABEL: ann[schema.LABEL]}, attrs={"classes": ann.attrs["classes"]}))
+        parts.append(_in_order(xr.Dataset({REGION: ann[REGION], ANNOTATED_CLASS: ann[ANNOTATED_CLASS],
+                                           schema.DONE: ann[schema.DONE]},
+                                          coords={schema.LABEL: ann[schema.LABEL]},
+                                          attrs={"classes": ann.attrs["classes"]}), ids, annotation_group(dataset)))
     if use_masks:
-        parts.append(regions_from_masks(workspace, dataset, from_masks))
+        parts.append(_in_order(regions_from_masks(workspace, dataset, from_masks), ids,
+                               schema.group_path(schema.MASKS, dataset)))
     if not parts:
         raise HumanError(f"{workspace}: no human regions for dataset {dataset!r}: annotate images with `xaiflow "
                          f"annotate -w {workspace} -d {dataset} --annotator NAME`, or compare with imported masks "
                          "(--from-masks CLASSES)")
     if len(parts) == 1:
         return parts[0]
-    merged = xr.concat(parts, dim=ANNOTATOR, coords="minimal", compat="override", join="override")
+    merged = xr.concat(parts, dim=ANNOTATOR, coords="minimal", compat="override", join="override")  # same order
     merged[ANNOTATED_CLASS] = merged[ANNOTATED_CLASS].astype(object)
     return merged.assign_attrs(classes=parts[0].attrs["classes"], mask_selection=parts[1].attrs["mask_selection"])
+
+
+def _in_order(regions: xr.Dataset, ids: np.ndarray, source: str) -> xr.Dataset:
+    """``regions`` with the samples ``ids`` (those of the images), in that order, matched by sample id."""
+    at = pd.Index(store.strings(regions[schema.SAMPLE].values)).get_indexer(ids)
+    if (at < 0).any() or regions.sizes[schema.SAMPLE] != len(ids):
+        raise HumanError(f"{source} does not hold the samples of the images ({int((at < 0).sum())} image(s) "
+                         "missing); ingest the dataset again")
+    return regions.isel({schema.SAMPLE: at})
 
 
 # ----------------------------------------------------------------------------- the study
@@ -398,6 +468,16 @@ def _model_predictions(workspace: str, model_id: str, dataset: str) -> np.ndarra
     return np.asarray(predictions(workspace, model_id, dataset))
 
 
+def _predicted_classes(workspace: str, model_id: str, dataset: str, classes: list[str], ids: np.ndarray) -> np.ndarray:
+    """The model's predicted class name of each sample ``ids`` (matched by id with the images the predictions
+    follow); '' for a sample the images do not have."""
+    images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
+    image_ids = store.strings(images[schema.SAMPLE].values)
+    names = np.asarray(classes, dtype=object)[_model_predictions(workspace, model_id, dataset)]
+    at = pd.Index(image_ids).get_indexer(ids)
+    return np.where(at >= 0, names[np.maximum(at, 0)], "")
+
+
 def run_study(workspace: str | os.PathLike[str], dataset: str | None = None, model: str | None = None, *,
               methods: list[str] | None = None, from_masks: Any = None, use_masks: bool = False,
               absolute: bool = False, n_boot: int = 1000, seed: int = 0, write: bool = True) -> HumanStudy:
@@ -423,31 +503,39 @@ def run_study(workspace: str | os.PathLike[str], dataset: str | None = None, mod
     names, method_names = _names(regions), [str(m) for m in sal[METHOD].values]
     classes = [str(c) for c in regions.attrs["classes"]]
     done = _done(regions)
+    ids = store.strings(regions[schema.SAMPLE].values)  # the images' samples, in their order
+    at = pd.Index(store.strings(sal[schema.SAMPLE].values)).get_indexer(ids)  # maps of each sample, by id
     mapped = np.asarray(sal["done"].values, bool).all(axis=1)
-    chosen = np.flatnonzero(done.any(axis=1) & mapped)
+    has_maps = (at >= 0) & mapped[np.maximum(at, 0)] if len(mapped) else np.zeros(len(ids), bool)
+    chosen = np.flatnonzero(done.any(axis=1) & has_maps)
     if not len(chosen):
         raise HumanError(f"no sample of {dataset!r} has both a human region and maps of every method "
                          f"({int(done.any(axis=1).sum())} annotated, {int(mapped.sum())} with maps of "
                          f"{', '.join(method_names)}); run `xaiflow attribute` on the annotated images")
     values = np.full((len(chosen), len(names), len(method_names), len(MAP_METRICS)), np.nan, np.float32)
     chance = np.full((len(chosen), len(names), len(MAP_METRICS)), np.nan, np.float32)
-    for start in range(0, len(chosen), BLOCK):
-        rows = chosen[start:start + BLOCK]
+    pixels = sal.sizes[schema.Y] * sal.sizes[schema.X]
+    rows_per_block = block_rows(pixels * (4 * len(method_names) + len(names) + WORK_BYTES_PER_PIXEL))
+    for start in range(0, len(chosen), rows_per_block):
+        rows = chosen[start:start + rows_per_block]
+        block = slice(start, start + len(rows))
         region = np.asarray(regions[REGION].isel({schema.SAMPLE: rows}).values, bool)  # (b, a, y, x)
-        maps = np.asarray(sal["saliency"].isel({schema.SAMPLE: rows}).values, np.float32)  # (b, m, y, x)
+        maps = np.asarray(sal["saliency"].isel({schema.SAMPLE: at[rows]}).values, np.float32)  # (b, m, y, x)
+        ok = done[rows]
         for j in range(len(names)):
-            ok = done[rows, j]
-            chance[start:start + len(rows), j] = np.where(ok[:, None], chance_levels(region[:, j]), np.nan)
-            for k in range(len(method_names)):
-                v = map_region_values(maps[:, k], region[:, j], absolute)
-                values[start:start + len(rows), j, k] = np.where(ok[:, None], v, np.nan)
+            chance[block, j] = np.where(ok[:, j, None], chance_levels(region[:, j]), np.nan)
+        for k in range(len(method_names)):
+            scored = _scored(maps[:, k], absolute)
+            ranks = _ranks(scored)  # once per map, shared by every annotator
+            for j in range(len(names)):
+                values[block, j, k] = np.where(ok[:, j, None], _region_values(scored, ranks, region[:, j]), np.nan)
+            del scored, ranks
     summary = [{"annotator": a, "xai_method": m, "metric": metric,
                 **bootstrap_summary(values[:, j, k, q], chance[:, j, q], n_boot=n_boot, seed=seed)}
                for j, a in enumerate(names) for k, m in enumerate(method_names) for q, metric in enumerate(MAP_METRICS)]
     agreement = annotator_agreement(regions)
-    labels = store.strings(sal[schema.LABEL].values) if schema.LABEL in sal.coords else \
-        store.strings(regions[schema.LABEL].values)
-    predicted = np.asarray(classes, dtype=object)[_model_predictions(workspace, entry.model_id, dataset)]
+    labels = store.strings(regions[schema.LABEL].values)
+    predicted = _predicted_classes(workspace, entry.model_id, dataset, classes, ids)
     settings = {"absolute": absolute, "n_boot": n_boot, "seed": seed, "level": 0.95,
                 "from_masks": from_masks if isinstance(from_masks, str | None) else json.dumps(from_masks),
                 "use_masks": MASKS_ANNOTATOR in names, "mask_selection": regions.attrs.get("mask_selection"),
@@ -546,19 +634,21 @@ def printed_tables(study: HumanStudy) -> list[tuple[str, list[dict[str, Any]], l
     kappa = fleiss.get("kappa")
     said = (f"Fleiss' kappa {kappa:.3f} over {fleiss.get('n_samples')} samples rated by all" if kappa is not None
             else f"Fleiss' kappa: n/a ({fleiss.get('note')})")
-    maps = [{**r, "ci_95": _interval(r), "beats chance": "yes" if r["beats_chance"] else "no"} for r in study.maps]
+    maps = [{**r, "ci_95": _interval(r), "excess_ci_95": _interval(r, "excess_"),
+             "beats chance": "yes" if r["beats_chance"] else "no"} for r in study.maps]
     return [
         (f"annotator agreement ({said})", study.agreement,
          ["annotator_a", "annotator_b", "n_samples", "cohen_kappa", "iou", "dice"]),
         ("human class vs the model's prediction", study.vs_model, ["annotator", "n_samples", "accuracy", "cohen_kappa"]),
         ("human class vs the true label", study.vs_truth, ["annotator", "n_samples", "accuracy", "cohen_kappa"]),
         (f"maps vs human regions of {study.model_id} (mean over samples, bootstrap 95% interval, chance level)",
-         maps, ["annotator", "xai_method", "metric", "n_samples", "value", "ci_95", "chance", "beats chance"]),
+         maps, ["annotator", "xai_method", "metric", "n_samples", "value", "ci_95", "chance", "excess", "excess_ci_95",
+                "beats chance"]),
     ]
 
 
-def _interval(row: dict[str, Any]) -> str:
-    lo, hi = row.get("ci_low"), row.get("ci_high")
+def _interval(row: dict[str, Any], prefix: str = "ci_") -> str:
+    lo, hi = row.get(f"{prefix}low"), row.get(f"{prefix}high")
     return "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
 
 

@@ -14,6 +14,12 @@ be the page's own); POST bodies are JSON only and limited to what a region of th
 images are addressed by their position in the session's order (never a path); the page's assets are a
 fixed set of package files.
 
+Every failure is answered with a JSON ``{"error": message}`` the page shows, never a dropped
+connection: bad input 400, an unknown route or image 404, annotations or images that no longer
+match (re-ingested: :class:`~xaiflow.annotations.StaleAnnotationsError`) and other library errors
+409, a group busy beyond the lock wait 503 (with ``Retry-After``), anything unexpected 500 (logged).
+A connection silent for :data:`IDLE_TIMEOUT_SECONDS` is closed.
+
 Routes: ``GET /`` (the page), ``GET /static/<asset>``, ``GET /api/state[?after=N]`` (classes, image
 shape, progress, next position), ``GET /api/image/<N>.png``, ``POST /api/submit`` (see
 :meth:`AnnotationHandler.submit`).
@@ -41,7 +47,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from xaiflow.annotate.session import AnnotationSession
-from xaiflow.annotations import AnnotationError
+from xaiflow.annotations import AnnotationError, StaleAnnotationsError
+from xaiflow.errors import XaiflowError
+from xaiflow.locks import WorkspaceBusyError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,11 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 IMAGE_PATH = re.compile(r"^/api/image/(\d{1,12})\.png$")
+#: seconds a connection may stay silent: an idle browser preconnect then ends, so Ctrl-C (which waits
+#: for the request threads) is not held up by it
+IDLE_TIMEOUT_SECONDS = 10
+#: a busy workspace group (another writer adding an annotator): the page may try again after this
+RETRY_AFTER_SECONDS = 5
 
 
 def auth_from_env() -> str | None:
@@ -162,6 +175,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
 
     server_version = "xaiflow-annotate"
     sys_version = ""
+    timeout = IDLE_TIMEOUT_SECONDS
 
     @property
     def app(self) -> AnnotationServer:
@@ -236,8 +250,8 @@ class AnnotationHandler(BaseHTTPRequestHandler):
                 self.send(HTTPStatus.OK, self.app.session.image_png(int(match.group(1))), "image/png")
             else:
                 self.fail(HTTPStatus.NOT_FOUND, "not found")
-        except AnnotationError as e:
-            self.fail(HTTPStatus.NOT_FOUND, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure is answered (see the module doc)
+            self.fail_with(e, HTTPStatus.NOT_FOUND)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -273,9 +287,34 @@ class AnnotationHandler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(self.rfile.read(int(length)))
+        except ValueError as e:  # json.JSONDecodeError and a body that is not UTF-8 are ValueErrors
+            self.fail(HTTPStatus.BAD_REQUEST, f"submission: not JSON ({e})")
+            return
+        except (TimeoutError, ConnectionError):  # the body did not arrive in time, or the browser went away
+            self.close_connection = True
+            return
+        try:
             self.send_json(HTTPStatus.OK, self.submit(body))
-        except (ValueError, AnnotationError) as e:  # json.JSONDecodeError is a ValueError
-            self.fail(HTTPStatus.BAD_REQUEST, str(e))
+        except Exception as e:  # noqa: BLE001 - every failure is answered (see the module doc)
+            self.fail_with(e, HTTPStatus.BAD_REQUEST)
+
+    def fail_with(self, error: Exception, refused: int) -> None:
+        """Answer a request that raised ``error``; ``refused``: the status of a plain
+        :class:`AnnotationError` (the request's input is wrong)."""
+        if isinstance(error, ConnectionError):  # the browser went away: nobody to answer
+            self.close_connection = True
+        elif isinstance(error, WorkspaceBusyError):
+            self.fail(HTTPStatus.SERVICE_UNAVAILABLE, f"busy, try again in a few seconds: {error}",
+                      {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        elif isinstance(error, StaleAnnotationsError) or (isinstance(error, XaiflowError)
+                                                           and not isinstance(error, AnnotationError)):
+            self.fail(HTTPStatus.CONFLICT, str(error))
+        elif isinstance(error, AnnotationError):
+            self.fail(refused, str(error))
+        else:
+            log.exception("annotation server: %s %s failed", self.command, urlsplit(self.path).path)
+            self.fail(HTTPStatus.INTERNAL_SERVER_ERROR,
+                      f"internal error ({type(error).__name__}: {error}); see the server's log")
 
     def submit(self, body: Any) -> dict[str, Any]:
         """Store ``{"position", "label", "confidence", "seconds", "region"}`` (``region``: the painted

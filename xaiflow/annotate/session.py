@@ -22,10 +22,17 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+import zarr
 from PIL import Image
 
 from xaiflow import schema, store
-from xaiflow.annotations import ANNOTATOR_ID, AnnotationError, annotated_samples, write_annotation
+from xaiflow.annotations import (
+    ANNOTATOR_ID,
+    AnnotationError,
+    StaleAnnotationsError,
+    annotated_samples,
+    write_annotation,
+)
 
 #: percentiles of one image mapped to black and white when it is not already 8-bit
 DISPLAY_PERCENTILES = (0.5, 99.5)
@@ -87,8 +94,11 @@ def render_png(image: np.ndarray) -> bytes:
 class AnnotationSession:
     """One annotator on one dataset (optionally one split) of a workspace.
 
-    Construction validates everything (workspace, dataset, annotator id, split) so that a command
-    fails before a server starts. Thread-safe: the server's request threads share one session.
+    Construction validates everything (workspace, dataset, annotator id, split, annotations made for
+    these images) so that a command fails before a server starts. Thread-safe: the server's request
+    threads share one session, and its submissions are written one at a time (two browser tabs of
+    the annotator submitting one image would otherwise interleave the writes of one cell). When the
+    images are ingested again while it runs, images and submissions are refused (restart it).
     """
 
     def __init__(self, workspace: str | os.PathLike[str], dataset: str | None, annotator: str, *,
@@ -113,8 +123,10 @@ class AnnotationSession:
         labels = store.strings(images[schema.LABEL].values)[rows]
         #: row in images/<dataset> of each position of the order
         self.rows = rows[stratified_order(labels, session_seed(self.dataset, self.annotator))]
-        self.samples = store.strings(images[schema.SAMPLE].values)[self.rows]
+        self._ids = store.strings(images[schema.SAMPLE].values)
+        self.samples = self._ids[self.rows]
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._done = set(annotated_samples(workspace, self.dataset, self.annotator)) & set(self.samples.tolist())
 
     @property
@@ -142,15 +154,27 @@ class AnnotationSession:
                     return position
         return None
 
+    def check_images(self) -> None:
+        """Refuse to go on when ``images/<dataset>`` no longer has the samples this session's order was
+        made from (re-ingested meanwhile): a position would show or store another image."""
+        ids = store.strings(zarr.open_array(store.location(self.workspace), path=f"{self.group}/{schema.SAMPLE}",
+                                            mode="r", zarr_format=3)[:])
+        if not np.array_equal(ids, self._ids):
+            raise StaleAnnotationsError(f"{self.workspace}: {self.group} was ingested again since this annotation "
+                                        "session started; stop it (Ctrl-C) and run `xaiflow annotate` again")
+
     def image_png(self, position: int) -> bytes:
         self.sample_at(position)
+        self.check_images()
         row = int(self.rows[position])
         return render_png(store.read_region(self.workspace, f"{self.group}/{schema.IMAGE}", row, row + 1)[0])
 
     def submit(self, position: int, *, label: str, confidence: float, region: np.ndarray, seconds: float) -> None:
         """Store one submission (it replaces an earlier one of this annotator for the image)."""
         sample = self.sample_at(position)
-        write_annotation(self.workspace, self.dataset, sample, self.annotator, label=label, confidence=confidence,
-                         region=region, seconds=seconds)
+        with self._write_lock:  # one submission of this session at a time (see the class doc)
+            self.check_images()
+            write_annotation(self.workspace, self.dataset, sample, self.annotator, label=label,
+                             confidence=confidence, region=region, seconds=seconds)
         with self._lock:
             self._done.add(sample)

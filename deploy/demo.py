@@ -41,6 +41,16 @@ def main() -> int:
         # log handler), and the Dask worker processes started below inherit the setting
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     workspace = Path(args.workspace).resolve()
+    if workspace.exists():  # a workspace of an earlier quick-start config: say so before any server starts
+        from xaiflow.config import load_config
+        from xaiflow.ingest import changed_datasets
+
+        changed = changed_datasets(load_config(args.config), workspace)
+        if changed:
+            print(f"error: {workspace} holds dataset(s) {', '.join(changed)} made with another config than "
+                  f"{args.config} (an earlier quick start?); move it away or delete it (`make clean` removes "
+                  "workspace/), or pass --workspace with a new path, and run again", file=sys.stderr)
+            return 2
     home = workspace.parent / "prefect-home"
     tick = time.perf_counter()
 

@@ -77,3 +77,25 @@ def test_pipeline_params_refuse_a_bad_device(bad):
         PipelineParams(device=bad)
     with pytest.raises(ValidationError, match="stages"):
         PipelineParams(stages=["ingest", "explain"])
+
+
+def test_demo_on_a_workspace_of_another_config_says_so_before_starting_anything(tmp_path):
+    """A returning user's workspace made by an earlier quick-start config: one clear error, exit 2,
+    before any server starts (ingest would refuse the changed dataset halfway through the run)."""
+    import subprocess
+
+    from cli_run import run
+    from conftest import write_tiny_run_config
+
+    config = write_tiny_run_config(tmp_path)
+    ws = tmp_path / "ws.zarr"
+    assert run("ingest", str(config), "-w", str(ws), "--cluster", "threads").returncode == 0
+    changed = yaml.safe_load(config.read_text())
+    changed["datasets"][0]["source"]["seed"] = 99
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    res = subprocess.run([sys.executable, str(REPO / "deploy" / "demo.py"), "--config", str(other),
+                          "--workspace", str(ws)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "holds dataset(s) syn made with another config" in res.stderr and "Traceback" not in res.stderr
+    assert "Prefect UI" not in res.stdout  # nothing was started

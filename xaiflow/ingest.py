@@ -306,6 +306,18 @@ def _existing_state(workspace: str, cfg: DatasetConfig, overwrite: bool) -> str:
     return "complete" if attrs.get(schema.ATTR_STATUS) == schema.STATUS_COMPLETE else "incomplete"
 
 
+def changed_datasets(config: RunConfig, workspace: str | os.PathLike[str]) -> list[str]:
+    """Names of the config's datasets that ``workspace`` holds with another config (what ingest would
+    refuse without ``overwrite``), read from the stored hashes before any work starts."""
+    changed = []
+    for dataset in config.datasets:
+        try:
+            _existing_state(str(workspace), dataset, overwrite=False)
+        except IngestError:
+            changed.append(dataset.name)
+    return changed
+
+
 def _format_errors(cfg: DatasetConfig, errors: list[str], limit: int = 20) -> str:
     lines = [f"dataset {cfg.name!r}: {len(errors)} bad item(s) (set on_error: skip to ingest the rest):"]
     lines += [f"  - {e}" for e in errors[:limit]]

@@ -39,7 +39,9 @@ def test_report_sections_figures_and_metrics(tiny, client, tmp_path):
     assert f"Not computed: <code>xaiflow uncertainty -w {ws} -m {model}</code>" in page
     for command in ("adversarial", "concepts", "importance", "probe"):
         assert f"Not computed: <code>xaiflow {command} -w {ws} -m {model}" in page
-    assert len(re.findall(r"src='data:image/png;base64,", page)) == 5  # examples, means, 2 agreement, mask
+    # confusion, training curves, examples, misclassified, means, 2 agreement, mask
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 8
+    assert "PNG files beside it" not in page  # under the default size limit: everything embedded
     assert {"examples.png", "class_means.png", "mask_ratio.png", "shortcut.json"} <= {p.name for p in path.parent.iterdir()}
     verdict = json.loads((path.parent / "shortcut.json").read_text())["verdict"]
     assert f"class='verdict {verdict}'" in page
@@ -92,3 +94,100 @@ def test_report_uncertainty_and_adversarial_sections(tiny, client, tmp_path):
     adversarial = page[page.index("<h2>11. Adversarial inspection</h2>"):]
     assert "6 samples attacked (epsilon 1, PGD 4 steps)" in adversarial and "fisher_trace" in adversarial
     assert (tmp_path / "r3" / "reliability.png").is_file() and (tmp_path / "r3" / "adversarial_scores.png").is_file()
+
+
+def test_report_model_section_misclassified_and_linked_figures(tiny, tmp_path):
+    ws, model = tiny
+    path = write_report(ws, model, out=tmp_path / "r4", embed_limit=1)  # every figure over the limit
+    page = path.read_text()
+    model_part = page[page.index("<h2>Model</h2>"):page.index("<h2>1. Shortcut verdict</h2>")]
+    assert "balanced accuracy" in model_part and "majority-class baseline" in model_part
+    assert "src='confusion.png'" in model_part and "src='training_curves.png'" in model_part
+    assert "<h3>Misclassified examples</h3>" in page
+    assert re.search(r"\d+ of the 18 explained samples are misclassified; \d shown", page)
+    assert "src='misclassified.png'" in page
+    # linked, not embedded: every figure is a file beside the page, and the page says so
+    assert "data:image/png;base64" not in page and "figure(s) are shown from the PNG files beside it" in page
+    sources = re.findall(r"<img alt='[^']*' src='([^']+)'", page)
+    assert len(sources) >= 8 and all((path.parent / s).is_file() for s in sources)
+
+
+def test_fit_page_links_largest_first(tmp_path):
+    import base64
+
+    from xaiflow.report_embed import fit_page
+
+    (tmp_path / "big.png").write_bytes(b"B" * 3000)
+    (tmp_path / "small.png").write_bytes(b"s" * 30)
+    img = "".join(f"<img src='data:image/png;base64,{base64.b64encode(d).decode()}'>"
+                  for d in (b"B" * 3000, b"s" * 30))
+    unknown = f"<img src='data:image/png;base64,{base64.b64encode(b'x' * 9000).decode()}'>"  # no file: stays
+    page, linked = fit_page(img + unknown, tmp_path, limit=13_000)
+    assert linked == ["big.png"] and "src='big.png'" in page and "src='small.png'" not in page
+    assert page.count("data:image/png;base64") == 2
+    assert fit_page(img, tmp_path, limit=10**6) == (img, [])
+
+
+def test_model_section_degrades_and_shared_scale(tiny, tmp_path):
+    import shutil
+
+    from xaiflow import store
+    from xaiflow.aggregate import group_maps
+    from xaiflow.figures import group_map_figure
+    from xaiflow.report import _img, _table
+    from xaiflow.report_model import model_html, pick_misclassified
+    from xaiflow.saliency import open_saliency
+
+    ws, model = tiny
+    # a model trained before the history and the confusion matrices were stored: sentences, no figures
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(ws, copy)
+    shutil.copytree(store.models_dir(ws), store.models_dir(copy))
+    folder = store.models_dir(copy) / model
+    (folder / "history.json").unlink()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for split in ("val", "test"):
+        metrics[split].pop("confusion")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "old"
+    out.mkdir()
+    section = model_html(str(copy), model, out, _table, _img)
+    assert "No training history stored with this model" in section and "No confusion matrix stored" in section
+    assert "balanced accuracy" in section and not list(out.glob("*.png"))
+    # ... and without masks (the metadata path): the whole report is written, its bins in um/px
+    store.delete_group(copy, "masks/syn")
+    um = float(open_saliency(copy, "syn", model)["source_um_per_px"].values[0])  # what the check bins by default
+    page = write_report(copy, model, out=tmp_path / "old_report", bins=[um / 2, um * 2]).read_text()
+    assert "No training history stored with this model" in page and "<h2>Model</h2>" in page
+    assert "Dependence on pixel size of the source image (um/px)" in page
+    assert "Mean maps per pixel size of the source image (um/px) bin" in page
+    assert f"<td>{um / 2:.3g}–{um * 2:.3g} um/px</td>" in page and f"({um / 2:.3g}, {um * 2:.3g}]" not in page
+
+    ds = open_saliency(ws, "syn", model)
+    labels = ds["label_index"].values
+    picked = pick_misclassified(ds, (labels + 1) % 3, 4)  # every sample wrong: test first, one per class first
+    ids = store.strings(ds["sample"].values).tolist()
+    splits = dict(zip(ids, store.strings(ds["split"].values).tolist(), strict=True))
+    by_class = dict(zip(ids, labels.tolist(), strict=True))
+    assert len(picked) == 4 and len({by_class[s] for s in picked[:3]}) == 3
+    assert splits[picked[0]] == "test"
+    assert pick_misclassified(ds, labels, 4) == []
+
+    maps = group_maps(ds, by="label").compute()
+    _, limits = group_map_figure(maps, "t", shared_scale=True)
+    for method in ("saliency", "grad_cam"):
+        per_class = {limits[(str(g), method)] for g in maps["label"].values}
+        assert len(per_class) == 1 and next(iter(per_class))[0] == 0.0
+        assert next(iter(per_class))[1] == pytest.approx(float(maps.sel(xai_method=method).max()))
+    _, own = group_map_figure(maps, "t")
+    assert len({own[(str(g), "saliency")] for g in maps["label"].values}) > 1  # own scale per panel otherwise
+
+
+def test_bin_labels_in_units():
+    from xaiflow.report_units import bin_label, quantity
+
+    assert bin_label("(0.049, 0.2]", "um_per_px", [0.05, 0.2, 1.0]) == "0.05–0.2 um/px"  # pandas' include_lowest
+    assert bin_label("(0.2, 1.0]", "um_per_px", [0.05, 0.2, 1.0]) == "0.2–1 um/px"
+    assert bin_label("(0.0316, 0.1]", "magnification") == "0.0316–0.1 x"
+    assert bin_label("(1.0, 2.0]", "temperature") == "1–2" and bin_label("steel", "um_per_px") == "steel"
+    assert quantity("um_per_px") == "pixel size (um/px)" and quantity("temperature") == "temperature"

@@ -33,8 +33,10 @@ def normalize_map(m: np.ndarray, signed: bool) -> np.ndarray:
     return np.clip(out, -1, 1) if signed else np.clip(np.abs(out), 0, 1)
 
 
-def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[str]) -> Path:
-    """Grid: one row per sample (image, then each method's map over it), titled with labels.
+def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[str],
+                  notes: dict[str, str] | None = None) -> Path:
+    """Grid: one row per sample (image, then each method's map over it), titled with labels
+    (and a sample's line of ``notes``, e.g. its predicted class).
 
     ``ds`` is :func:`xaiflow.saliency.open_saliency`'s dataset. Signed methods use a
     diverging colormap (red: evidence for the explained class, blue: against), unsigned
@@ -54,7 +56,9 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
         label = str(row.label.values)
         axes[r, 0].imshow(img, cmap="gray")
         um = float(row.um_per_px.values) if "um_per_px" in row.coords else float("nan")
-        axes[r, 0].set_title(f"{sid}\ntrue: {label}" + (f"\n{um:.3g} um/px" if np.isfinite(um) else ""), fontsize=8)
+        note = f"\n{notes[sid]}" if notes and sid in notes else ""
+        axes[r, 0].set_title(f"{sid}\ntrue: {label}{note}" + (f"\n{um:.3g} um/px" if np.isfinite(um) else ""),
+                             fontsize=8)
         for c, m in enumerate(methods):
             ax = axes[r, c + 1]
             raw = row.saliency.sel({METHOD: m}).values
@@ -79,26 +83,43 @@ def saliency_grid(ds: xr.Dataset, samples: list[str], path: str | os.PathLike[st
     return save_figure(fig, path)
 
 
-def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str) -> Path:
-    """Grid of mean normalized maps: one row per group (class, bin...), one column per method."""
+def group_map_grid(maps: xr.DataArray, path: str | os.PathLike[str], title: str, *,
+                   shared_scale: bool = False) -> Path:
+    """Grid of mean normalized maps: one row per group (class, bin...), one column per method;
+    with ``shared_scale`` one colour scale per method across the groups (:func:`group_map_figure`)."""
+    return save_figure(group_map_figure(maps, title, shared_scale=shared_scale)[0], path)
+
+
+def group_map_figure(maps: xr.DataArray, title: str, *,
+                     shared_scale: bool = False) -> tuple[Figure, dict[tuple[str, str], tuple[float, float]]]:
+    """The figure of :func:`group_map_grid` and the colour limits of each panel, keyed by (group, method).
+
+    With ``shared_scale`` every group's panel of a method spans 0 to that method's largest value over
+    the groups, so a brighter class is more relevance there, not a different scale; otherwise each
+    panel spans its own range."""
     group_dim = maps.dims[0]
     groups = [str(g) for g in maps[group_dim].values]
     methods = [str(m) for m in maps[METHOD].values]
+    top = {m: float(np.nanmax(maps.sel({METHOD: m}).values, initial=0.0)) or 1.0 for m in methods}
     fig = Figure(figsize=(2.6 * len(methods), 2.5 * len(groups)))
     axes = fig.subplots(len(groups), len(methods), squeeze=False)
+    limits: dict[tuple[str, str], tuple[float, float]] = {}
     for r, g in enumerate(groups):
         for c, m in enumerate(methods):
             ax = axes[r, c]
-            im = ax.imshow(maps.sel({group_dim: g, METHOD: m}).values, cmap="inferno")
+            im = ax.imshow(maps.sel({group_dim: g, METHOD: m}).values, cmap="inferno",
+                           **({"vmin": 0.0, "vmax": top[m]} if shared_scale else {}))
+            limits[(g, m)] = tuple(float(v) for v in im.get_clim())
             bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             bar.ax.tick_params(labelsize=6)
             n = int(maps["n_samples"].sel({group_dim: g})) if "n_samples" in maps.coords else None
             ax.set_title(f"{g}" + (f" (n={n})" if n is not None else "") + f"\n{m}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(title + "\n(mean share of relevance per pixel; each map sums to 1)", fontsize=9)
+    scale = "; one colour scale per method across rows" if shared_scale else ""
+    fig.suptitle(title + f"\n(mean share of relevance per pixel; each map sums to 1{scale})", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig, limits
 
 
 def matrix_figure(matrix: xr.DataArray, path: str | os.PathLike[str], title: str, vmin: float = -1,

@@ -1,15 +1,19 @@
 """The HTML report of a model: what it looks at, how trustworthy the maps are, and the shortcut verdict.
 
 :func:`write_report` writes one folder: ``report.html`` (self-contained: every figure is
-embedded as a base64 PNG, so the file can be mailed or attached alone), the same figures as
-PNG files beside it, and ``shortcut.json`` (the verdict with its numbers). Sections:
+embedded as a base64 PNG, so the file can be mailed or attached alone, unless the page would
+exceed a few MB: then its largest figures are linked, :mod:`xaiflow.report_embed`), the same
+figures as PNG files beside it, and ``shortcut.json`` (the verdict with its numbers). Sections:
 
 1. the model and its data (accuracy, methods, samples with maps), then the plain-language
    conclusion (:mod:`xaiflow.conclusion`) and warnings (e.g. judged images the model was trained on);
+   "Model": accuracy per split, confusion matrices and training curves (:mod:`xaiflow.report_model`);
 2. the shortcut verdict (:mod:`xaiflow.shortcut`) with its reasons, numbers and thresholds
    (ablation, content swap with its intervals and chance levels, has_shortcut split);
-3. example overlays: one explained sample per class, every method's map over the image;
-4. class-mean maps (mass-normalized), and per metadata bin where the data has no masks;
+3. example overlays: one explained sample per class, every method's map over the image, and a few
+   misclassified samples with their true and predicted class;
+4. class-mean maps (mass-normalized, one colour scale per method), and per metadata bin (in
+   physical units, :mod:`xaiflow.report_units`) where the data has no masks;
 5. metric tables with their spread over samples (mean ± std, median and 10-90% quantiles)
    from ``metrics/<dataset>/<model>``, or a notice that they were not computed; faithfulness
    metrics with a random-order reference (ROAD, region perturbation, ...) as a method x metric
@@ -40,6 +44,9 @@ from xaiflow.faithfulness_report import faithfulness_section
 from xaiflow.figures import group_map_grid, matrix_figure, saliency_grid, save_figure
 from xaiflow.human_report import human_html
 from xaiflow.models.catalog import ModelCatalog
+from xaiflow.report_embed import EMBED_LIMIT, fit_page, linked_note
+from xaiflow.report_model import misclassified_html, model_html
+from xaiflow.report_units import bin_label, quantity, with_bin_labels
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
 from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, shortcut_report
 
@@ -124,12 +131,13 @@ def bin_accuracy_figure(meta: dict[str, Any], path: Path, compare: dict[str, Any
     for i, r in enumerate(rows):
         ax.text(i, 1.02, f"n={r['n']}\n" + r["majority_class"].replace("+", "+\n"), ha="center", va="bottom",
                 fontsize=6)
-    ax.set_xticks(x, [r["bin"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(x, [bin_label(r["bin"], meta["by"], meta["bins"]) for r in rows], rotation=30, ha="right",
+                  fontsize=7)
     ax.set_ylim(0, 1.25)
-    ax.set_xlabel(f"{meta['by']} bin")
+    ax.set_xlabel(quantity(meta["by"]))
     ax.set_ylabel("fraction")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"accuracy per {meta['by']} bin ({meta['split']} split) vs class mix", fontsize=9)
+    ax.set_title(f"accuracy per {quantity(meta['by'])} bin ({meta['split']} split) vs class mix", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -236,20 +244,23 @@ def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
                             "scale-only baseline": c["scale_baseline"]["balanced_accuracy"],
                             "V(bin, label)": c["cramers_v_label"], "V(bin, prediction)": c["cramers_v_predicted"],
                             "n": c["n"]})
-        parts += [f"<h3>Dependence on {html.escape(meta['by'])}</h3>", _table(summary),
+        parts += [f"<h3>Dependence on {html.escape(quantity(meta['by']))}</h3>", _table(summary),
                   "<p class='note'>Scale-only baseline: a depth-3 decision tree predicting the class from "
                   f"log10 {html.escape(meta['by'])} alone, fit on the train split. Cramer's V: association of the "
                   "bin with the true label and with the model's prediction (0 none, 1 complete).</p>",
-                  _table(meta["per_bin"], ["bin", "n", "accuracy", "majority_class", "majority_share", "classes"])]
+                  _table(with_bin_labels(meta["per_bin"], meta["by"], meta["bins"]),
+                         ["bin", "n", "accuracy", "majority_class", "majority_share", "classes"])]
         if rep.compare:
             parts += [f"<p>Per bin for {html.escape(rep.compare['model_id'])}:</p>",
-                      _table(rep.compare["per_bin"], ["bin", "n", "accuracy", "majority_class", "majority_share"])]
+                      _table(with_bin_labels(rep.compare["per_bin"], meta["by"], meta["bins"]),
+                             ["bin", "n", "accuracy", "majority_class", "majority_share"])]
         if "bins" in figures:
             parts.append(_img(figures["bins"], "accuracy per bin"))
         if meta.get("attribution_by_bin"):
             rows: dict[str, dict[str, Any]] = {}
             for r in meta["attribution_by_bin"]:
-                rows.setdefault(r["method"], {"method": r["method"]})[f"{r['bin']} (n={r['n']})"] = r["top10_share"]
+                column = f"{bin_label(r['bin'], meta['by'], meta['bins'])} (n={r['n']})"
+                rows.setdefault(r["method"], {"method": r["method"]})[column] = r["top10_share"]
             parts += ["<p>Share of relevance in each map's top 10% pixels, mean per bin (how concentrated the "
                       "evidence is; 0.1 = uniform):</p>", _table(list(rows.values()))]
     parts.append("<details><summary>thresholds</summary>" + _table([rep.thresholds]) + "</details>")
@@ -445,13 +456,15 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
                  out: str | os.PathLike[str] | None = None, *, compare_model: str | None = None,
                  methods: list[str] | None = None, by: str | None = None, bins: list[float] | None = None,
                  n_examples: int | None = None, beside: list[str] | None = None,
-                 shortcut_options: dict[str, Any] | None = None) -> Path:
+                 shortcut_options: dict[str, Any] | None = None, embed_limit: int = EMBED_LIMIT) -> Path:
     """Write the report folder of ``model_id`` on ``dataset`` (default: its training dataset)
     into ``out`` (default :func:`default_out`); returns the path of ``report.html``. The verdicts of
     the ``beside`` models (each on its own training dataset) are shown beside its own, and written to
     ``comparison.json`` (:func:`verdict_row`). ``shortcut_options``: the evidence/suspect settings
     of the verdicts (:func:`xaiflow.shortcut.shortcut_report`'s keywords, e.g. from the config's
-    ``shortcut:`` section); the report opens with the verdict's plain-language conclusion."""
+    ``shortcut:`` section); the report opens with the verdict's plain-language conclusion. Figures are
+    embedded unless the page would exceed ``embed_limit`` bytes: then the largest are linked
+    (:func:`xaiflow.report_embed.fit_page`)."""
     workspace = str(workspace)
     try:
         dataset = dataset or model_dataset(workspace, model_id)
@@ -483,12 +496,15 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
         n_examples = n_examples or min(len(classes), 6) or 4  # one per class by default
         figures["examples"] = saliency_grid(ds, _examples(ds, n_examples), folder / "examples.png")
         figures["class_means"] = group_map_grid(group_maps(ds, by=schema.LABEL).compute(), folder / "class_means.png",
-                                                f"{model_id}: mean map per true class")
+                                                f"{model_id}: mean map per true class", shared_scale=True)
         if rep.kind == "metadata":
             by = rep.metadata["by"]
-            figures["bin_means"] = group_map_grid(
-                group_maps(ds, by=by, bins=rep.metadata["bins"]).compute(), folder / "bin_means.png",
-                f"{model_id}: mean map per {by} bin")
+            bin_maps = group_maps(ds, by=by, bins=rep.metadata["bins"]).compute()
+            dim = bin_maps.dims[0]
+            named = [bin_label(b, by, rep.metadata["bins"]) for b in bin_maps[dim].values]
+            bin_maps = bin_maps.assign_coords({dim: named})
+            figures["bin_means"] = group_map_grid(bin_maps, folder / "bin_means.png",
+                                                  f"{model_id}: mean map per {quantity(by)} bin")
             figures["bins"] = bin_accuracy_figure(rep.metadata, folder / "bin_accuracy.png", rep.compare or None)
         agree = method_agreement(ds).compute()
         n_agree = agree.attrs["n_samples"]
@@ -509,14 +525,19 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
                "maps explain": attrs.get("target", ""), "samples with maps": int(ds.sizes[schema.SAMPLE]),
                "classes": ", ".join(classes), "methods": ", ".join(names)}]
     body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _table(header), _conclusion_html(rep),
+            "<h2>Model</h2>", model_html(workspace, model_id, folder, _table, _img),
             "<h2>1. Shortcut verdict</h2>", _comparison_html(comparison), _shortcut_html(rep, figures),
             "<h2>2. Example overlays</h2><p class='note'>One explained sample per class; each map scaled by its "
             "99th percentile; red/blue for signed methods (for/against the explained class).</p>",
-            _img(figures["examples"], "examples"),
+            _img(figures["examples"], "examples"), "<h3>Misclassified examples</h3>",
+            misclassified_html(workspace, ds, model_id, dataset, folder, _img),
             "<h2>3. Class-mean maps</h2><p class='note'>Mean of mass-normalized |maps| (each sums to 1) over the "
-            "samples of each true class.</p>", _img(figures["class_means"], "class means")]
+            "samples of each true class; one colour scale per method (column) across the classes, so a brighter "
+            "panel is more relevance there than in the other classes.</p>",
+            _img(figures["class_means"], "class means")]
     if "bin_means" in figures:
-        body += [f"<h3>Mean maps per {html.escape(str(by))} bin</h3>", _img(figures["bin_means"], "bin means")]
+        body += [f"<h3>Mean maps per {html.escape(quantity(str(by)))} bin</h3>",
+                 _img(figures["bin_means"], "bin means")]
     faithfulness, covered = faithfulness_section(workspace, dataset, model_id, folder)
     body += ["<h2>4. Metrics</h2>", faithfulness,
              _metrics_html(metrics and [r for r in metrics if r["metric"] not in covered], dataset, model_id),
@@ -536,6 +557,8 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
         body += [f"<h2>{title}</h2>", _inspection(section, workspace, dataset, model_id, folder)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    page, linked = fit_page(page, folder, embed_limit)
+    page = page.replace("<body>", "<body>" + linked_note(linked, embed_limit), 1)
     path = folder / REPORT_FILE
     path.write_text(page)
     return path

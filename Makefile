@@ -20,7 +20,7 @@ demo: setup  ## the whole pipeline on the quick-start data, in a Prefect UI on l
 	$(BIN)/python deploy/demo.py --config configs/quickstart.yaml --workspace $(WORKSPACE)
 
 test: setup  ## the whole test suite, slow end-to-end tests included
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) workspace

@@ -37,25 +37,6 @@ from xaiflow.plugins import load_plugins
 load_plugins()
 
 
-#: fixtures of the session's real services (tests/services.py): one Prefect server and Dask cluster
-_SERVICE_FIXTURES = {"processes", "services", "prefect_server", "dask_cluster", "served_deployment"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): a test file runs whole in one test
-    process, so its module fixtures (a trained model) are built once, and every file using the real
-    services runs in one process, so they start once."""
-    files: dict[str, str] = {}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        if _SERVICE_FIXTURES & set(item.fixturenames):
-            files[path] = "services"
-        files.setdefault(path, path)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(files[item.nodeid.split("::")[0]]))
-
-
 @pytest.fixture(scope="session")
 def uhcs_dir() -> Path:
     """The real UHCS data. Absent data skips with the reason, except in CI where it fails."""

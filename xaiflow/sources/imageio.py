@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,25 +62,32 @@ def check_size(path: Path, max_pixels: int, field: str = "source.max_pixels") ->
     return h, w
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file to a 2-D uint8, uint16 or float32 array, after :func:`check_size`."""
-    check_size(path, max_pixels)
+def decode(path: Path, adapt: Callable[[Image.Image], Image.Image], what: str = "image") -> np.ndarray:
+    """The pixels of an image file as stored (TIFF: the first page; others through PIL, ``adapt``
+    choosing the mode), every decoder failure a :class:`SourceError` naming the file. Call
+    :func:`check_size` first."""
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
 
-            arr = tifffile.imread(path, key=0)
-        else:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
-                    im = im.convert("RGB")
-                arr = np.asarray(im)
+            return tifffile.imread(path, key=0)
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(adapt(im))
     except FileNotFoundError:
         raise SourceError(f"{path}: file not found") from None
     except Exception as e:  # decoders raise many types (OSError, SyntaxError, zlib.error, ...)
-        raise SourceError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
-    arr = to_gray(arr, path)
+        raise SourceError(f"{path}: cannot decode {what} ({type(e).__name__}: {e})") from None
+
+
+def _as_rgb(im: Image.Image) -> Image.Image:
+    return im.convert("RGB") if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr") else im
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to a 2-D uint8, uint16 or float32 array, after :func:`check_size`."""
+    check_size(path, max_pixels)
+    arr = to_gray(decode(path, _as_rgb), path)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype not in (np.uint8, np.uint16):

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from xaiflow.sources.base import SourceError
-from xaiflow.sources.imageio import _TIFF, check_size, to_gray
+from xaiflow.sources.imageio import check_size, decode, to_gray
 
 #: largest pixel value a ``values`` table may name (16-bit label images)
 MAX_LABEL_VALUE = 65535
@@ -42,27 +42,19 @@ def _describe(classes: list[str], table: dict[int, int]) -> str:
     return ", ".join(f"{v} = {classes[i]}" for v, i in sorted(table.items()))
 
 
+def _label_mode(im: Image.Image) -> Image.Image:
+    """Palette images keep their indices; alpha is dropped; colour spaces become RGB (refused later
+    unless gray)."""
+    if im.mode in ("PA", "LA"):
+        return im.getchannel(0)  # the index / gray channel, without alpha
+    return im.convert("RGB") if im.mode in ("RGBA", "CMYK", "YCbCr") else im
+
+
 def read_label_image(path: Path, max_pixels: int, field: str = "source.max_pixels") -> np.ndarray:
     """Decode a label image to a 2-D integer array of raw pixel values (palette indices for
     palette images), after :func:`~xaiflow.sources.imageio.check_size`."""
     check_size(path, max_pixels, field)
-    try:
-        if path.suffix.lower() in _TIFF:
-            import tifffile
-
-            arr = tifffile.imread(path, key=0)
-        else:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("PA", "LA"):
-                    im = im.getchannel(0)  # the index / gray channel, without alpha
-                elif im.mode in ("RGBA", "CMYK", "YCbCr"):
-                    im = im.convert("RGB")
-                arr = np.asarray(im)
-    except FileNotFoundError:
-        raise SourceError(f"{path}: file not found") from None
-    except Exception as e:  # decoders raise many types (OSError, SyntaxError, zlib.error, ...)
-        raise SourceError(f"{path}: cannot decode mask image ({type(e).__name__}: {e})") from None
+    arr = decode(path, _label_mode, "mask image")
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):

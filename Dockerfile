@@ -30,9 +30,8 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install -c constraints.txt --index-url "$TORCH_INDEX_URL" torch; \
     fi
 COPY xaiflow ./xaiflow
-COPY flows ./flows
+COPY xaiflow_flows ./xaiflow_flows
 RUN pip install -c constraints.txt ".[${EXTRAS}]"
-COPY configs ./configs
 COPY deploy ./deploy
 # Dask config for every scheduler/worker in the image: no MALLOC_TRIM_THRESHOLD_ from the nanny
 COPY deploy/dask.yaml /etc/dask/xaiflow.yaml

@@ -8,7 +8,7 @@ server are measured apart:
 1. ``xaiflow ingest``, and ``xaiflow train`` (a tiny CNN, one epoch: the model is not the point);
 2. Grad-CAM maps of every image (the cheap method), twice on copies of one workspace, side by
    side: ``xaiflow attribute`` and the Prefect attribute flow against a real local Prefect server,
-   whose chunk groups are Prefect tasks (flows/jobs.py);
+   whose chunk groups are Prefect tasks (xaiflow_flows/jobs.py);
 3. Integrated gradients (the expensive method, 16 steps) for the ``test`` split (15%);
 4. queries with the Python API: the per-class and per-bin means of Grad-CAM over all N maps
    against a raw zarr read of the same bytes (shard by shard), and the method agreement over the
@@ -52,7 +52,7 @@ from xaiflow import schema, store
 CLASSES = ("particles", "lamellae", "network", "needles")
 FLOW = """
 import json, sys
-from flows.attribute import attribute_flow
+from xaiflow_flows.attribute import attribute_flow
 config, ws, cluster = sys.argv[1:]
 state = attribute_flow(config_path=config, workspace=ws, cluster=cluster, return_state=True)
 print(json.dumps({"flow_run": str(state.state_details.flow_run_id), **state.result()}))

@@ -3,7 +3,7 @@
 Starts, all on loopback: a Prefect server (``prefect server start``, its database under
 ``workspace/prefect-home``), a local Dask cluster sized to the machine, and a static file
 server for the report's figures; prints the UI, run and dashboard addresses; runs the
-pipeline flow (:mod:`flows.pipeline`); prints the stage table and headline numbers; stops
+pipeline flow (:mod:`xaiflow_flows.pipeline`); prints the stage table and headline numbers; stops
 everything. With ``compare:`` models in the config (the quick start trains one with the planted
 shortcut and one without it) it prints each model's ``shortcut verdict: ...`` with its accuracy
 on val and test. ``KEEP_SERVER=1`` (or ``--keep``) keeps the servers up until Ctrl-C, to browse
@@ -56,7 +56,7 @@ def main() -> int:
 
     with prefect_server(args.port, home=home, log=home / "server.log") as ui, figure_server(workspace.parent) as files:
         print(f"Prefect UI:         {ui}  (server log {home / 'server.log'})", flush=True)
-        from flows.pipeline import PipelineParams, pipeline_flow  # after PREFECT_API_URL is set
+        from xaiflow_flows.pipeline import PipelineParams, pipeline_flow  # after PREFECT_API_URL is set
         from xaiflow.runtime import dask_client
 
         logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the terminal for the run's own log

@@ -129,7 +129,7 @@ class _FigureHandler(SimpleHTTPRequestHandler):
 def figure_server(root: str | os.PathLike[str], port: int = 0, host: str = LOOPBACK) -> Iterator[str]:
     """Serve the figures under ``root`` read-only over HTTP on loopback (a thread of this process; only
     image files, see :data:`FIGURE_SUFFIXES`) and point the flows' image artifacts at it
-    (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see flows/artifacts.py, restored on exit)."""
+    (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see xaiflow_flows/artifacts.py, restored on exit)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     server = ThreadingHTTPServer((host, port), functools.partial(_FigureHandler, directory=str(root)))

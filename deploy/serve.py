@@ -35,16 +35,16 @@ DEPLOYMENTS = ("pipeline", "ingest", "train", "predict", "features", "generaliza
 
 def flows() -> dict:
     """Deployment name -> flow object."""
-    from flows.attribute import attribute_flow
-    from flows.evaluate import evaluate_flow
-    from flows.features import features_flow
-    from flows.human import human_flow
-    from flows.ingest import ingest_flow
-    from flows.inspection import adversarial_flow, concepts_flow, importance_flow, probes_flow, uncertainty_flow
-    from flows.pipeline import pipeline_flow
-    from flows.report import report_flow
-    from flows.studies import generalization_flow, reduction_flow
-    from flows.train import predict_flow, train_flow
+    from xaiflow_flows.attribute import attribute_flow
+    from xaiflow_flows.evaluate import evaluate_flow
+    from xaiflow_flows.features import features_flow
+    from xaiflow_flows.human import human_flow
+    from xaiflow_flows.ingest import ingest_flow
+    from xaiflow_flows.inspection import adversarial_flow, concepts_flow, importance_flow, probes_flow, uncertainty_flow
+    from xaiflow_flows.pipeline import pipeline_flow
+    from xaiflow_flows.report import report_flow
+    from xaiflow_flows.studies import generalization_flow, reduction_flow
+    from xaiflow_flows.train import predict_flow, train_flow
 
     return {"pipeline": pipeline_flow, "ingest": ingest_flow, "train": train_flow, "predict": predict_flow,
             "features": features_flow, "generalization": generalization_flow, "reduction": reduction_flow,

@@ -20,7 +20,7 @@ import yaml
 from xaiflow.clusters import (
     KINDS,
     NANNY_ENV_VAR,
-    REPO_CLUSTER_DIR,
+    PACKAGE_CLUSTER_DIR,
     ClusterConfig,
     ClusterProfileError,
     check_daskcluster,
@@ -33,8 +33,8 @@ from xaiflow.clusters import (
 )
 from xaiflow.runtime import dask_client, map_tasks
 
-PROFILE_FILES = sorted(REPO_CLUSTER_DIR.glob("*.yaml"))
-MANIFEST = REPO_CLUSTER_DIR.parents[1] / "deploy" / "k8s" / "daskcluster.yaml"
+PROFILE_FILES = sorted(PACKAGE_CLUSTER_DIR.glob("*.yaml"))
+MANIFEST = PACKAGE_CLUSTER_DIR.parent / "k8s" / "daskcluster.yaml"
 
 
 def worker_base_env() -> dict[str, str]:
@@ -72,7 +72,7 @@ def test_every_profile_file_validates_and_is_found_by_name():
                      "gpu-local": "gpu-local"}
     assert set(KINDS) - {"threads"} == set(kinds.values())
     for name in kinds:
-        assert load_cluster_profile(name) == load_cluster_profile(str(REPO_CLUSTER_DIR / f"{name}.yaml"))
+        assert load_cluster_profile(name) == load_cluster_profile(str(PACKAGE_CLUSTER_DIR / f"{name}.yaml"))
     assert set(profile_names()) == set(kinds) | {"threads"}
 
 
@@ -290,7 +290,7 @@ def test_missing_profile_file_and_address_spec():
 
 
 def test_prefect_task_runner_gets_each_profiles_cluster(monkeypatch, tmp_path):
-    from flows.runners import dask_task_runner
+    from xaiflow_flows.runners import dask_task_runner
 
     monkeypatch.setenv("XAIFLOW_SCHEDULER", "tcp://10.0.0.5:8786")
     assert dask_task_runner("address").address == "tcp://10.0.0.5:8786"
@@ -313,7 +313,7 @@ def test_prefect_task_runner_gets_each_profiles_cluster(monkeypatch, tmp_path):
 def test_docker_image_dask_config_unsets_malloc_trim():
     """deploy/dask.yaml is the image's /etc/dask config: every `dask worker` in it runs without
     the nanny's MALLOC_TRIM_THRESHOLD_ even when started without xaiflow's worker_env()."""
-    repo = REPO_CLUSTER_DIR.parents[1]
+    repo = PACKAGE_CLUSTER_DIR.parents[2]
     dockerfile = (repo / "Dockerfile").read_text()
     assert "COPY deploy/dask.yaml /etc/dask/" in dockerfile and "-c constraints.txt" in dockerfile
     out = subprocess.run(

@@ -82,3 +82,22 @@ def test_one_write_task_is_bounded_by_the_product_of_its_fields(tmp_path):
     with pytest.raises(ConfigError, match="shard_chunks 64"):
         load_config(write(tmp_path, sharded))
     assert load_config(write(tmp_path, big.replace("chunk_size: 4096", "chunk_size: 32"))).datasets[0].chunk_size == 32
+
+
+def test_shipped_configs_load_by_name_and_from_the_package_folder(tmp_path, monkeypatch):
+    """Run configs and cluster profiles are package data (xaiflow/configs): a bare name or the
+    repository path works from any folder, as in an installed wheel."""
+    from xaiflow.clusters import PACKAGE_CLUSTER_DIR, load_cluster_profile
+    from xaiflow.config import PACKAGE_CONFIG_DIR, packaged_configs
+
+    import xaiflow  # noqa: I001
+
+    package = Path(xaiflow.__file__).parent
+    assert PACKAGE_CONFIG_DIR.parent == package and PACKAGE_CLUSTER_DIR.parent == PACKAGE_CONFIG_DIR
+    assert {"quickstart", "uhcs"} <= set(packaged_configs())
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert load_config("quickstart").model_dump() == load_config(PACKAGE_CONFIG_DIR / "quickstart.yaml").model_dump()
+    assert load_config("configs/quickstart.yaml").datasets[0].name == load_config("quickstart").datasets[0].name
+    assert load_cluster_profile("slurm").kind == "slurm"
+    with pytest.raises(ConfigError, match="shipped configs, usable by name: .*quickstart"):
+        load_config("nosuchconfig")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "deploy"))
 def test_prefect_yaml_entrypoints_are_flows_and_parameters_validate():
     from prefect import Flow
 
-    from flows.pipeline import PipelineParams
+    from xaiflow_flows.pipeline import PipelineParams
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = [d["name"] for d in spec["deployments"]]
@@ -46,7 +46,7 @@ def test_serve_registers_every_flow_once():
 
 
 def test_figure_server_serves_figures_at_the_artifact_url(tmp_path, monkeypatch):
-    from flows.artifacts import artifact_key, figure_url
+    from xaiflow_flows.artifacts import artifact_key, figure_url
     from local import figure_server
 
     monkeypatch.delenv("XAIFLOW_FIGURES_URL", raising=False)
@@ -71,7 +71,7 @@ def test_figure_server_serves_figures_at_the_artifact_url(tmp_path, monkeypatch)
 def test_pipeline_params_refuse_a_bad_device(bad):
     from pydantic import ValidationError
 
-    from flows.pipeline import PipelineParams
+    from xaiflow_flows.pipeline import PipelineParams
 
     with pytest.raises(ValidationError, match="device"):
         PipelineParams(device=bad)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.prefect
 
 
 def test_ingest_flow_runs_library_ingest(prefect_harness, tmp_path):
-    from flows.ingest import ingest_flow
+    from xaiflow_flows.ingest import ingest_flow
 
     root = write_folder_dataset(tmp_path / "data")
     config = tmp_path / "run.yaml"
@@ -29,12 +29,12 @@ def test_ingest_flow_runs_library_ingest(prefect_harness, tmp_path):
 
 
 def test_train_flow_trains_and_predicts(prefect_harness, tmp_path):
-    from flows.train import train_flow
+    from xaiflow_flows.train import train_flow
     from xaiflow import store
 
     config = write_tiny_run_config(tmp_path)
     ws = tmp_path / "ws.zarr"
-    from flows.ingest import ingest_flow
+    from xaiflow_flows.ingest import ingest_flow
 
     ingest_flow(config_path=str(config), workspace=str(ws), cluster="threads")
     rows = train_flow(config_path=str(config), workspace=str(ws), cluster="threads")
@@ -60,16 +60,16 @@ def _task_runs(flow_run_id, prefix: str) -> list[dict]:
 
 
 def test_group_size_covers_the_target_seconds():
-    from flows.jobs import TASK_SECONDS, group_size
+    from xaiflow_flows.jobs import TASK_SECONDS, group_size
 
     assert group_size(0.1) == int(TASK_SECONDS / 0.1) and group_size(TASK_SECONDS * 3) == 1
     assert group_size(0.0) >= 1 and group_size(2.0, target=10) == 5
 
 
 def test_attribute_flow_groups_chunks_into_few_tasks_on_dask(prefect_harness, tmp_path):
-    from flows.attribute import attribute_flow
-    from flows.ingest import ingest_flow
-    from flows.train import train_flow
+    from xaiflow_flows.attribute import attribute_flow
+    from xaiflow_flows.ingest import ingest_flow
+    from xaiflow_flows.train import train_flow
     from xaiflow.saliency import open_saliency
 
     config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
@@ -120,10 +120,10 @@ def _artifacts(flow_run_id, subflows: bool = False) -> dict[str, list[dict]]:
 
 
 def test_evaluate_flow_in_chunk_groups_with_artifacts(prefect_harness, tmp_path):
-    from flows.attribute import attribute_flow
-    from flows.evaluate import evaluate_flow
-    from flows.ingest import ingest_flow
-    from flows.train import train_flow
+    from xaiflow_flows.attribute import attribute_flow
+    from xaiflow_flows.evaluate import evaluate_flow
+    from xaiflow_flows.ingest import ingest_flow
+    from xaiflow_flows.train import train_flow
     from xaiflow import store
 
     config = write_tiny_run_config(tmp_path, attribution={"dataset": "syn", "methods": ["saliency", "grad_cam"],
@@ -160,9 +160,9 @@ def test_evaluate_flow_in_chunk_groups_with_artifacts(prefect_harness, tmp_path)
 
 
 def test_uncertainty_and_adversarial_flows_publish_their_results(prefect_harness, tmp_path):
-    from flows.ingest import ingest_flow
-    from flows.inspection import adversarial_flow, uncertainty_flow
-    from flows.train import train_flow
+    from xaiflow_flows.ingest import ingest_flow
+    from xaiflow_flows.inspection import adversarial_flow, uncertainty_flow
+    from xaiflow_flows.train import train_flow
     from xaiflow import store
 
     config = write_tiny_run_config(tmp_path)
@@ -188,7 +188,7 @@ def test_uncertainty_and_adversarial_flows_publish_their_results(prefect_harness
 def test_pipeline_parameters_are_a_typed_form():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.pipeline import STAGES, pipeline_flow
+    from xaiflow_flows.pipeline import STAGES, pipeline_flow
 
     schema = parameter_schema(pipeline_flow.fn).model_dump()
     assert list(schema["properties"]) == ["params"]
@@ -202,7 +202,7 @@ def test_pipeline_parameters_are_a_typed_form():
 
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_path):
-    from flows.pipeline import STAGES, PipelineParams, pipeline_flow
+    from xaiflow_flows.pipeline import STAGES, PipelineParams, pipeline_flow
     from xaiflow import store
     from xaiflow.saliency import METHOD, open_saliency
 
@@ -264,7 +264,7 @@ def test_compare_models_change_the_train_section(tmp_path):
 
 
 def test_pipeline_failure_names_the_stage_in_its_table(prefect_harness, tmp_path):
-    from flows.pipeline import PipelineParams, pipeline_flow
+    from xaiflow_flows.pipeline import PipelineParams, pipeline_flow
 
     config = write_tiny_run_config(tmp_path)
     params = PipelineParams(config_path=str(config), workspace=str(tmp_path / "empty.zarr"), cluster="threads",

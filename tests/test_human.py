@@ -212,7 +212,7 @@ def test_cli_human_json(structure_model):
 def test_report_section_and_flow(structure_model, prefect_harness, tmp_path):
     """The report section from the stored study (tables, conclusions, both figures), the flow on the same
     workspace (tables and figures published), and the section's instructions where nobody annotated."""
-    from flows.human import HumanStudyParams, human_flow
+    from xaiflow_flows.human import HumanStudyParams, human_flow
     from xaiflow.human_report import human_html
 
     ws, model, truth = structure_model

@@ -1,7 +1,7 @@
 """xaiflow: what did the network learn from these micrographs?
 
 The library is pure (no Prefect import): ingest micrographs into a Zarr workspace, train
-CNNs, compute and evaluate attributions on Dask. Prefect flows live in ``flows/``.
+CNNs, compute and evaluate attributions on Dask. Prefect flows live in ``xaiflow_flows/``.
 """
 
 __version__ = "0.1.0"

@@ -8,11 +8,11 @@ A profile (``configs/cluster/<name>.yaml``) says what kind of cluster to start o
   by a batch system or by Kubernetes);
 * ``slurm``: a ``dask_jobqueue.SLURMCluster``, one worker per batch job, one GPU per job;
 * ``kubernetes``: a ``dask_kubernetes`` operator ``KubeCluster`` from a ``DaskCluster``
-  manifest (``deploy/k8s/``);
+  manifest (``configs/k8s/``);
 * ``gpu-local``: a ``dask_cuda.LocalCUDACluster``, one worker per GPU of this machine.
 
 :func:`cluster_spec` turns a profile into the cluster class and its keyword arguments, so the
-CLI's :func:`xaiflow.runtime.dask_client` and the Prefect task runner (``flows/runners.py``)
+CLI's :func:`xaiflow.runtime.dask_client` and the Prefect task runner (``xaiflow_flows/runners.py``)
 start the same cluster. Workers with a GPU declare the Dask resource ``GPU=1``; tasks
 annotated with ``resources={"GPU": 1}`` run only there.
 
@@ -42,7 +42,7 @@ KINDS = ("threads", "local", "address", "slurm", "kubernetes", "gpu-local")
 #: where clusters started on this machine listen
 LOOPBACK = "127.0.0.1"
 #: where ``--cluster NAME`` looks for ``NAME.yaml`` after the folders in $XAIFLOW_CLUSTER_DIR
-REPO_CLUSTER_DIR = Path(__file__).resolve().parents[1] / "configs" / "cluster"
+PACKAGE_CLUSTER_DIR = Path(__file__).resolve().parent / "configs" / "cluster"
 #: optional dependency of each kind: (module, pip distribution, xaiflow extra)
 EXTRAS = {
     "slurm": ("dask_jobqueue", "dask-jobqueue", "slurm"),
@@ -186,9 +186,9 @@ BUILTIN_PROFILES = {
 
 
 def cluster_dirs() -> list[Path]:
-    """Folders searched for ``NAME.yaml``: ``$XAIFLOW_CLUSTER_DIR`` (``os.pathsep``-separated), then the repo's."""
+    """Folders searched for ``NAME.yaml``: ``$XAIFLOW_CLUSTER_DIR`` (``os.pathsep``-separated), then the installed package's (``xaiflow/configs/cluster``)."""
     extra = [Path(p) for p in os.environ.get("XAIFLOW_CLUSTER_DIR", "").split(os.pathsep) if p]
-    return extra + [REPO_CLUSTER_DIR]
+    return extra + [PACKAGE_CLUSTER_DIR]
 
 
 def profile_names() -> list[str]:

@@ -433,17 +433,42 @@ def parse_config(data: dict[str, Any], origin: str = "<config>", base_dir: Path 
     return cfg
 
 
+#: the run configs shipped inside the package (``configs/`` in the repository links here)
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the run configs shipped with xaiflow (``quickstart``, ``uhcs``, ...)."""
+    return sorted(p.stem for p in PACKAGE_CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """The run config file for ``path``: the path as given when it exists; else, for a bare name such
+    as ``quickstart`` or a repository path such as ``configs/quickstart.yaml`` (absent from an
+    installed wheel), the config of that name shipped in the package."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = given.stem if given.suffix in (".yaml", ".yml") else given.name
+    shipped = PACKAGE_CONFIG_DIR / f"{name}.yaml"
+    bare = str(path) == name or given.parent.as_posix() == "configs"
+    if bare and shipped.is_file():
+        return shipped
+    return given
+
+
 def load_config(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> RunConfig:
     """Read and validate a YAML run config.
 
     ``data_dir`` overrides the ``root`` of every file-based source (the CLI's
     ``--data-dir``), e.g. to point ``configs/uhcs.yaml`` at another copy of the data.
     """
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {e.strerror} "
+                          f"(shipped configs, usable by name: {', '.join(packaged_configs())})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (a YAML run config is expected)") from None
     try:

@@ -16,7 +16,7 @@ attribution maps, metrics; next, concept activations and uncertainty passes) is 
    provenance and marks the group ``status: complete``.
 
 :func:`run_job` runs a job on a Dask client (one task per pending chunk, progress per chunk);
-``flows/jobs.py`` runs any job as Prefect tasks that each cover a group of chunks sized to ~30 s
+``xaiflow_flows/jobs.py`` runs any job as Prefect tasks that each cover a group of chunks sized to ~30 s
 of work, every chunk still its own Dask task inside (:func:`run_chunk_group`). Re-running a
 finished job finds no pending chunk; re-running a killed one computes only what is missing.
 
@@ -157,7 +157,7 @@ def run_chunk_group(job: ChunkJob, chunks: Sequence[Chunk], *, progress: Progres
     """Run ``chunks`` of ``job`` from inside a task that runs on a Dask worker, each chunk a Dask task
     of its own (``<kind>_chunk``, retried ``retries`` times) on that worker's cluster, while the
     calling task waits outside the worker's thread pool: one orchestration task (a Prefect task in
-    ``flows/jobs.py``) covers many chunks and still uses every worker. Outside a worker the chunks
+    ``xaiflow_flows/jobs.py``) covers many chunks and still uses every worker. Outside a worker the chunks
     run here, one after the other. Chunks already done cost a read of their flags: a retried group
     redoes only its unfinished chunks. Outcomes in chunk order; the first error is raised after
     every chunk has run."""

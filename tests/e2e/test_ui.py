@@ -16,7 +16,7 @@ import pytest
 from distributed import Client
 from services import REPO, api_json, wait_for_flow_run
 
-from flows.pipeline import STAGES
+from xaiflow_flows.pipeline import STAGES
 from xaiflow import store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

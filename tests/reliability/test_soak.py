@@ -26,9 +26,9 @@ N_IMAGES, CHUNK = 2048, 64
 
 SCRIPT = """
 import json, sys
-from flows.attribute import attribute_flow
-from flows.ingest import ingest_flow
-from flows.train import train_flow
+from xaiflow_flows.attribute import attribute_flow
+from xaiflow_flows.ingest import ingest_flow
+from xaiflow_flows.train import train_flow
 config, ws, cluster, method, first = sys.argv[1:]
 if first == "1":
     ingest_flow(config_path=config, workspace=ws, cluster=cluster)

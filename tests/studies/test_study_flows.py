@@ -23,9 +23,9 @@ CONFIG = {
 
 
 def test_feature_and_study_flows(prefect_harness, tmp_path):
-    from flows.features import features_flow
-    from flows.ingest import ingest_flow
-    from flows.studies import generalization_flow, reduction_flow
+    from xaiflow_flows.features import features_flow
+    from xaiflow_flows.ingest import ingest_flow
+    from xaiflow_flows.studies import generalization_flow, reduction_flow
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(CONFIG))

@@ -14,9 +14,9 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.artifacts import publish_figures, publish_summary, publish_table
-from flows.jobs import run_chunks
-from flows.runners import flow_client, on_cluster
+from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow_flows.jobs import run_chunks
+from xaiflow_flows.runners import flow_client, on_cluster
 from xaiflow import adversarial as adv
 from xaiflow import concepts as cc
 from xaiflow import importance as imp

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.artifacts import publish_table
-from flows.jobs import run_chunks
-from flows.runners import on_cluster
+from xaiflow_flows.artifacts import publish_table
+from xaiflow_flows.jobs import run_chunks
+from xaiflow_flows.runners import on_cluster
 from xaiflow.config import RunConfig, load_config
 from xaiflow.ingest import ingest
 from xaiflow.summary import describe_workspace, markdown_table

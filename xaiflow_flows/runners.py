@@ -1,7 +1,7 @@
 """Prefect task runners from xaiflow cluster profiles (prefect-dask's DaskTaskRunner).
 
 Every stage flow runs on a Dask cluster: its chunk tasks are Prefect tasks sent by the
-DaskTaskRunner (``flows/jobs.py``), and its other library calls take the runner's client
+DaskTaskRunner (``xaiflow_flows/jobs.py``), and its other library calls take the runner's client
 (``prefect_dask.get_dask_client``), so one stage uses one cluster. The cluster is a run
 parameter, so a stage flow is bound to its runner when it is called: :func:`on_cluster`.
 """

@@ -6,9 +6,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.artifacts import artifact_key, publish_figures, publish_summary
-from flows.jobs import run_chunks
-from flows.runners import flow_client, on_cluster
+from xaiflow_flows.artifacts import artifact_key, publish_figures, publish_summary
+from xaiflow_flows.jobs import run_chunks
+from xaiflow_flows.runners import flow_client, on_cluster
 from xaiflow.config import RunConfig, load_config
 from xaiflow.features.extract import extract_all
 from xaiflow.studies.run import classification_study

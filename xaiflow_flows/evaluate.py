@@ -1,7 +1,7 @@
 """Evaluation flow: metrics of the stored attribution maps, one Prefect task per image chunk on Dask.
 
 Planning, the chunk computation and the bookkeeping are library calls
-(:mod:`xaiflow.metrics.runner`); ``flows/jobs.py`` maps the chunks onto Prefect tasks; this
+(:mod:`xaiflow.metrics.runner`); ``xaiflow_flows/jobs.py`` maps the chunks onto Prefect tasks; this
 module publishes a table of metric means ± std per method and a Markdown summary.
 """
 
@@ -11,9 +11,9 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from flows.artifacts import publish_summary, publish_table
-from flows.jobs import run_chunks
-from flows.runners import on_cluster
+from xaiflow_flows.artifacts import publish_summary, publish_table
+from xaiflow_flows.jobs import run_chunks
+from xaiflow_flows.runners import on_cluster
 from xaiflow.config import RunConfig, load_config
 from xaiflow.metrics.runner import run_metrics
 from xaiflow.metrics.summary import metric_summary

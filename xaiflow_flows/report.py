@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_figures, publish_summary
+from xaiflow_flows.artifacts import publish_figures, publish_summary
 from xaiflow.config import RunConfig, load_config
 from xaiflow.models.catalog import ModelCatalog
 from xaiflow.report import write_report

@@ -1,7 +1,7 @@
 """The whole pipeline as one Prefect flow: ingest -> train -> predict -> features -> studies ->
 attribute -> evaluate -> uncertainty -> concepts -> importance -> probes -> adversarial -> report,
 each stage a subflow run named after it (the stage flows of
-``flows/<stage>.py``, which their stand-alone flows also call). The run config is read and
+``xaiflow_flows/<stage>.py``, which their stand-alone flows also call). The run config is read and
 validated once, here, and the config object is handed to every stage.
 
 Every stage reuses finished work through the library: ingest skips up-to-date datasets,
@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterator, Literal, get_args
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.artifacts import publish_figures, publish_summary, publish_table
-from flows.runners import on_cluster
+from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow_flows.runners import on_cluster
 
 Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "uncertainty", "concepts",
                 "importance", "probes", "adversarial", "report"]
@@ -126,15 +126,15 @@ NEEDS = {"ingest": ("datasets",), "train": ("train",), "predict": ("train",), "f
 
 def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Callable[[], Any]]:
     """Each stage as a call of its stage subflow on the shared cluster, with the validated config."""
-    from flows.attribute import attribute_stage
-    from flows.evaluate import evaluate_stage
-    from flows.features import features_stage
-    from flows.ingest import ingest_stage
-    from flows.inspection import (adversarial_stage, concepts_stage, importance_stage, probes_stage,
+    from xaiflow_flows.attribute import attribute_stage
+    from xaiflow_flows.evaluate import evaluate_stage
+    from xaiflow_flows.features import features_stage
+    from xaiflow_flows.ingest import ingest_stage
+    from xaiflow_flows.inspection import (adversarial_stage, concepts_stage, importance_stage, probes_stage,
                                   uncertainty_stage)
-    from flows.report import report_stage
-    from flows.studies import studies_stage
-    from flows.train import predict_stage, train_stage
+    from xaiflow_flows.report import report_stage
+    from xaiflow_flows.studies import studies_stage
+    from xaiflow_flows.train import predict_stage, train_stage
     from xaiflow.models.catalog import ModelCatalog
 
     ws, device = params.workspace, None if params.device == "auto" else params.device

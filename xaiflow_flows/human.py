@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
 from xaiflow import human as hm
 from xaiflow.human_report import agreement_figure, contours_figure
 from xaiflow.studies.report import default_out_dir

@@ -8,8 +8,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.artifacts import publish_figures, publish_summary
-from flows.runners import flow_client, on_cluster
+from xaiflow_flows.artifacts import publish_figures, publish_summary
+from xaiflow_flows.runners import flow_client, on_cluster
 from xaiflow.config import RunConfig, load_config
 from xaiflow.studies.run import generalization_study, reduction_study
 

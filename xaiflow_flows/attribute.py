@@ -1,7 +1,7 @@
 """Attribution flow: the config's maps that are not stored yet, one Prefect task per image chunk on Dask.
 
 Planning, the chunk computation and the bookkeeping are library calls
-(:mod:`xaiflow.attribution.engine`); ``flows/jobs.py`` maps the chunks onto Prefect tasks.
+(:mod:`xaiflow.attribution.engine`); ``xaiflow_flows/jobs.py`` maps the chunks onto Prefect tasks.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import asdict
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.artifacts import publish_summary
-from flows.jobs import run_chunks
-from flows.runners import on_cluster
+from xaiflow_flows.artifacts import publish_summary
+from xaiflow_flows.jobs import run_chunks
+from xaiflow_flows.runners import on_cluster
 from xaiflow.attribution.engine import run_attribution
 from xaiflow.config import RunConfig, load_config
 

@@ -29,8 +29,8 @@ from prefect import Task, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
-from flows.artifacts import Progress, artifact_key
-from flows.runners import flow_client
+from xaiflow_flows.artifacts import Progress, artifact_key
+from xaiflow_flows.runners import flow_client
 from xaiflow.jobs import Chunk, ChunkJob, ChunkOutcome, timed_chunk, job_kind, run_chunk_group
 from xaiflow.plugins import load_plugins
 from xaiflow.runtime import TaskError, map_tasks

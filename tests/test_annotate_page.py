@@ -163,7 +163,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _annotations(workspace) -> xr.Dataset:
-    return xr.open_zarr(str(workspace), group=f"annotations/{DATASET}", consolidated=False).load()
+    """The stored group by plain xarray, indexed by sample id (stored: positions in ``sample``, ids in ``sample_id``)."""
+    ds = xr.open_zarr(str(workspace), group=f"annotations/{DATASET}").load()
+    return ds.assign_coords(sample=ds.sample_id.values)
 
 
 # --- the order ----------------------------------------------------------------------------------------------

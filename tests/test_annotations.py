@@ -32,7 +32,7 @@ def fresh(workspace):
 
 
 def _ids(ws) -> list[str]:
-    return xr.open_zarr(ws, group="images/syn", consolidated=False)["sample"].values.tolist()
+    return xr.open_zarr(ws, group="images/syn")["sample_id"].values.tolist()  # stored: ids beside positions
 
 
 def _box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -45,19 +45,20 @@ def test_round_trip_and_plain_xarray(fresh):
     ids = _ids(fresh)
     ann.write_annotation(fresh, "syn", ids[4], "alice", label="lamellae", confidence=0.75, region=_box(2, 10, 3, 20),
                          seconds=12.5)
-    ds = xr.open_zarr(fresh, group="annotations/syn", consolidated=False)  # plain xarray, no xaiflow reader
+    ds = xr.open_zarr(fresh, group="annotations/syn")  # plain xarray, no xaiflow reader
     assert ds.sizes == {"sample": len(ids), "annotator": 1, "y": 32, "x": 32}
-    assert ds["sample"].values.tolist() == ids
-    images = xr.open_zarr(fresh, group="images/syn", consolidated=False)
+    assert ds["sample"].values.tolist() == list(range(len(ids))) and ds["sample_id"].values.tolist() == ids
+    ds = ds.set_xindex("sample_id")  # select by id
+    images = xr.open_zarr(fresh, group="images/syn")
     assert ds["label"].values.tolist() == images["label"].values.tolist()
     assert ds["split"].values.tolist() == images["split"].values.tolist()
     assert ds["region"].dtype == np.uint8 and ds["region"].encoding["chunks"] == (1, 1, 32, 32)
-    cell = ds.sel(sample=ids[4], annotator="alice")
+    cell = ds.sel(sample_id=ids[4], annotator="alice")
     np.testing.assert_array_equal(cell["region"].values, _box(2, 10, 3, 20).astype(np.uint8))
     assert str(cell["annotated_class"].values) == "lamellae"
     assert float(cell["confidence"]) == 0.75 and float(cell["seconds"]) == 12.5
     assert bool(cell["done"]) and str(cell["annotated_at"].values).endswith("+00:00")
-    other = ds.sel(sample=ids[5], annotator="alice")
+    other = ds.sel(sample_id=ids[5], annotator="alice")
     assert not bool(other["done"]) and str(other["annotated_class"].values) == ""
     assert np.isnan(float(other["confidence"])) and int(other["region"].sum()) == 0
     assert ds.attrs["classes"] == ["particles", "lamellae", "network"] and "provenance" in ds.attrs
@@ -124,7 +125,7 @@ def test_crash_before_done_leaves_cell_not_done(fresh, monkeypatch):
     ds = xr.open_zarr(fresh, group="annotations/syn", consolidated=False)
     assert not ds["done"].sel(annotator="alice").values.any()
     assert ann.annotated_samples(fresh, "syn", "alice") == set()
-    assert int(ds["region"].sel(sample=ids[3], annotator="alice").sum()) == 64  # written, but not done
+    assert int(ds["region"].isel(sample=3).sel(annotator="alice").sum()) == 64  # written, but not done
     monkeypatch.undo()
     ann.write_annotation(fresh, "syn", ids[3], "alice", label="lamellae", confidence=0.5, region=_box(0, 8, 0, 8),
                          seconds=2)

@@ -101,7 +101,7 @@ def _annotate_from_masks(ws, split: str = "test") -> dict:
     images = xr.open_zarr(ws, group="images/syn", consolidated=False)
     classes = list(images.attrs["classes"])
     chosen = np.flatnonzero(strings(images["split"].values) == split)
-    ids = strings(images["sample"].values)[chosen]
+    ids = strings(images["sample_id"].values)[chosen]  # stored: positions in sample, ids in sample_id
     labels = strings(images["label"].values)[chosen]
     structure = masks["mask"].values[chosen] == 1  # mask class 1: the class-defining structure
     loose = np.stack([ndimage.binary_dilation(s) for s in structure])
@@ -237,8 +237,8 @@ def test_study_matches_samples_by_id_not_position(structure_model, tmp_path):
     order = np.random.default_rng(0).permutation(original.sizes["sample"])
     try:
         _rewrite(ws, group, original.isel(sample=order))
-        assert xr.open_zarr(ws, group=group, consolidated=False)["sample"].values.tolist() != \
-            original["sample"].values.tolist()
+        assert xr.open_zarr(ws, group=group, consolidated=False)["sample_id"].values.tolist() != \
+            original["sample_id"].values.tolist()
         shuffled = hm.run_study(ws, "syn", model, n_boot=100, seed=0, write=False)
     finally:
         _rewrite(ws, group, original)

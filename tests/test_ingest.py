@@ -41,6 +41,28 @@ def test_folder_ingest_coords_splits_and_provenance(folder_dataset, tmp_path, cl
     np.testing.assert_array_equal(ds.image.sel(sample="s1_2").values, expected)
 
 
+def test_folder_ingest_stored_for_plain_xarray(folder_dataset, tmp_path, client):
+    """On disk: integer samples with the ids beside them, pixel and per-sample physical coordinates (this
+    folder mixes two pixel sizes), CF attributes (a metadata column named as one), and OME-Zarr axes
+    without a unit (no pixel size shared by all samples)."""
+    import xarray as xr
+
+    ws = tmp_path / "ws.zarr"
+    ingest_dataset(dataset(folder_config(folder_dataset)), ws, client=client)
+    plain = xr.open_zarr(ws, group="images/tiny").load()
+    ids = store.strings(store.open_group(ws, "images/tiny").sample.values)
+    assert plain.sample.values.tolist() == list(range(12)) and plain.sample_id.values.tolist() == ids.tolist()
+    um = plain.um_per_px.values
+    assert len(set(um.tolist())) == 2
+    np.testing.assert_allclose(plain.y_um.values, um[:, None] * np.arange(32))
+    assert plain.x_um.dims == ("sample", "x") and plain.x_um.attrs["units"] == "um"
+    assert plain.detector.attrs == {"long_name": "detector"}
+    np.testing.assert_array_equal(plain.image.sel(sample=5).values, store.open_group(ws, "images/tiny").image[5])
+    scale = store.group_attrs(ws, "images/tiny")["ome"]["multiscales"][0]
+    assert scale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+    assert "unit" not in scale["axes"][1]
+
+
 def test_reingest_is_idempotent_and_other_config_refused(folder_dataset, tmp_path, client):
     ws = tmp_path / "ws.zarr"
     cfg = dataset(folder_config(folder_dataset))
@@ -118,8 +140,11 @@ def test_failed_overwrite_keeps_existing_dataset(folder_dataset, tmp_path, clien
         (None, {"source": {"classes": ["a"]}}, r"labels.csv row 5: unknown label 'b'; expected one of \['a'\]"),
         (None, {"geometry": {"size": [64, 64], "mode": "crop"}}, r"s0_0.png: image of 48x64 px is smaller than the requested crop 64x64"),
         (lambda root: (root / "labels.csv").write_text("file,label\nimg/s0_0.png,a\n,b\n"), {"source": {"columns": {"file": "file", "label": "label"}}}, r"row 3: column 'file' is empty"),
+        (lambda root: (root / "labels.csv").write_text((root / "labels.csv").read_text().replace("detector", "sample_id", 1)),
+         {"source": {"columns": {"file": "file", "label": "label", "metadata": ["sample_id"]}}},
+         r"metadata column 'sample_id' clashes with a reserved coordinate name"),
     ],
-    ids=["missing-file", "misnamed-column", "unknown-label", "smaller-than-crop", "empty-cell"],
+    ids=["missing-file", "misnamed-column", "unknown-label", "smaller-than-crop", "empty-cell", "reserved-column"],
 )
 def test_bad_input_errors(folder_dataset, tmp_path, client, edit, overrides, message):
     if edit:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import xarray as xr
 
 from xaiflow import schema, store
 from xaiflow.config import parse_config
@@ -53,3 +54,29 @@ def test_group_names_are_checked():
     assert schema.group_path("images", "uhcs") == "images/uhcs"
     with pytest.raises(ValueError, match="invalid name"):
         schema.group_path("images", "a/b")
+
+
+def test_stored_form_round_trip(images):
+    """store.for_disk: integer samples (the positions given, else 0..N-1) with the ids in sample_id, y/x and
+    per-sample physical coordinates, CF attributes from schema.CF_ATTRS unless the writer set its own;
+    store.from_disk gives xaiflow's string index back; both idempotent."""
+    ids = store.strings(images.sample.values).tolist()
+    stored = store.for_disk(images.assign(image=images.image.assign_attrs(long_name="mine")))
+    assert stored.sample.values.tolist() == list(range(12)) and stored.sample_id.values.tolist() == ids
+    assert stored.image.attrs["long_name"] == "mine" and stored.image.attrs["units"] == "1"  # the writer's wins
+    assert stored.um_per_px.attrs == {"long_name": schema.CF_ATTRS["um_per_px"][0], "units": "um"}
+    np.testing.assert_allclose(stored.x_um.values, images.um_per_px.values[:, None] * np.arange(32))
+    assert stored.y.values.tolist() == list(range(32)) and stored.y.attrs["units"] == "1"
+    xr.testing.assert_identical(store.for_disk(stored), stored)
+    back = store.from_disk(stored)
+    assert store.strings(back.sample.values).tolist() == ids and not {"sample_id", "y_um", "x_um"} & set(back.coords)
+    xr.testing.assert_identical(store.from_disk(back), back)
+    subset = store.for_disk(images.isel(sample=[3, 7]), positions=[3, 7])
+    assert subset.sample.values.tolist() == [3, 7] and subset.sample_id.values.tolist() == [ids[3], ids[7]]
+
+
+def test_cf_units_are_udunits_spellings():
+    """Units a CF reader (cf_units / UDUNITS-2) parses: no ad-hoc spellings such as "um/px" or "px"."""
+    units = {u for _, u in schema.CF_ATTRS.values() if u is not None}
+    assert units <= {"1", "um", "s"}, units
+    assert all(long_name and long_name[0].islower() for long_name, _ in schema.CF_ATTRS.values())

@@ -1,20 +1,21 @@
 """Expert annotations: what class a person assigns to a micrograph and which regions decided it.
 
 One labelled group per dataset, ``annotations/<dataset>``, readable with plain
-``xr.open_zarr(ws, group="annotations/<dataset>", consolidated=False)``:
+``xr.open_zarr(ws, group="annotations/<dataset>")`` (stored as :func:`xaiflow.store.for_disk` says):
 
 - dims ``sample`` (every sample of ``images/<dataset>``, same order, with the images' per-sample
-  coordinates: label, split, group, ...), ``annotator`` (grows as annotators appear), ``y``, ``x``;
+  coordinates: sample_id, label, split, group, ...), ``annotator`` (grows as annotators appear),
+  ``y``, ``x``;
 - ``region(sample, annotator, y, x)`` uint8, 1 where the annotator painted "this decided it";
 - ``annotated_class``, ``confidence`` (in [0, 1]), ``seconds`` (time spent), ``annotated_at``
   (ISO 8601 UTC) per (sample, annotator): '' or NaN where nobody annotated;
 - ``done(sample, annotator)``: set last for a submission, so a crash mid-write leaves it not done.
 
-Cells are found by sample id in the group's own ``sample`` coordinate, never by position in the
-images. The group belongs to the images it was made for: when ``images/<dataset>`` no longer holds
-the same samples (ids), image size or ingest config (``ingest --overwrite`` with other data), writing
-and resuming are refused with :class:`StaleAnnotationsError`, which says how to go on; nothing stored
-is touched.
+Cells are found by sample id in the group's own ``sample_id`` coordinate (``sample`` in groups written
+before it), never by position in the images. The group belongs to the images it was made for: when
+``images/<dataset>`` no longer holds the same samples (ids), image size or ingest config (``ingest
+--overwrite`` with other data), writing and resuming are refused with :class:`StaleAnnotationsError`,
+which says how to go on; nothing stored is touched.
 
 Every per-(sample, annotator) value is its own Zarr chunk, so one submission writes its own
 chunks only: submissions of different cells (two experts at once, two browser tabs) never
@@ -107,7 +108,7 @@ def write_annotation(workspace: str | os.PathLike[str], dataset: str, sample: st
     group = annotation_group(dataset)
     column = _annotator_index(workspace, dataset, images, annotator)
     root = zarr.open_group(store.location(workspace), path=group, mode="r+", zarr_format=3)
-    i = int(np.flatnonzero(store.strings(root[schema.SAMPLE][:]) == str(sample))[0])  # by id, never by position
+    i = int(np.flatnonzero(store.sample_ids(root) == str(sample))[0])  # by id, never by position
     root[schema.DONE][i, column] = False  # an earlier submission stops counting until this one is stored
     root[REGION][i, column] = mask
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -129,7 +130,7 @@ def check_current(workspace: str | os.PathLike[str], dataset: str, images: xr.Da
         return
     images = _images(workspace, dataset) if images is None else images
     root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
-    stored = store.strings(root[schema.SAMPLE][:])
+    stored = store.sample_ids(root)
     current = store.strings(images[schema.SAMPLE].values)
     reasons = []
     gone, new = np.setdiff1d(stored, current), np.setdiff1d(current, stored)
@@ -166,7 +167,7 @@ def annotated_samples(workspace: str | os.PathLike[str], dataset: str, annotator
     if annotator not in names:
         return set()
     done = np.asarray(root[schema.DONE][:, names.index(annotator)], bool)
-    return set(store.strings(root[schema.SAMPLE][:])[done].tolist())
+    return set(store.sample_ids(root)[done].tolist())
 
 
 def open_annotations(workspace: str | os.PathLike[str], dataset: str) -> xr.Dataset:
@@ -197,7 +198,7 @@ def open_annotations(workspace: str | os.PathLike[str], dataset: str) -> xr.Data
     # one zarr read per variable (concurrent chunk fetches) instead of a Dask task per cell
     cells = {name: variable(name, np.asarray(root[name][:, :n])) for name in (*CELL_VARIABLES, schema.DONE)}
     region = variable(REGION, da.from_zarr(root[REGION])[:, :n])
-    return ds.assign({REGION: region, **cells})
+    return store.from_disk(ds.assign({REGION: region, **cells}))
 
 
 def _images(workspace: str, dataset: str) -> xr.Dataset:
@@ -278,6 +279,7 @@ def _annotator_index(workspace: str, dataset: str, images: xr.Dataset, annotator
         coord = root[ANNOTATOR]
         coord.resize((n + 1,))
         coord[n] = annotator
+        store.consolidate(workspace)  # plain readers see the new size from now on
         return n
 
 
@@ -307,7 +309,7 @@ def _create(workspace: str, group: str, images: xr.Dataset, annotator: str) -> N
          SECONDS: (cell, np.full((n, 1), np.nan, np.float32)),
          ANNOTATED_AT: (cell, np.full((n, 1), "", strings)),
          schema.DONE: (cell, np.zeros((n, 1), bool))},
-        coords={**{k: (schema.SAMPLE, np.asarray(v.values)) for k, v in images.coords.items()
+        coords={**{k: (schema.SAMPLE, np.asarray(v.values), v.attrs) for k, v in images.coords.items()
                    if v.dims == (schema.SAMPLE,)},
                 ANNOTATOR: np.array([annotator], strings)},
         attrs={schema.ATTR_CLASSES: [str(c) for c in images.attrs[schema.ATTR_CLASSES]],
@@ -327,6 +329,5 @@ def _create(workspace: str, group: str, images: xr.Dataset, annotator: str) -> N
     ds[schema.DONE].attrs.update(long_name="submission stored completely")
     encoding = {name: {"chunks": (1, 1)} for name in (*CELL_VARIABLES, schema.DONE)}
     encoding[ANNOTATOR] = {"chunks": (1,)}  # grows one entry at a time
-    ds.to_zarr(store.location(workspace), group=group, mode="w", compute=False, consolidated=False, zarr_format=3,
-               encoding=encoding)
+    store.write_group(workspace, group, ds, compute=False, encoding=encoding)
     store.set_attrs(workspace, group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})

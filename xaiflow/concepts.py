@@ -509,7 +509,7 @@ def run_tcav(workspace: str | os.PathLike[str], model_id: str, dataset: str, con
             "concepts": [json.loads(c.model_dump_json()) for c in concepts],
             "examples_per_set": counts}
         store.delete_group(workspace, group)
-        ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
+        store.write_group(workspace, group, ds)
     return group
 
 

@@ -576,7 +576,7 @@ def _store(workspace: str, study: HumanStudy, regions: xr.Dataset, chosen: np.nd
     ds["value"].attrs.update(long_name="agreement of the map with the human region")
     ds["chance"].attrs.update(long_name="chance level of the metric for the region (area share, 0 or 0.5)")
     with group_lock(workspace, group, "human-vs-model study"):
-        ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
+        store.write_group(workspace, group, ds)
         store.set_attrs(workspace, group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
     return group
 

@@ -172,11 +172,13 @@ def _check_ids(refs: list[SampleRef]) -> None:
         seen[r.id] = r
 
 
-def _metadata_coords(refs: list[SampleRef]) -> dict[str, tuple[str, np.ndarray]]:
-    """Metadata columns as coords: numbers -> float64 (NaN for missing), else strings ('' missing).
+def _metadata_coords(refs: list[SampleRef]) -> dict[str, tuple[str, np.ndarray, dict[str, str]]]:
+    """Metadata columns as coords: numbers -> float64 (NaN for missing), else strings ('' missing), with a
+    ``long_name`` (:data:`xaiflow.schema.CF_ATTRS`, or naming the column).
     A source's ``split`` is not one of them: it becomes the split coordinate (:func:`_splits`)."""
     keys = list(dict.fromkeys(k for r in refs for k in r.metadata if k != schema.SPLIT))
-    reserved = set(schema.SAMPLE_COORDS) | {schema.SAMPLE, "source_um_per_px"}
+    reserved = set(schema.SAMPLE_COORDS) | {schema.SAMPLE, "source_um_per_px", schema.SAMPLE_ID, schema.Y, schema.X,
+                                            schema.Y_UM, schema.X_UM}
     coords = {}
     for k in keys:
         if k in reserved:
@@ -187,7 +189,7 @@ def _metadata_coords(refs: list[SampleRef]) -> dict[str, tuple[str, np.ndarray]]
             arr = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
         else:
             arr = np.array(["" if v is None else str(v) for v in values], dtype=object)
-        coords[k] = (schema.SAMPLE, arr)
+        coords[k] = (schema.SAMPLE, arr, schema.cf_attrs(k) or {"long_name": f"{k} (metadata column of the source)"})
     return coords
 
 

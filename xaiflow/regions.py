@@ -110,7 +110,8 @@ def open_arrays(workspace: str | os.PathLike[str], paths: Iterable[str], mode: s
     stale = [p for p in paths if p not in found]
     if stale:
         async def _open() -> list[Any]:
-            root = await zarr.api.asynchronous.open_group(store.location(workspace), mode=mode, zarr_format=3)
+            root = await zarr.api.asynchronous.open_group(store.location(workspace), mode=mode, zarr_format=3,
+                                                          use_consolidated=False)  # never stale metadata
             return list(await asyncio.gather(*(root.getitem(p) for p in stale)))
 
         nodes = process.run(_open())
@@ -127,8 +128,9 @@ def open_arrays(workspace: str | os.PathLike[str], paths: Iterable[str], mode: s
     return {p: found[p] for p in paths}
 
 
-def read(arrays: Sequence[zarr.AsyncArray], region: slice) -> list[np.ndarray]:
-    """``array[region]`` of every array (first dimension), read concurrently."""
+def read(arrays: Sequence[zarr.AsyncArray], region: slice | tuple[slice, int]) -> list[np.ndarray]:
+    """``array[region]`` of every array, read concurrently: samples (first dimension), optionally
+    one column of the second (a method of the saliency group)."""
 
     async def _read() -> list[Any]:
         return list(await asyncio.gather(*(a.getitem(region) for a in arrays)))
@@ -136,7 +138,7 @@ def read(arrays: Sequence[zarr.AsyncArray], region: slice) -> list[np.ndarray]:
     return [np.asarray(v) for v in _process().run(_read())]
 
 
-def write(arrays: Sequence[zarr.AsyncArray], region: slice, values: Sequence[np.ndarray]) -> None:
+def write(arrays: Sequence[zarr.AsyncArray], region: slice | tuple[slice, int], values: Sequence[np.ndarray]) -> None:
     """``array[region] = value`` for every pair, written concurrently; all are stored when it returns."""
     if len(arrays) != len(values):
         raise ValueError(f"{len(arrays)} arrays but {len(values)} values")

@@ -56,6 +56,65 @@ SAMPLE_COORDS = (LABEL, LABEL_INDEX, GROUP, SOURCE, SPLIT, UM_PER_PX, TILE_Y0, T
 
 SPLITS = ("train", "val", "test")
 
+# the stored form of a group (see xaiflow.store.for_disk): ``sample`` is the position 0..N-1 on disk and
+# the string ids are this coordinate, so plain xarray selects ``sel(sample=2)``; xaiflow's readers give
+# back the string ``sample`` index
+SAMPLE_ID = "sample_id"
+#: physical pixel positions (sample, y) / (sample, x) in micrometres, written where ``um_per_px`` is known
+Y_UM = "y_um"
+X_UM = "x_um"
+
+#: CF-style ``(long_name, units)`` of every variable and coordinate the store writes, applied in one place
+#: (:func:`cf_attrs`, called by ``store.for_disk``); units are UDUNITS spellings, "1" for dimensionless
+#: numbers, None where the values are text or categories (no units attribute). A writer's own attrs win.
+CF_ATTRS: dict[str, tuple[str, str | None]] = {
+    SAMPLE: ("sample number (position in the dataset)", None),
+    SAMPLE_ID: ("sample id", None),
+    Y: ("pixel row (0 = top: plot with yincrease=False)", "1"),
+    X: ("pixel column (0 = left)", "1"),
+    Y_UM: ("row position (row 0 at 0)", "um"),
+    X_UM: ("column position (column 0 at 0)", "um"),
+    IMAGE: ("micrograph intensity", "1"),
+    MASK: ("expert region label (0 = background; names in the mask_classes attribute)", None),
+    HAS_MASK: ("the sample has an expert mask", None),
+    DONE: ("sample written completely", None),
+    LABEL: ("class", None),
+    LABEL_INDEX: ("class index (position in the classes attribute)", None),
+    GROUP: ("specimen (samples of one specimen share a split)", None),
+    SOURCE: ("source file or URI", None),
+    SPLIT: ("data split (train, val, test)", None),
+    UM_PER_PX: ("pixel size in micrometres per pixel (NaN: unknown)", "um"),
+    TILE_Y0: ("top row of the window in the source image", "1"),
+    TILE_X0: ("left column of the window in the source image", "1"),
+    TILE_H: ("window height in source pixels", "1"),
+    TILE_W: ("window width in source pixels", "1"),
+    "source_um_per_px": ("pixel size of the source image in micrometres per pixel (NaN: unknown)", "um"),
+    "magnification": ("magnification", "1"),
+    "detector": ("detector", None),
+    "condition": ("acquisition condition", None),
+    "has_shortcut": ("the planted shortcut marker sits in its class's corner (1) or not (0)", "1"),
+    "shortcut_position": ("corner of the planted shortcut marker (none: no marker)", None),
+    "logits": ("class logits of the model", "1"),
+    "probabilities": ("class probabilities (softmax of the logits)", "1"),
+    "predicted": ("predicted class index (position in the classes attribute)", None),
+    "class": ("class", None),
+    "features": ("feature value", "1"),
+    "feature": ("feature", None),
+    "family": ("feature family", None),
+    "value": ("metric value (the outputs attribute describes each metric)", "1"),
+    "metric": ("metric", None),
+    "xai_method": ("attribution method", None),
+    "annotator": ("annotator", None),
+}
+
+
+def cf_attrs(name: str) -> dict[str, str]:
+    """The ``long_name`` (and ``units``) of the variable ``name`` from :data:`CF_ATTRS`; empty if unknown."""
+    if name not in CF_ATTRS:
+        return {}
+    long_name, units = CF_ATTRS[name]
+    return {"long_name": long_name, **({"units": units} if units is not None else {})}
+
 # attributes
 ATTR_SCHEMA_VERSION = "schema_version"
 ATTR_CLASSES = "classes"

@@ -157,8 +157,8 @@ class AnnotationSession:
     def check_images(self) -> None:
         """Refuse to go on when ``images/<dataset>`` no longer has the samples this session's order was
         made from (re-ingested meanwhile): a position would show or store another image."""
-        ids = store.strings(zarr.open_array(store.location(self.workspace), path=f"{self.group}/{schema.SAMPLE}",
-                                            mode="r", zarr_format=3)[:])
+        ids = store.sample_ids(zarr.open_group(store.location(self.workspace), path=self.group, mode="r",
+                                               zarr_format=3))
         if not np.array_equal(ids, self._ids):
             raise StaleAnnotationsError(f"{self.workspace}: {self.group} was ingested again since this annotation "
                                         "session started; stop it (Ctrl-C) and run `xaiflow annotate` again")

@@ -75,8 +75,9 @@ def make_extractor(workspace: str | os.PathLike[str], name: str, params: dict[st
     return build_extractor(name, cls.bind(dict(params), str(workspace), default_model))
 
 
-def _sample_coords(images: xr.Dataset) -> dict[str, tuple[str, np.ndarray]]:
-    """Every per-sample coordinate of the images (strings as object arrays, as ingest writes them)."""
+def _sample_coords(images: xr.Dataset) -> dict[str, tuple[str, np.ndarray, dict[str, Any]]]:
+    """Every per-sample coordinate of the images with its attributes (strings as object arrays, as ingest
+    writes them)."""
     out = {}
     for name, coord in images.coords.items():
         if coord.dims != (schema.SAMPLE,) or name == schema.SAMPLE:
@@ -84,7 +85,7 @@ def _sample_coords(images: xr.Dataset) -> dict[str, tuple[str, np.ndarray]]:
         values = np.asarray(coord.values)
         if values.dtype.kind in "UTO":
             values = np.array(values.tolist(), dtype=object)
-        out[name] = (schema.SAMPLE, values)
+        out[name] = (schema.SAMPLE, values, coord.attrs)
     return out
 
 

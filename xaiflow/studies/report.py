@@ -1,7 +1,7 @@
 """Where study results go: the workspace group, tidy CSV tables and figures on disk.
 
 * ``studies/<dataset>/<name>`` in the workspace: the study's ``xarray.Dataset``, written
-  with ``to_zarr(mode="w")`` (a re-run replaces it) and then marked ``status: complete``;
+  with :func:`xaiflow.store.write_group` (a re-run replaces it) and then marked ``status: complete``;
   a study over several datasets is stored under ``<dataset1>+<dataset2>``.
 * ``<out>/<dataset>_<name>_*.csv``: tidy tables (one row per observation), for pandas or a
   spreadsheet;
@@ -49,7 +49,7 @@ def store_study(workspace: str | os.PathLike[str], dataset: str, name: str, ds: 
     group = schema.group_path(schema.STUDIES, dataset, name)
     ds = ds.copy()
     ds.attrs.update({schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
-    ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3)
+    store.write_group(workspace, group, ds)
     store.set_attrs(workspace, group, **{schema.ATTR_STATUS: schema.STATUS_COMPLETE})
     return group
 

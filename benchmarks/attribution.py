@@ -66,7 +66,7 @@ from distributed import get_task_stream, get_worker
 from lime import lime_image
 from torch import Tensor
 
-from xaiflow import regions, schema
+from xaiflow import regions, schema, store
 from xaiflow.attribution import METHODS, AttributionMethod, make_method
 from xaiflow.attribution.engine import AttributionJob, Selection, default_batch_size, evaluation_bytes, prepare
 from xaiflow.config import AttributionConfig, DatasetConfig, GeometryConfig, load_config
@@ -76,7 +76,7 @@ from xaiflow.jobs import Chunk, pending_chunks, run_job
 from xaiflow.plugins import PluginSpec
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ClusterConfig, dask_client, map_tasks
-from xaiflow.saliency import DONE_SUFFIX, NONFINITE_SUFFIX, TARGET_SUFFIX, decode_maps, encode_maps, map_codec
+from xaiflow.saliency import DONE, MAPS, METHOD, NONFINITE, TARGET, decode_maps, encode_maps, map_codec
 from xaiflow.sources.synthetic import SyntheticConfig
 from xaiflow.predict import predict_dataset
 from xaiflow.training import train_model
@@ -192,8 +192,13 @@ class Bench:
 
     def reset(self, name: str) -> None:
         """Clear the method's done flags so that the engine computes every map again."""
-        done = zarr.open_group(self.workspace, path=self.job.group, mode="r+", zarr_format=3)[name + DONE_SUFFIX]
-        done[:] = False
+        root = zarr.open_group(self.workspace, path=self.job.group, mode="r+", zarr_format=3)
+        root[DONE][:, self.column(name)] = False
+
+    def column(self, name: str) -> int:
+        """The method's position on the saliency group's ``xai_method`` axis."""
+        root = zarr.open_group(self.workspace, path=self.job.group, mode="r", zarr_format=3)
+        return list(store.strings(root[METHOD][:])).index(name)
 
 
 def head(chunk: Chunk, k: int) -> Chunk:
@@ -335,10 +340,11 @@ def engine_overheads(b: Bench, name: str) -> dict[str, float]:
                                   "open arrays (cached per process), read the chunk and done flags",
                                   "write maps, targets, non-finite flags; then done flags")}
     model, read, io = steps.values()
-    keys = [f"{b.job.group}/{name}{s}" for s in ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)]
+    keys = [f"{b.job.group}/{v}" for v in (MAPS, TARGET, NONFINITE, DONE)]  # the method's column of each
+    col = b.column(name)
     image_path = f"{ds_path}/{schema.IMAGE}"
     for chunk in b.chunks:
-        region = slice(chunk.start, chunk.stop)
+        region = (slice(chunk.start, chunk.stop), col)
         model(lambda: b.job.model.cached("cpu"))
         arrays = read(lambda: regions.open_arrays(b.workspace, [image_path, *keys]))  # as run_chunk: one call
         read(lambda: regions.read([arrays[image_path], arrays[keys[-1]]], region))
@@ -372,9 +378,10 @@ def section_engine(b: Bench, methods: list[str]) -> dict[str, dict[str, float]]:
             record = result["batching"][name]
             assert record["images_per_call"] == b.batch, record
             assert all(record[k] == v for k, v in b.batching[name].items()), record
-        stored = np.asarray(root[name][:b.n])
+        col = b.column(name)
+        stored = np.asarray(root[MAPS][:b.n, col])
         rel = float(np.abs(stored - maps).max() / max(np.abs(maps).max(), 1e-30))
-        same_targets = bool((np.asarray(root[name + TARGET_SUFFIX][:b.n]) == b.targets.numpy()).all())
+        same_targets = bool((np.asarray(root[TARGET][:b.n, col]) == b.targets.numpy()).all())
         out[name] = {"engine_s": engine.cpu, "plain_s": plain.cpu, "ratio": plain.cpu / engine.cpu,
                      "wall_ratio": plain.wall / engine.wall}
         rows.append([name, b.batching[name] or "-", f"{b.n / engine.wall:.2f}", f"{b.n / plain.wall:.2f}",

@@ -24,7 +24,8 @@ import zarr
 
 from xaiflow import schema
 from xaiflow.aggregate import PIXELS, group_maps, method_agreement
-from xaiflow.saliency import DONE_SUFFIX, METHOD, open_saliency, saliency_group
+from xaiflow import store
+from xaiflow.saliency import DONE, MAPS, METHOD, open_saliency, saliency_group
 
 
 def reference(workspace: str, dataset: str, model: str, methods: list[str], classes: list[str]) -> np.ndarray:
@@ -32,17 +33,19 @@ def reference(workspace: str, dataset: str, model: str, methods: list[str], clas
     root = zarr.open_group(workspace, mode="r", path=saliency_group(dataset, model))
     labels = np.asarray(zarr.open_group(workspace, mode="r", path=schema.group_path(schema.IMAGES, dataset))
                         [schema.LABEL_INDEX][:])
-    done = np.all([root[m + DONE_SUFFIX][:] for m in methods], axis=0)
+    axis = list(store.strings(root[METHOD][:]))
+    cols = [axis.index(m) for m in methods]
+    done = np.all(root[DONE][:][:, cols], axis=1)
     out = None
     counts = np.bincount(labels[done], minlength=len(classes))
-    for mi, m in enumerate(methods):
-        arr = root[m]
-        chunk = arr.chunks[0]
+    arr = root[MAPS]
+    chunk = arr.chunks[0]
+    for mi, col in enumerate(cols):
         for s0 in range(0, arr.shape[0], chunk):
             keep = np.flatnonzero(done[s0:s0 + chunk])
             if not len(keep):
                 continue
-            block = np.abs(arr[s0:s0 + chunk][keep])
+            block = np.abs(arr[s0:s0 + chunk, col][keep])
             if out is None:
                 out = np.zeros((len(classes), len(methods), *block.shape[1:]))
             block /= block.sum(axis=(1, 2), keepdims=True)

@@ -23,7 +23,7 @@ finished job finds no pending chunk; re-running a killed one computes only what 
 Done flags, one scheme: a boolean array per output, indexed by sample first (and by the
 output's own item dimensions after that: method, metric), chunked like the samples, set
 after the values it flags are stored. A group with one output calls it ``done``
-(:data:`xaiflow.schema.DONE`); the saliency group has one per method key (``<key>__done``).
+(:data:`xaiflow.schema.DONE`); the saliency group has ``done(sample, xai_method)``, a column per method key.
 Groups written before this scheme kept one flag per chunk (``chunk_done``); they are read as
 such and converted when a job resumes them (:func:`xaiflow.store.resume_flags`).
 """

@@ -3,9 +3,11 @@
 A chunk (``chunk_size`` samples) is what a read fetches and what Dask sees when a group is
 opened; a shard is one file holding consecutive chunks of an array. Without shards every chunk
 of every array is a file of its own: images in chunks of 64 are 157 files per 10^4 images, and
-each attribution method adds four arrays (maps, targets, non-finite and done flags), so eleven
-methods write ~7,000 files per 10^4 images and over a million at 10^6, more than shared cluster
-file systems handle well.
+each attribution method adds a chunk to four arrays per image chunk (maps, targets, non-finite and
+done flags: the saliency group chunks them (S, 1, ...) along its method axis, :mod:`xaiflow.saliency`),
+so eleven methods write ~7,000 files per 10^4 images and over a million at 10^6, more than shared
+cluster file systems handle well. The maps are sharded along samples like any array; the flags and
+targets of a method are one chunk per shard of samples.
 
 A write must cover whole shards: a partial write rewrites the shard's file, so two tasks writing
 one shard would race. So the shard is a write job's unit (one chunk task per shard, see

@@ -78,8 +78,9 @@ def test_rerun_computes_only_missing_chunks(ws, client):
     # a run killed after some chunks: flags of two chunks cleared, their maps lost
     root = zarr.open_group(str(ws), path=group, mode="r+")
     for key in ("saliency", "integrated_gradients"):
-        root[key + "__done"][0:12] = False
-        root[key][0:12] = np.nan
+        column = list(root[METHOD][:]).index(key)
+        root["done"][0:12, column] = False
+        root["saliency"][0:12, column] = np.nan
     resumed = run_attribution(ws, cfg, client=client)
     test_chunks = {i // 6 for i in np.flatnonzero(open_saliency(ws, "syn", model_id).split.values == "test")}
     assert resumed.chunks_run == len(test_chunks & {0, 1})
@@ -114,7 +115,7 @@ def test_target_all_and_label(ws, client, tmp_path):
     run_attribution(copy, config(model_id, ["grad_cam"], splits=["test"], target="all"), client=client,
                     overwrite=True)  # the copy holds maps of the predicted class
     raw = store.open_group(copy, f"saliency/syn/{model_id}", check_complete=False)
-    assert raw.grad_cam.dims == ("sample", "class", "y", "x") and raw.grad_cam.shape[1] == 3
+    assert raw.saliency.dims == ("sample", METHOD, "class", "y", "x") and raw.saliency.shape[2] == 3
     with pytest.raises(AttributionError, match="target='all'.*target='label'"):
         run_attribution(copy, config(model_id, ["grad_cam"], target="label"), client=client)
     run_attribution(copy, config(model_id, ["grad_cam"], splits=["test"], target="label"), client=client,

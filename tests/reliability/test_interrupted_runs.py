@@ -54,7 +54,8 @@ def slow_config(path: Path, run: dict, n_steps: int = 512, **attribution) -> Pat
 
 
 def flags(ws: Path, model: str, key: str) -> np.ndarray:
-    return np.asarray(zarr.open_group(str(ws), path=f"saliency/syn/{model}", mode="r")[key + "__done"][:], bool)
+    group = zarr.open_group(str(ws), path=f"saliency/syn/{model}", mode="r")
+    return np.asarray(group["done"][:, list(group["xai_method"][:]).index(key)], bool)
 
 
 def model_id(ws: Path) -> str:
@@ -154,8 +155,9 @@ def test_a_crash_between_maps_and_flags_recomputes_that_chunk(tmp_path, referenc
     model = model_id(ws)
     # the state a task leaves when it dies after writing chunk 1's maps, before its flags: garbage, not done
     group = zarr.open_group(str(ws), path=f"saliency/syn/{model}", mode="r+")
-    group["integrated_gradients"][6:12] = np.full(group["integrated_gradients"][6:12].shape, 123.0, np.float32)
-    group["integrated_gradients__done"][6:12] = False
+    ig = list(group["xai_method"][:]).index("integrated_gradients")
+    group["saliency"][6:12, ig] = np.full(group["saliency"][6:12, ig].shape, 123.0, np.float32)
+    group["done"][6:12, ig] = False
     res = cli("attribute", slow, "-w", ws, "--cluster", "threads")
     assert res.returncode == 0 and "1 chunk(s) computed" in res.stdout, res.stdout + res.stderr
     np.testing.assert_array_equal(open_saliency(ws, "syn", model).saliency.values,

@@ -36,7 +36,7 @@ import torch
 import zarr
 
 import xaiflow
-from xaiflow import layout, regions, schema, store
+from xaiflow import layout, regions, saliency, schema, store
 from xaiflow.attribution import METHODS, AttributionMethod, make_method
 from xaiflow.config import AttributionConfig, RunConfig
 from xaiflow.device import resolve_device
@@ -47,13 +47,10 @@ from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.predict import current_predictions
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, worker_compute
-from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, NONFINITE_SUFFIX, SCALE_SUFFIX,
-                              TARGET_SUFFIX, decode_maps, encode_maps, group_template, method_template,
-                              saliency_group, storage_of, stored_methods, write_template)
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE, MAPS, NONFINITE, SCALE, TARGET,
+                              StoredSaliency, decode_maps, encode_maps, saliency_group, storage_of)
 
 log = logging.getLogger("xaiflow")
-#: the arrays of one method in a saliency group, by suffix: maps, targets, non-finite flags, done flags
-_METHOD_ARRAYS = ("", TARGET_SUFFIX, NONFINITE_SUFFIX, DONE_SUFFIX)
 
 
 class AttributionError(XaiflowError):
@@ -142,18 +139,68 @@ def _check_methods(cfg: AttributionConfig, entry: ModelEntry, images: Any, n_cla
     return evaluations
 
 
-def _write_unit(workspace: str, group: str, cfg: AttributionConfig, images: Any, n_classes: int,
-                evaluations: int) -> int:
-    """Samples one chunk task writes in the saliency group: the unit of its stored method arrays,
-    else (a new group) image chunks in shards chosen from the maps' size and the methods' cost."""
-    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
-    flags = sorted(k for k in root.array_keys() if k.endswith(DONE_SUFFIX))
-    if flags:
-        return layout.write_unit(workspace, f"{group}/{flags[0]}")
+def _new_unit(cfg: AttributionConfig, images: Any, n_classes: int, evaluations: int) -> int:
+    """Samples one chunk task writes in a new saliency group: image chunks in shards chosen from the
+    maps' size and the methods' cost (a stored group keeps its own, :meth:`StoredSaliency.unit`)."""
     n, h, w = images[schema.IMAGE].shape
     chunk = images[schema.IMAGE].data.chunksize[0]
     map_bytes = h * w * np.dtype(cfg.storage).itemsize * (n_classes if cfg.target == "all" else 1)
     return chunk * layout.chunks_per_shard(cfg.shard_chunks, n, chunk, map_bytes, evaluations)
+
+
+def _identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A stored key's identity (an older group's map attrs hold more, and no storage before float16 existed)."""
+    return {ATTR_METHOD: attrs[ATTR_METHOD], ATTR_PARAMS: attrs[ATTR_PARAMS], ATTR_STORAGE: storage_of(attrs)}
+
+
+def _replaced(stored: StoredSaliency, attrs: dict[str, Any], identities: dict[str, dict[str, Any]],
+              selected: np.ndarray, overwrite: bool) -> bool:
+    """Whether the stored group must be rewritten for this run: it was computed for another checkpoint,
+    target mode or storage, or it is in the older layout and this run has maps to compute there
+    (see :mod:`xaiflow.saliency`). Refused, with a message naming ``--overwrite``, unless ``overwrite``."""
+    old = store.group_attrs(stored.workspace, stored.group)
+    changed = {k: (old.get(k), v) for k, v in attrs.items() if old.get(k) != v and (stored.tidy or k != ATTR_STORAGE)}
+    if changed:
+        if overwrite:
+            return True
+        hint = (f" (one storage for every map of a group: set attribution.storage: {old[ATTR_STORAGE]} to add "
+                "methods to it)" if ATTR_STORAGE in changed else "")
+        before = ", ".join(f"{k}={a!r}" for k, (a, _) in changed.items())
+        now = ", ".join(f"{k}={b!r}" for k, (_, b) in changed.items())
+        raise AttributionError(f"{stored.group} was computed with {before}; this run has {now}. "
+                               f"Pass --overwrite to recompute every map{hint}")
+    if stored.tidy:
+        return False
+    todo = [k for k, identity in identities.items() if k not in stored.methods
+            or _identity(stored.methods[k]) != identity or not stored.done(k)[selected].all()]
+    if todo and not overwrite:
+        raise AttributionError(
+            f"{stored.group} is stored in the layout of an older xaiflow (one variable per method: "
+            f"{', '.join(stored.methods)}), to which maps of {', '.join(todo)} cannot be added. Pass --overwrite to "
+            "rewrite the group in the current layout with this run's methods (maps of methods not in this run are "
+            "deleted: list them in --methods to keep them)")
+    return bool(todo)
+
+
+def _extend(workspace: str, stored: StoredSaliency, identities: dict[str, dict[str, Any]], overwrite: bool) -> None:
+    """Add this run's new keys to a group of the current layout, and with ``overwrite`` reset the keys
+    stored with another identity (their slice and flags only); else refuse those."""
+    changed = {}
+    for key, identity in identities.items():
+        if key in stored.methods and _identity(stored.methods[key]) != identity:
+            if not overwrite:
+                name = identity[ATTR_METHOD]
+                raise AttributionError(
+                    f"{stored.group}: {key!r} is stored with {_identity(stored.methods[key])}, this run asks for "
+                    f"{identity}. Use another key (methods: [{{name: {name}, key: {name}_v2, params: ...}}]) "
+                    "or --overwrite")
+            changed[key] = identity
+    new = {k: v for k, v in identities.items() if k not in stored.methods}
+    orphans = [k for k in new if k in stored.axis]  # columns of an interrupted growth, without an identity
+    saliency.reset(workspace, stored.group, [*changed, *orphans])
+    saliency.grow(workspace, stored.group, list(new))
+    if changed or new:
+        saliency.set_identities(workspace, stored.group, {**changed, **new})
 
 
 def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunConfig | None = None,
@@ -170,49 +217,35 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
     evaluations = _check_methods(cfg, entry, images, len(classes))
 
     group = saliency_group(cfg.dataset, model_id)
-    group_attrs = {"model_id": model_id, "checkpoint_sha256": entry.sha256, "target": cfg.target}
-    identity_keys = list(group_attrs)
-    group_attrs.update({schema.ATTR_CLASSES: classes, schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION})
-    if store.group_exists(workspace, group):
-        old = store.group_attrs(workspace, group)
-        changed = {k: (old.get(k), group_attrs[k]) for k in identity_keys if old.get(k) != group_attrs[k]}
-        if changed and not overwrite:
-            raise AttributionError(f"{group} was computed with {', '.join(f'{k}={a!r}' for k, (a, _) in changed.items())}; "
-                                   f"this run has {', '.join(f'{k}={b!r}' for k, (_, b) in changed.items())}. "
-                                   "Pass --overwrite to recompute every map")
-        if changed:
-            store.delete_group(workspace, group)
-    if not store.group_exists(workspace, group):
-        write_template(workspace, group, group_template(images, classes, group_attrs), mode="w")
-
-    stored = stored_methods(workspace, group)
-    unit = _write_unit(workspace, group, cfg, images, len(classes), evaluations)
-    for spec in cfg.methods:
-        identity = {"method": spec.name, "params": METHODS.get(spec.name).identity_of(spec.params),
-                    ATTR_STORAGE: cfg.storage}
-        if spec.key in stored:
-            attrs = stored[spec.key]
-            before = {"method": attrs[ATTR_METHOD], "params": attrs[ATTR_PARAMS], ATTR_STORAGE: storage_of(attrs)}
-            if before == json.loads(json.dumps(identity)):
-                continue
-            if not overwrite:
-                raise AttributionError(
-                    f"{group}: {spec.key!r} is stored with {before}, this run asks for {identity}. "
-                    f"Use another key (methods: [{{name: {spec.name}, key: {spec.name}_v2, params: ...}}]) "
-                    "or --overwrite")
-            for suffix in _METHOD_ARRAYS + (SCALE_SUFFIX,):  # the scale exists with float16 storage only
-                store.delete_array(workspace, group, spec.key + suffix)
-        attrs = {ATTR_METHOD: spec.name, ATTR_PARAMS: identity["params"]}
-        write_template(workspace, group, method_template(images, spec.key, classes, cfg.target == "all", attrs,
-                                                         cfg.storage, unit), mode="a")
-    # appending variables with xarray rewrites the group attrs: set them again
-    store.set_attrs(workspace, group, **group_attrs, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
-
+    group_attrs = {"model_id": model_id, "checkpoint_sha256": entry.sha256, "target": cfg.target,
+                   ATTR_STORAGE: cfg.storage}
     n = images.sizes[schema.SAMPLE]
+    selected = (np.ones(n, bool) if cfg.splits is None
+                else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits))
+    identities = {spec.key: json.loads(json.dumps({  # as stored in JSON attrs, to compare with them
+        ATTR_METHOD: spec.name, ATTR_PARAMS: METHODS.get(spec.name).identity_of(spec.params),
+        ATTR_STORAGE: cfg.storage})) for spec in cfg.methods}
+    stored = StoredSaliency.open(workspace, group)
+    if stored is not None and _replaced(stored, group_attrs, identities, selected, overwrite):
+        store.delete_group(workspace, group)
+        stored = None
+    if stored is None:
+        unit = _new_unit(cfg, images, len(classes), evaluations)
+        saliency.create_group(workspace, group, images, classes, {**group_attrs, schema.ATTR_CLASSES: classes,
+                                                                  schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION},
+                              identities, cfg.target == "all", cfg.storage, unit)
+    else:
+        unit = stored.unit()
+        if stored.tidy:
+            _extend(workspace, stored, identities, overwrite)
+    # complete again only once every chunk task of this run is done; set_attrs also consolidates the
+    # workspace's metadata after the changes above (chunk tasks and plain xarray read the new shapes)
+    store.set_attrs(workspace, group, **{schema.ATTR_STATUS: schema.STATUS_INCOMPLETE})
+    stored = StoredSaliency.open(workspace, group)
+    assert stored is not None
+
     chunk = unit  # a task writes whole shards (xaiflow.layout)
-    selected = np.ones(n, bool) if cfg.splits is None else np.isin(store.strings(images[schema.SPLIT].values), cfg.splits)
-    root = zarr.open_group(store.location(workspace), path=group, mode="r", zarr_format=3)
-    flags = {m.key: np.asarray(root[m.key + DONE_SUFFIX][:], bool) for m in cfg.methods}
+    flags = {m.key: stored.done(m.key) for m in cfg.methods}
     done = np.logical_and.reduce(list(flags.values()))
     predictions = current_predictions(workspace, entry, cfg.dataset) if cfg.target == "predicted" else None
     known = _planned_targets(workspace, cfg.target, predictions, images)
@@ -229,6 +262,7 @@ def prepare(workspace: str | os.PathLike[str], cfg: AttributionConfig, run: RunC
         device=cfg.device, batch_size=cfg.batch_size, memory_budget_mb=cfg.memory_budget_mb,
         max_evals_per_pass=dict(cfg.max_evals_per_pass), gpu=cfg.gpu, predictions=predictions,
         splits=tuple(cfg.splits) if cfg.splits is not None else None,
+        columns={m.key: stored.axis.index(m.key) for m in cfg.methods} if stored.tidy else {},
         done_before={k: int((v & selected).sum()) for k, v in flags.items()}, chunks=chunks, n_chunks=n_selected_chunks)
 
 
@@ -299,6 +333,7 @@ class AttributionJob(ChunkJob):
     #: images: ``target: predicted`` then reads the stored class instead of a forward pass
     predictions: str | None
     splits: tuple[str, ...] | None  # the samples explained (None: all)
+    columns: dict[str, int]  # method key -> its column on the group's xai_method axis
     done_before: dict[str, int]  # method key -> selected samples whose map was stored at planning
 
     @property
@@ -336,12 +371,10 @@ class AttributionJob(ChunkJob):
         local = np.array(chosen.samples) - s0
         # every array this chunk touches, opened and read together (see xaiflow.regions)
         image_path = f"{schema.group_path(schema.IMAGES, self.dataset)}/{schema.IMAGE}"
-        suffixes = _METHOD_ARRAYS + ((SCALE_SUFFIX,) if self.storage == "float16" else ())
-        paths = {m.key: [f"{self.group}/{m.key}{suffix}" for suffix in suffixes] for m in self.methods}
-        arrays = regions.open_arrays(self.workspace, [image_path, *(p for ps in paths.values() for p in ps)])
-        done_index = suffixes.index(DONE_SUFFIX)
-        pixels, *done_flags = regions.read([arrays[image_path], *(arrays[ps[done_index]] for ps in paths.values())],
-                                           region)
+        names = (MAPS, TARGET, NONFINITE, *((SCALE,) if self.storage == "float16" else ()))  # a method's data arrays
+        paths = {name: f"{self.group}/{name}" for name in (*names, DONE)}
+        arrays = regions.open_arrays(self.workspace, [image_path, *paths.values()])
+        pixels, done_flags = regions.read([arrays[image_path], arrays[paths[DONE]]], region)
         batch = self.batch_size or default_batch_size(device)
         shape = (model.in_channels, *pixels.shape[1:])
         per_eval = evaluation_bytes(model, self.model.sha256, shape, device)
@@ -355,10 +388,10 @@ class AttributionJob(ChunkJob):
         result: dict[str, Any] = {"index": chunk.index, "computed": {}, "nonfinite": {}, "seconds": {},
                                   "batching": {}, "worker": worker.address if worker is not None else None}
 
-        for m, done in zip(self.methods, done_flags):
-            method_arrays = dict(zip(suffixes, (arrays[p] for p in paths[m.key])))
-            data_arrays = [method_arrays[k] for k in suffixes if k != DONE_SUFFIX]  # maps, targets, non-finite[, scale]
-            done = done.astype(bool)
+        data_arrays = [arrays[paths[name]] for name in names]
+        for m in self.methods:
+            cell = (region, self.columns[m.key])  # this chunk of the method's column: its own Zarr chunks
+            done = done_flags[:, self.columns[m.key]].astype(bool)
             todo = local[~done[local]]
             if not len(todo):
                 continue
@@ -366,11 +399,11 @@ class AttributionJob(ChunkJob):
             method, batching = _batched_method(m, model, batch, evals)
             check_memory(method, m.key, batch, shape, per_eval, chunk_bytes, limit, limit_name)
             if done.any():  # keep the maps of samples done earlier
-                stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, region)
+                stored_maps, targets, nonfinite, *scale = regions.read(data_arrays, cell)
                 maps = decode_maps(stored_maps, scale[0] if scale else None)
                 nonfinite = nonfinite.astype(bool)
             else:  # a fresh chunk: nothing stored to keep, start from the arrays' fill values
-                maps = np.full((s1 - s0, *method_arrays[""].shape[1:]), np.nan, np.float32)
+                maps = np.full((s1 - s0, *arrays[paths[MAPS]].shape[2:]), np.nan, np.float32)
                 targets = np.full(s1 - s0, -1, np.int16)
                 nonfinite = np.zeros(s1 - s0, bool)
             for b in range(0, len(todo), batch):
@@ -388,11 +421,11 @@ class AttributionJob(ChunkJob):
                 nonfinite[idx] = bad
             if self.storage == "float16":
                 scaled, scale = encode_maps(maps)
-                regions.write(data_arrays, region, [scaled, targets, nonfinite, scale])
+                regions.write(data_arrays, cell, [scaled, targets, nonfinite, scale])
             else:
-                regions.write(data_arrays, region, [maps, targets, nonfinite])
+                regions.write(data_arrays, cell, [maps, targets, nonfinite])
             done[todo] = True
-            regions.write([method_arrays[DONE_SUFFIX]], region, [done])  # last: a map is done only once it is stored
+            regions.write([arrays[paths[DONE]]], cell, [done])  # last: a map is done only once it is stored
             result["computed"][m.key] = int(len(todo))
             result["nonfinite"][m.key] = int(nonfinite[todo].sum())
             result["seconds"][m.key] = time.perf_counter() - tick
@@ -404,9 +437,9 @@ class AttributionJob(ChunkJob):
         images = store.open_group(self.workspace, schema.group_path(schema.IMAGES, self.dataset))
         selected = (np.ones(images.sizes[schema.SAMPLE], bool) if self.splits is None
                     else np.isin(store.strings(images[schema.SPLIT].values), self.splits))
-        root = zarr.open_group(store.location(self.workspace), path=self.group, mode="r", zarr_format=3)
-        return {m.key: int((np.asarray(root[m.key + DONE_SUFFIX][:], bool) & selected).sum()) for m in self.methods} \
-            | {"": int(selected.sum())}
+        stored = StoredSaliency.open(self.workspace, self.group)
+        assert stored is not None
+        return {m.key: int((stored.done(m.key) & selected).sum()) for m in self.methods} | {"": int(selected.sum())}
 
     def finalize(self, results: list[dict[str, Any]]) -> AttributionResult:
         """Verify every selected map is stored (else the group stays incomplete and the error says how
@@ -429,8 +462,8 @@ class AttributionJob(ChunkJob):
                 batching[k] = r["batching"][k]
         for k, n in out.nonfinite.items():
             if n:
-                log.warning("%s: %d map(s) of %s contain NaN/inf; flagged in %s%s", self.group, n, k, k,
-                            NONFINITE_SUFFIX)
+                log.warning("%s: %d map(s) of %s contain NaN/inf; flagged in %s.sel(xai_method=%r)", self.group, n,
+                            k, NONFINITE, k)
         provenance = {
             "xaiflow_version": xaiflow.__version__, "torch_version": torch.__version__,
             "captum_version": version("captum"), "checkpoint_sha256": self.model.sha256,

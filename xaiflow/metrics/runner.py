@@ -63,9 +63,8 @@ from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.plugins import PluginSpec, unique_keys
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, worker_compute
-from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, DONE_SUFFIX, METHOD, NONFINITE_SUFFIX,
-                              SCALE_SUFFIX, TARGET_SUFFIX, decode_maps, group_template, saliency_group,
-                              storage_of, stored_methods)
+from xaiflow.saliency import (ATTR_METHOD, ATTR_PARAMS, ATTR_STORAGE, METHOD, StoredSaliency, group_template,
+                              saliency_group, storage_of)
 
 log = logging.getLogger("xaiflow")
 
@@ -253,7 +252,7 @@ def _layout(workspace: str, group: str, images: xr.Dataset, attrs: dict[str, Any
                 ds[name] = ds[name].copy(data=carried.values.astype(ds[name].dtype))
     encoding = {v: {"chunks": (chunk, *ds[v].shape[1:])} for v in ds.data_vars}
     store.delete_group(workspace, group)
-    ds.to_zarr(store.location(workspace), group=group, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+    store.write_group(workspace, group, ds, encoding=encoding)
 
 
 def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
@@ -274,7 +273,8 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
     if sal_attrs.get("target") == "all":
         raise MetricsError(f"{sal} holds maps of every class (target='all'); metrics need one explained class per "
                            "sample: compute maps with target 'predicted' or 'label'")
-    computed = stored_methods(workspace, sal)
+    stored_maps = StoredSaliency.open(workspace, sal)
+    computed = stored_maps.methods if stored_maps else {}
     keys = list(methods) if methods else sorted(computed)
     missing = [m for m in keys if m not in computed]
     if missing or not keys:
@@ -341,12 +341,12 @@ def prepare(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                               curves={n: s for n, (s, o) in outs.items() if o.dim is not None},
                               selection=selections.get(key), chance=chance.get(key)))
     chunk = images[schema.IMAGE].data.chunksize[0]
-    root = zarr.open_group(store.location(workspace), mode="r", zarr_format=3)
+    root = zarr.open_group(store.location(workspace), mode="r", zarr_format=3, use_consolidated=False)
     done = np.asarray(root[f"{group}/{DONE}"][:], bool)
     cols = [scalars.index(name) for run in runs for name in run.stored_scalars]
     pending = np.zeros(images.sizes[schema.SAMPLE], bool)
     for m in keys:  # samples with a finished map whose metrics of this run are not all done
-        ready = np.asarray(root[f"{saliency_group(dataset, model_id)}/{m}{DONE_SUFFIX}"][:], bool)
+        ready = stored_maps.done(m)
         pending |= ready & ~done[:, all_methods.index(m)][:, cols].all(axis=1)
     return MetricsJob(
         workspace=workspace, dataset=dataset, model_id=model_id, model=entry, methods=tuple(keys),
@@ -460,23 +460,20 @@ class MetricsJob(ChunkJob):
     def _compute(self, chunk: Chunk, worker: Any = None) -> dict[str, Any]:
         device = resolve_device(self.device)
         model = self.model.cached(device) if self.model is not None else None
-        root = zarr.open_group(store.location(self.workspace), mode="r+", zarr_format=3)
+        root = zarr.open_group(store.location(self.workspace), mode="r+", zarr_format=3, use_consolidated=False)
         images = schema.group_path(schema.IMAGES, self.dataset)
         s0, s1 = chunk.start, chunk.stop
         pixels = np.asarray(root[f"{images}/{schema.IMAGE}"][s0:s1])
         regions = self._regions(root, s0, s1)
-        group, sal = root[self.group], root[self.saliency]
+        group, sal = root[self.group], StoredSaliency.open(self.workspace, self.saliency)
         value, done = np.asarray(group[VALUE][s0:s1]), np.asarray(group[DONE][s0:s1], bool)
         curves = {v: np.asarray(group[v][s0:s1]) for run in self.metrics for v in run.curves.values()}
         result: dict[str, Any] = {"index": chunk.index, "computed": {}, "seconds": {}}
 
         for m in self.methods:
             mi = self.stored_methods.index(m)
-            ready = np.asarray(sal[m + DONE_SUFFIX][s0:s1], bool)
-            nonfinite = ready & np.asarray(sal[m + NONFINITE_SUFFIX][s0:s1], bool)
-            maps = decode_maps(np.asarray(sal[m][s0:s1]), np.asarray(sal[m + SCALE_SUFFIX][s0:s1])
-                               if storage_of(sal[m].attrs) == "float16" else None)
-            targets = np.asarray(sal[m + TARGET_SUFFIX][s0:s1]).astype(np.int64)
+            maps, targets, ready, nonfinite = sal.read(m, s0, s1)  # maps decoded to float32, either layout
+            nonfinite &= ready
             method = None
             for run in self.metrics:
                 cols = [self.stored_outputs.index(s) for s in run.stored_scalars]

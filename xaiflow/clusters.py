@@ -52,6 +52,8 @@ EXTRAS = {
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: the environment variable through which remote nannies get :func:`nanny_environ`
 NANNY_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
+#: the nanny of ``local`` worker processes: time to exit when the cluster closes (a quiet shutdown)
+PATIENT_NANNY = "xaiflow.nanny.PatientNanny"
 
 
 class ClusterProfileError(XaiflowError):
@@ -333,7 +335,8 @@ def cluster_spec(cfg: ClusterConfig) -> ClusterSpec:
                                   "dashboard_address": cfg.dashboard_address,
                                   "worker_dashboard_address": f"{LOOPBACK}:0"}
         if processes:  # in-process clusters talk over inproc://, which takes no host
-            kwargs.update(host=LOOPBACK, memory_limit=cfg.memory_limit, env={v: str(t) for v in THREAD_VARS})
+            kwargs.update(host=LOOPBACK, memory_limit=cfg.memory_limit, env={v: str(t) for v in THREAD_VARS},
+                          worker_class=PATIENT_NANNY)
         return ClusterSpec(cluster_class="distributed.LocalCluster", kwargs=kwargs, n_workers=n)
     if cfg.kind == "gpu-local":
         n_gpus = require_cuda()

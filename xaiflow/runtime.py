@@ -113,6 +113,8 @@ def dask_client(profile: ClusterConfig | str | None = None) -> Iterator[Any]:
     with dask.config.set(link):
         with _workers_ignore_ctrl_c():
             cluster = start_cluster(spec)
+        # the client closes first, so that it never talks to a closed scheduler; the cluster then retires its
+        # workers, gives each process time to exit (xaiflow.nanny) and stops the scheduler last
         with cluster, Client(cluster) as client:
             log.info("dask cluster (%s): %s workers x %d threads, dashboard %s", cfg.kind,
                      spec.adapt or spec.n_workers, cfg.threads_per_worker, client.dashboard_link)

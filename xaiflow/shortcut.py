@@ -788,6 +788,7 @@ def metadata_dependence(workspace: str | os.PathLike[str], model_id: str, datase
                      "classes": {str(k): int(v) for k, v in counts.items()}})
     binned = ev & (labels != "")
     return {"by": by, "bins": edges, "split": split, "n": int(ev.sum()), "n_classes": len(classes),
+            "samples_outside_bins": int((ev & ~binned).sum()),  # the bins given leave them out of the tables
             "accuracy": float((pred[ev] == y[ev]).mean()), "balanced_accuracy": balanced_accuracy(y[ev], pred[ev]),
             "per_bin": rows, "scale_baseline": _scale_baseline(x, y, splits == "train", ev),
             "cramers_v_label": cramers_v(labels[binned], y[binned]),
@@ -937,6 +938,11 @@ def shortcut_report(workspace: str | os.PathLike[str], model_id: str, dataset: s
             rep = _metadata_report(workspace, dataset, model_id, ds, th, by, bins, split, compare_model, device)
         except QueryError as e:
             raise ShortcutError(str(e)) from None
+        outside = rep.metadata.get("samples_outside_bins")
+        if outside:
+            rep.warnings.append(f"{outside} of the {rep.metadata['n']} {split} samples have {by} outside the bins "
+                                f"{rep.metadata['bins']} (or no value): they are left out of the per-bin accuracy "
+                                "and Cramer's V; widen the bins to include them")
         images = store.open_group(workspace, schema.group_path(schema.IMAGES, dataset))
         judged = store.strings(images[schema.SAMPLE].values)[store.strings(images[schema.SPLIT].values) == split]
     if not has_masks and (evidence or suspect):

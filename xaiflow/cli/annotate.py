@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from xaiflow.cli.common import WorkspaceOption, console, dataset_option, out, reporting_errors
+from xaiflow.cli.common import WorkspaceOption, console, dataset_option, emit, out, publish, reporting_errors
 
 ANNOTATOR_HELP = "who annotates: 1-64 letters, digits, '_', '.', '-' (initials or a staff id); stored with each answer"
 
@@ -36,6 +36,9 @@ def annotate(
         server = AnnotationServer(session, port=port, auth=auth_from_env())
         interrupted = False
         try:
+            emit(url=server.url, dataset=session.dataset, annotator=annotator, done=session.n_done,
+                 total=session.total)
+            publish()  # --json: the address now, the server runs until Ctrl-C
             out.print(f"annotating {session.dataset} as {annotator}: {session.n_done} of {session.total} done")
             out.print(f"open {server.url}", soft_wrap=True, highlight=False, markup=False)
             if server.auth is not None:

@@ -20,25 +20,31 @@ from xaiflow.cli import (
     report,
     studies,
 )
-from xaiflow.cli.common import GlobalOptionsGroup, out, reporting_errors
+from xaiflow.cli.common import GlobalOptionsGroup, emit, json_mode, out, reporting_errors
 from xaiflow.plugins import load_plugins
 
 app = typer.Typer(help="xaiflow: what did the network learn from these micrographs? Every command takes the "
                        "workspace as -w/--workspace (or $XAIFLOW_WORKSPACE); config-driven commands take the run "
-                       "config as their first argument; -v/--verbose works anywhere on the line.",
+                       "config as their first argument; the global options -v/--verbose and --json (one JSON "
+                       "document on stdout, for scripts) work anywhere on the line.",
                   cls=GlobalOptionsGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"xaiflow {xaiflow.__version__}")
+        if json_mode():
+            emit(version=xaiflow.__version__)
+        else:
+            out.print(f"xaiflow {xaiflow.__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log details"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log details (and Dask's own messages)"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as one JSON document on stdout (errors "
+                                                       "as {\"error\": ...}); progress and logs go to stderr"),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, config_argument, out, progress_bars,
-                                reporting_errors)
+from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, config_argument, emit, json_mode, out,
+                                progress_bars, reporting_errors, say)
 
 
 def ingest(
@@ -30,9 +30,11 @@ def ingest(
         with dask_client(cluster) as client, progress_bars() as bars:
             results = [ingest_dataset(d, workspace, overwrite=overwrite, client=client,
                                       progress=RichProgress(bars, d.name)) for d in cfg.datasets]
+        emit(datasets=[{"dataset": r.dataset, "status": r.status, "n_samples": r.n_samples, "n_skipped": r.n_skipped}
+                       for r in results])
         for r in results:
             extra = f", {r.n_skipped} skipped (see `xaiflow info`)" if r.n_skipped else ""
-            out.print(f"[green]{r.dataset}[/]: {r.status}, {r.n_samples} samples{extra}")
+            say(f"[green]{r.dataset}[/]: {r.status}, {r.n_samples} samples{extra}")
         print_info(workspace)
 
 
@@ -45,6 +47,12 @@ def info(workspace: str = WorkspaceOption) -> None:
 def print_info(workspace: Path) -> None:
     from xaiflow import summary
 
+    if json_mode():
+        emit(workspace=str(workspace), groups=[
+            {"path": g.path, "shape": g.shape, "status": g.status, "notes": g.notes,
+             "table": None if g.table is None else g.table.reset_index().to_dict("records")}
+            for g in summary.describe_workspace(workspace)])
+        return
     tree = Tree(f"[bold]{workspace}[/]")
     for group in summary.describe_workspace(workspace):
         node = tree.add(f"[bold cyan]{group.path}[/]  {group.shape}  [dim]{group.status}[/]")

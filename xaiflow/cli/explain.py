@@ -9,7 +9,7 @@ import typer
 
 from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, config_argument, console,
                                 dataset_option, model_option, out, progress_bars, reporting_errors, rows_table,
-                                split_list)
+                                say, split_list, warn, wrote)
 
 
 def attribute(
@@ -29,20 +29,23 @@ def attribute(
     with reporting_errors():
         cfg = load_config(config)
         acfg = cfg.section("attribution").with_overrides(methods=split_list(methods), model=model)
-        for spec in acfg.methods:  # a misspelt name is refused before any cluster starts
+        for spec in acfg.methods:  # a misspelt name or model is refused before any cluster starts
             METHODS.get(spec.name)
+        seen = _seen_in_training(workspace, acfg, cfg)
         with dask_client(cluster) as client, progress_bars() as bars:
             console.print(f"dask dashboard: {client.dashboard_link}")
             res = run_attribution(workspace, acfg, run=cfg, overwrite=overwrite, client=client,
                                   progress=RichProgress(bars, f"{acfg.dataset} chunks"))
-        out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} already complete")
+        say(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} already complete",
+            group=res.group, chunks_run=res.chunks_run, chunks_skipped=res.chunks_skipped, methods=[])
         rows = [{"method": k, "maps": n, "non-finite": res.nonfinite.get(k, 0),
                  "s/map (worker)": res.seconds.get(k, 0.0) / max(n, 1)} for k, n in res.maps_computed.items()]
         if rows:
-            out.print(rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"]))
-        seen = _seen_in_training(workspace, acfg, cfg)
+            out.print(rows_table(rows, ["method", "maps", "non-finite", "s/map (worker)"], key="methods",
+                                 data=[{"method": r["method"], "maps": r["maps"], "nonfinite": r["non-finite"],
+                                        "seconds_per_map": r["s/map (worker)"]} for r in rows]))
         if seen:
-            console.print(f"[yellow]warning[/]: {seen}", highlight=False)
+            warn(seen)
 
 
 def _seen_in_training(workspace: str, acfg: Any, run: Any) -> str | None:
@@ -78,7 +81,7 @@ def show(
     with reporting_errors():
         dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset)
         ds = open_saliency(workspace, dataset, model_id, split_list(methods))
-        out.print(f"wrote {saliency_grid(ds, pick_samples(ds, split_list(samples)), output)}")
+        wrote(saliency_grid(ds, pick_samples(ds, split_list(samples)), output))
 
 
 def evaluate(
@@ -99,19 +102,24 @@ def evaluate(
 ) -> None:
     """Score stored maps (faithfulness, randomization, localization, complexity) chunk by chunk."""
     from xaiflow import store
+    from xaiflow.metrics import METRICS
     from xaiflow.metrics.runner import run_metrics
     from xaiflow.metrics.summary import metric_summary
     from xaiflow.models.catalog import ModelCatalog
     from xaiflow.runtime import dask_client
+    from xaiflow.saliency import open_saliency
 
     with reporting_errors():
         dataset, model_id = ModelCatalog(workspace).resolve_maps(model, dataset)
+        for name in split_list(metrics) or []:  # misspelt names are refused before any cluster starts
+            METRICS.get(name)
+        open_saliency(workspace, dataset, model_id, split_list(methods), with_images=False)
         with dask_client(cluster) as client, progress_bars() as bars:
             res = run_metrics(workspace, dataset, model_id, split_list(metrics), split_list(methods), mask_class,
                               device=device, overwrite=overwrite, client=client,
                               progress=RichProgress(bars, f"{dataset} chunks"))
-        out.print(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} complete or "
-                  "without maps")
+        say(f"[green]{res.group}[/]: {res.chunks_run} chunk(s) computed, {res.chunks_skipped} complete or without maps",
+            group=res.group, chunks_run=res.chunks_run, chunks_skipped=res.chunks_skipped)
         summary = metric_summary(workspace, dataset, model_id)
         outputs = store.group_attrs(workspace, res.group).get("outputs", {})
         chance = {(r["method"], r["metric"]): r["mean"] for r in summary
@@ -126,7 +134,8 @@ def evaluate(
             level = chance.get((r["method"], outputs.get(r["metric"], {}).get("chance")))
             if level is not None:  # a localization number beside its chance level (the region's area share)
                 row[r["metric"]] += f" (chance {level:.3f})"
-        out.print(rows_table(list(by_method.values()), ["method", *names], title="mean ± std over samples"))
+        out.print(rows_table(list(by_method.values()), ["method", *names], title="mean ± std over samples",
+                             key="metrics", data=summary))
         for name in names:
             if outputs.get(name, {}).get("chance"):
                 out.print(f"{name}: region = mask classes {outputs[name]['mask_classes']}; chance = the region's "

@@ -3,13 +3,13 @@ model's, and each attribution method's maps against the painted regions, with in
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from xaiflow.cli.common import (
     WorkspaceOption,
     dataset_option,
+    emit,
+    json_mode,
     model_option,
     out,
     reporting_errors,
@@ -30,12 +30,12 @@ def human(
     absolute: bool = typer.Option(False, "--absolute", help="score |map| instead of the signed map"),
     n_boot: int = typer.Option(1000, "--n-boot", min=10, max=100_000, help="bootstrap resamples of the samples"),
     seed: int = typer.Option(0, "--seed", help="seed of the bootstrap"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Do experts agree with each other and with the model, and do the maps point where they painted? Reads
     annotations/<dataset> (`xaiflow annotate`) and/or imported masks, and the stored maps of the model; stores
     human/<dataset>/<model> and prints the tables. Every map number comes with a bootstrap 95% interval and
-    its chance level; 'beats chance' means the interval lies above the chance level."""
+    its chance level; 'beats chance' means the interval lies above the chance level. With --json: the whole
+    study as one JSON document."""
     from xaiflow import human as hm
     from xaiflow.cli.common import split_list
 
@@ -43,8 +43,8 @@ def human(
         selection = None if from_masks in (None, "", "default") else from_masks
         study = hm.run_study(workspace, dataset, model, methods=split_list(methods), from_masks=selection,
                              use_masks=from_masks is not None, absolute=absolute, n_boot=n_boot, seed=seed)
-    if as_json:
-        out.print_json(json.dumps(study.to_dict()))
+    if json_mode():
+        emit(**study.to_dict())
         return
     for title, rows, columns in hm.printed_tables(study):
         out.print(rows_table(rows, columns, title=title))

@@ -11,12 +11,14 @@ from xaiflow.cli.common import (
     WorkspaceOption,
     cluster_option,
     dataset_option,
+    emit,
     model_option,
     out,
     pm,
     progress_bars,
     reporting_errors,
     rows_table,
+    wrote,
 )
 
 OutOption = typer.Option(None, "--out", "-o", help="PNG of the occlusion drops (and relevance shares) per class and "
@@ -50,6 +52,8 @@ def importance(
     from xaiflow.studies.report import default_out_dir
 
     with reporting_errors():
+        if baseline not in imp.BASELINES:  # refused before any cluster starts
+            raise imp.ImportanceError(f"unknown baseline {baseline!r}; valid: {', '.join(imp.BASELINES)}")
         entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
         dataset = dataset or entry.dataset
         with dask_client(cluster) as client, progress_bars() as bars:
@@ -66,11 +70,13 @@ def importance(
         out.print(rows_table(rows, ["class", "mask_class", "n", "occlusion_drop", "keep_only", "flip_rate", "area",
                                     *relevance],
                              title=f"{group} ({baseline} baseline): mean ± std over the samples where the mask class "
-                                   f"covers at least {min_area:g} of the image"))
+                                   f"covers at least {min_area:g} of the image", key="importance",
+                             data=summary.to_dict("records")))
+        emit(group=group, baseline=baseline)
         if shares is None:
             out.print(f"(no attribution maps of {entry.model_id} explaining one class per sample: run `xaiflow "
                       "attribute` to compare each method's relevance share with the phases' area)")
         for sentence in imp.sentences(summary):
             out.print(sentence, markup=False, highlight=False)
         path = output or default_out_dir(workspace) / f"{group.replace('/', '_')}.png"
-        out.print(f"wrote {imp.importance_figure(summary, path, f'{group} ({baseline} baseline)')}")
+        wrote(imp.importance_figure(summary, path, f"{group} ({baseline} baseline)"))

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from xaiflow.cli.common import (OUT_HELP, RichProgress, WorkspaceOption, cluster_option, dataset_option, fmt, out,
-                                progress_bars, reporting_errors, rows_table, split_list)
+from xaiflow.cli.common import (OUT_HELP, RichProgress, WorkspaceOption, cluster_option, dataset_option, fmt,
+                                out, progress_bars, reporting_errors, rows_table, say, split_list, wrote)
 
 MODELS_HELP = ("model id(s) or unique prefixes, comma-separated: one model gives MC dropout, several an ensemble "
                "(e.g. trained with `xaiflow train --seeds 0,1,2`); default: the only model")
@@ -50,14 +50,17 @@ def uncertainty(
         cal = unc.calibration(ds, bins)
         kind = "MC dropout" if len(entries) == 1 else f"ensemble of {len(entries)}"
         where = "all samples" if split == "all" else f"split {split!r}"
-        out.print(f"[green]{group}[/] ({kind}, {n_passes} pass(es) per model); {where}: accuracy {cal['accuracy']:.3f}, "
-                  f"mean confidence {cal['mean_confidence']:.3f}, expected calibration error {cal['ece']:.3f}")
+        say(f"[green]{group}[/] ({kind}, {n_passes} pass(es) per model); {where}: accuracy {cal['accuracy']:.3f}, "
+            f"mean confidence {cal['mean_confidence']:.3f}, expected calibration error {cal['ece']:.3f}",
+            group=group, models=[e.model_id for e in entries], passes=n_passes, split=split,
+            calibration={k: cal[k] for k in ("accuracy", "mean_confidence", "ece")})
         out.print(rows_table(unc.per_class(ds), ["class", "samples", "accuracy", "entropy", "expected_entropy",
                                                  "mutual_information", "entropy_correct", "entropy_wrong"],
-                             title="mean per true class, in nats (entropy = expected entropy + mutual information)"))
+                             title="mean per true class, in nats (entropy = expected entropy + mutual information)",
+                             key="per_class"))
         folder = output or default_out_dir(workspace)
         key = group.replace("/", "_")
-        out.print(f"wrote {unc.reliability_figure(cal, folder / f'{key}_reliability.png', f'{group} ({where})')}")
+        wrote(unc.reliability_figure(cal, folder / f"{key}_reliability.png", f"{group} ({where})"))
         _relation(workspace, dataset, entries, ds, folder / f"{key}_disagreement.png")
 
 
@@ -77,10 +80,10 @@ def _relation(workspace: str, dataset: str, entries: list, ds, path: Path) -> No
         out.print("(one attribution method stored: two or more are needed to relate uncertainty to disagreement)")
         return
     rel = unc.disagreement_relation(ds, sal)
-    out.print(f"uncertainty vs attribution disagreement across {sal.sizes['xai_method']} methods "
-              f"({rel['samples']} samples): Spearman rho {fmt(rel['entropy']['rho'])} (entropy), "
-              f"{fmt(rel['mutual_information']['rho'])} (mutual information); "
-              f"wrote {unc.relation_figure(rel, path)}")
+    say(f"uncertainty vs attribution disagreement across {sal.sizes['xai_method']} methods "
+        f"({rel['samples']} samples): Spearman rho {fmt(rel['entropy']['rho'])} (entropy), "
+        f"{fmt(rel['mutual_information']['rho'])} (mutual information)", disagreement=rel)
+    wrote(unc.relation_figure(rel, path))
 
 
 def adversarial(
@@ -116,16 +119,17 @@ def adversarial(
                                             device=device, overwrite=overwrite, client=client,
                                             progress=RichProgress(bars, f"{dataset} chunks"))
         ds = adv.open_adversarial(workspace, group)
-        out.print(f"[green]{group}[/]: {ds.sizes['sample']} samples attacked (epsilon {epsilon}, PGD {steps} steps)")
+        say(f"[green]{group}[/]: {ds.sizes['sample']} samples attacked (epsilon {epsilon}, PGD {steps} steps)",
+            group=group, n_samples=ds.sizes["sample"], epsilon=epsilon, steps=steps)
         out.print(rows_table(adv.detection_auc(ds), ["attack", "success_rate", "clean", "adversarial", *adv.SCORES],
                              title="ROC AUC of each Fisher score, clean vs adversarial inputs that flipped the "
-                                   "decision (0.5: chance)"))
+                                   "decision (0.5: chance)", key="detection"))
         folder = output or default_out_dir(workspace)
         key = group.replace("/", "_")
-        out.print(f"wrote {adv.scores_figure(ds, folder / f'{key}_scores.png', group)}")
+        wrote(adv.scores_figure(ds, folder / f"{key}_scores.png", group))
         images = store.open_group(workspace, group_path(IMAGES, dataset))[IMAGE]
         if ds["flipped"].values[:, 2].any():
-            out.print(f"wrote {adv.maps_figure(ds, images, folder / f'{key}_fisher_maps.png')}")
+            wrote(adv.maps_figure(ds, images, folder / f"{key}_fisher_maps.png"))
         else:
             out.print("no PGD example flipped a decision: raise --epsilon or --steps to see sensitivity maps")
 
@@ -172,11 +176,12 @@ def concepts(
                                 settings=settings, device=device, overwrite=overwrite, client=client,
                                 progress=RichProgress(bars, f"{dataset} chunks"))
         ds = store.open_group(workspace, group)
-        out.print(f"[green]{group}[/]: {len(specs)} concept(s) x {runs} random runs")
+        say(f"[green]{group}[/]: {len(specs)} concept(s) x {runs} random runs", group=group, concepts=len(specs),
+            runs=runs)
         out.print(rows_table(cc.tcav_table(ds), ["class", "concept", "layer", "tcav", "std", "random", "cav_accuracy",
                                                  "p_adjusted", "significant"],
                              title="TCAV score: share of a class's samples whose logit grows along the concept "
                                    "(random: the same for random concepts; a CAV accuracy near 0.5 means the layer "
-                                   "does not tell the concept from random examples)"))
+                                   "does not tell the concept from random examples)", key="tcav"))
         path = (output or default_out_dir(workspace)) / f"{group.replace('/', '_')}.png"
-        out.print(f"wrote {cc.tcav_figure(ds, path)}")
+        wrote(cc.tcav_figure(ds, path))

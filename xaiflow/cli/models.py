@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from xaiflow.cli.common import (RichProgress, WorkspaceOption, cluster_option, config_argument, dataset_option,
-                                model_option, out, progress_bars, reporting_errors, rows_table, split_list)
+                                int_list, model_option, out, progress_bars, reporting_errors, rows_table, say)
 
 
 def train(
@@ -27,7 +27,7 @@ def train(
 
     with reporting_errors():
         train_cfg = load_section(config, "train")
-        runs = expand_runs(train_cfg, folds, [int(s) for s in split_list(seeds) or []] or None)
+        runs = expand_runs(train_cfg, folds, int_list(seeds, "--seeds"))
         if len(runs) == 1:
             with progress_bars() as bars:
                 task = bars.add_task(f"train {train_cfg.arch}", total=train_cfg.epochs)
@@ -45,7 +45,8 @@ def train(
                     predict_dataset(workspace, row["model_id"], row["dataset"], client=client)
         out.print(rows_table(rows, ["model_id", "fold", "seed", "reused", "best_epoch", "val_balanced_accuracy",
                                     "test_balanced_accuracy", "test_majority_balanced_accuracy"],
-                             title="balanced accuracy on held-out specimens (majority-class baseline beside it)"))
+                             title="balanced accuracy on held-out specimens (majority-class baseline beside it)",
+                             key="models"))
         if len(rows) == 1:
             _print_class_report(workspace, rows[0]["model_id"])
 
@@ -60,10 +61,14 @@ def _print_class_report(workspace: str, model_id: str) -> None:
             classes = list(rep["per_class"])
             rows = [{"class": c, **v, **{f"pred:{p}": n for p, n in zip(classes, cm_row)}}
                     for (c, v), cm_row in zip(rep["per_class"].items(), rep["confusion"])]
-            out.print(f"{split}: balanced accuracy {rep['balanced_accuracy']:.3f} "
-                      f"(majority baseline {rep['majority_baseline']['balanced_accuracy']:.3f}); "
-                      "per class, with the confusion matrix (rows: true class)")
-            out.print(rows_table(rows, ["class", "precision", "recall", "support", *[f"pred:{c}" for c in classes]]))
+            say(f"{split}: balanced accuracy {rep['balanced_accuracy']:.3f} "
+                f"(majority baseline {rep['majority_baseline']['balanced_accuracy']:.3f}); "
+                "per class, with the confusion matrix (rows: true class)",
+                evaluation={"split": split, "balanced_accuracy": rep["balanced_accuracy"],
+                            "majority_balanced_accuracy": rep["majority_baseline"]["balanced_accuracy"],
+                            "classes": classes, "confusion": rep["confusion"]})
+            out.print(rows_table(rows, ["class", "precision", "recall", "support", *[f"pred:{c}" for c in classes]],
+                                 key="per_class", data=[{"class": c, **v} for c, v in rep["per_class"].items()]))
             break
 
 
@@ -89,7 +94,7 @@ def models(workspace: str = WorkspaceOption) -> None:
         if not rows:
             raise XaiflowError(f"no trained models in {catalog.directory}; run `xaiflow train`")
         out.print(rows_table(rows, ["model_id", "arch", "dataset", "status", "epochs", "val_bal_acc", "test_bal_acc",
-                                    "majority", "img/s", "sha256"]))
+                                    "majority", "img/s", "sha256"], key="models"))
 
 
 def predict(
@@ -113,5 +118,8 @@ def predict(
                                     progress=RichProgress(bars, dataset))
         ds = open_group(workspace, group)
         correct = ds.predicted.values == ds.label_index.values
-        out.print(f"[green]{group}[/]: {ds.sizes['sample']} samples, accuracy {correct.mean():.3f} "
-                  f"(test split {correct[ds.split.values == 'test'].mean():.3f})")
+        test = correct[ds.split.values == "test"]
+        say(f"[green]{group}[/]: {ds.sizes['sample']} samples, accuracy {correct.mean():.3f} "
+            f"(test split {test.mean() if test.size else float('nan'):.3f})",
+            group=group, n_samples=ds.sizes["sample"], accuracy=correct.mean(),
+            test_accuracy=test.mean() if test.size else None)

@@ -12,6 +12,7 @@ from xaiflow.cli.common import (
     WorkspaceOption,
     cluster_option,
     dataset_option,
+    emit,
     model_option,
     out,
     pm,
@@ -19,6 +20,7 @@ from xaiflow.cli.common import (
     reporting_errors,
     rows_table,
     split_list,
+    wrote,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ def probe(
     """Invariance probes: prediction agreement and aligned-map correlation per class and transform, and
     whether the model's decisions are orientation-invariant."""
     from xaiflow import probes
+    from xaiflow.attribution import METHODS
     from xaiflow.models.catalog import ModelCatalog
     from xaiflow.runtime import dask_client
     from xaiflow.studies.report import default_out_dir
@@ -56,6 +59,8 @@ def probe(
     with reporting_errors():
         entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
         dataset = dataset or entry.dataset
+        METHODS.get(method)  # misspelt names are refused before any cluster starts
+        probes.parse_transforms(split_list(transforms) or [], seed)
         with dask_client(cluster) as client, progress_bars() as bars:
             group = probes.probe_dataset(workspace, entry.model_id, dataset, transforms=split_list(transforms) or [],
                                          method=method, split=None if split == "all" else split, seed=seed,
@@ -69,10 +74,11 @@ def probe(
         out.print(rows_table(rows, ["class", "transform", "samples", "agreement", "map_correlation", "maps",
                                     "probability_change"],
                              title=f"{group} ({method} maps): mean ± std over samples; maps: samples whose map "
-                                   "correlation is defined"))
+                                   "correlation is defined", key="probes", data=summary.to_dict("records")))
+        emit(group=group, method=method)
         _verdict(ds)
         path = output or default_out_dir(workspace) / f"{group.replace('/', '_')}.png"
-        out.print(f"wrote {probes.probe_figure(summary, path, f'{group} ({method} maps)')}")
+        wrote(probes.probe_figure(summary, path, f"{group} ({method} maps)"))
 
 
 def _verdict(ds: xr.Dataset) -> None:
@@ -83,6 +89,7 @@ def _verdict(ds: xr.Dataset) -> None:
         out.print("(no rotation probed: no orientation verdict)")
         return
     v = probes.rotation_verdict(ds)
+    emit(orientation=v)
     why = v["reason"] or (f"prediction agreement {v['agreement']:.3f} >= {v['agreement_threshold']}, "
                           f"map correlation {v['map_correlation']:.3f} >= {v['map_threshold']}")
     out.print(f"orientation ({', '.join(v['rotations'])}): [bold]{v['verdict']}[/] ({why}); least invariant class: "

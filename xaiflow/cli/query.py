@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from xaiflow.cli.common import (WorkspaceOption, console, dataset_option, float_list, model_option, out,
-                                reporting_errors, rows_table, split_list)
+from xaiflow.cli.common import (WorkspaceOption, dataset_option, emit, float_list, model_option, out,
+                                reporting_errors, rows_table, say, split_list, warn, wrote)
 
 query_app = typer.Typer(help="Aggregate queries over stored saliency (lazy, chunk by chunk).", no_args_is_help=True)
 
@@ -43,15 +43,16 @@ def group_maps(
         maps = query(ds, by=by, stat=stat, bins=float_list(bins, "--bins"), split=split).compute()
         path = group_map_grid(maps, output, f"{ds.attrs.get('model_id')}: {stat} map by {by}")
         dim = maps.dims[0]
-        out.print(rows_table([{dim: str(g), "samples": int(n)} for g, n in zip(maps[dim].values,
-                                                                                 maps.n_samples.values)],
-                             [dim, "samples"]))
+        rows = [{dim: str(g), "samples": int(n)} for g, n in zip(maps[dim].values, maps.n_samples.values)]
+        emit(by=by, stat=stat, samples_outside_bins=int(maps.attrs.get("samples_outside_bins", 0)))
+        out.print(rows_table(rows, [dim, "samples"], key="groups",
+                             data=[{"group": r[dim], "samples": r["samples"]} for r in rows]))
         if maps.attrs.get("samples_outside_bins"):
             span = maps.attrs["outside_range"]
             where = f" (values {span[0]:g} to {span[1]:g})" if span else " (no value)"
-            console.print(f"[yellow]warning[/]: {maps.attrs['samples_outside_bins']} sample(s) outside the bins "
-                          f"{bins}{where} are left out; widen --bins to include them")
-        out.print(f"wrote {path}")
+            warn(f"{maps.attrs['samples_outside_bins']} sample(s) outside the bins {bins}{where} are left out; "
+                 "widen --bins to include them")
+        wrote(path)
 
 
 @query_app.command("agreement")
@@ -72,10 +73,10 @@ def agreement(
         methods = [str(m) for m in agree["xai_method"].values]
         rows = [{"method": m, **{o: float(v) for o, v in zip(methods, agree.spearman.values[i])}}
                 for i, m in enumerate(methods)]
-        out.print(f"Spearman rank correlation of |maps|, mean over {agree.attrs['n_samples']} samples")
-        out.print(rows_table(rows, ["method", *methods]))
-        path = matrix_figure(agree.spearman, output, f"method agreement (Spearman), n={agree.attrs['n_samples']}")
-        out.print(f"wrote {path}")
+        say(f"Spearman rank correlation of |maps|, mean over {agree.attrs['n_samples']} samples",
+            n_samples=agree.attrs["n_samples"], methods=methods)
+        out.print(rows_table(rows, ["method", *methods], key="spearman"))
+        wrote(matrix_figure(agree.spearman, output, f"method agreement (Spearman), n={agree.attrs['n_samples']}"))
 
 
 @query_app.command("mask-mass")
@@ -95,4 +96,7 @@ def mask_mass(
                 mass, area = float(res.mass.sel(xai_method=m, mask_class=k)), float(res.area.sel(mask_class=k))
                 rows.append({"method": str(m), "mask class": str(k), "relevance share": mass, "area share": area,
                              "ratio": mass / area if area else float("nan")})
-        out.print(rows_table(rows, ["method", "mask class", "relevance share", "area share", "ratio"]))
+        out.print(rows_table(rows, ["method", "mask class", "relevance share", "area share", "ratio"], key="mask_mass",
+                             data=[{"method": r["method"], "mask_class": r["mask class"], "relevance_share":
+                                    r["relevance share"], "area_share": r["area share"], "ratio": r["ratio"]}
+                                   for r in rows]))

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
-from xaiflow.cli.common import (WorkspaceOption, console, dataset_option, float_list, model_option, out,
-                                reporting_errors, split_list)
+from xaiflow.cli.common import (WorkspaceOption, dataset_option, emit, float_list, model_option,
+                                reporting_errors, say, split_list, warn, wrote)
 
 COMPARE_HELP = "a model trained on images resampled to one pixel size (id or unique prefix)"
 BY_HELP = "metadata that should not matter, binned (no masks; default source_um_per_px)"
@@ -41,7 +40,7 @@ def shortcut_options(config: Optional[Path], evidence: Optional[str], suspect: O
 
 def print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        warn(warning)
 
 
 def shortcut(
@@ -57,27 +56,27 @@ def shortcut(
     by: Optional[str] = typer.Option(None, "--by", help=BY_HELP),
     bins: Optional[str] = typer.Option(None, "--bins", help=BINS_HELP),
     split: str = typer.Option("test", "--split", help="samples judged without masks"),
-    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Shortcut verdict: does the model use the evidence (e.g. the microstructure) or a suspect region (a data bar)?"""
+    """Shortcut verdict: does the model use the evidence (e.g. the microstructure) or a suspect region (a data bar)?
+    With --json: the whole report (verdict, reasons, every measurement) as one JSON document."""
     from xaiflow.conclusion import conclusion
     from xaiflow.models.catalog import ModelCatalog
     from xaiflow.shortcut import shortcut_report
 
     with reporting_errors():
         options = shortcut_options(run_config, evidence, suspect, pairs_per_sample, seed)
-        entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
+        catalog = ModelCatalog(workspace)
+        entry = catalog.resolve(model, dataset=dataset)
+        compare_model = catalog.get(compare_model).model_id if compare_model else None  # a prefix: the full id
         rep = shortcut_report(workspace, entry.model_id, dataset, compare_model=compare_model, by=by,
                               bins=float_list(bins, "--bins"), split=split, **options)
         print_warnings(rep.warnings)
-        if as_json:
-            print(rep.to_json())
-            return
-        out.print(f"[bold]{rep.verdict}[/] ({rep.kind} evidence, {rep.n_samples} samples, balanced accuracy "
-                  f"{rep.balanced_accuracy:.3f}, chance {rep.chance:.3f}, accuracy {rep.accuracy:.3f})")
-        out.print(conclusion(rep), markup=False, highlight=False)
+        say(f"[bold]{rep.verdict}[/] ({rep.kind} evidence, {rep.n_samples} samples, balanced accuracy "
+            f"{rep.balanced_accuracy:.3f}, chance {rep.chance:.3f}, accuracy {rep.accuracy:.3f})",
+            **rep.to_dict(), conclusion=conclusion(rep))
+        say(conclusion(rep), markup=False)
         for reason in rep.reasons:
-            out.print(f"  - {reason}", markup=False, highlight=False)
+            say(f"  - {reason}", markup=False)
 
 
 def report(
@@ -101,9 +100,12 @@ def report(
 
     with reporting_errors():
         options = shortcut_options(run_config, evidence, suspect, pairs_per_sample, seed)
-        entry = ModelCatalog(workspace).resolve(model, dataset=dataset)
+        catalog = ModelCatalog(workspace)
+        entry = catalog.resolve(model, dataset=dataset)
+        compare_model = catalog.get(compare_model).model_id if compare_model else None  # a prefix: the full id
         path = write_report(workspace, entry.model_id, dataset, output, compare_model=compare_model,
                             methods=split_list(methods), by=by, bins=float_list(bins, "--bins"),
                             shortcut_options=options)
         print_warnings(json.loads((path.parent / "shortcut.json").read_text())["warnings"])
-        out.print(f"wrote {path}")
+        emit(report=str(path))
+        wrote(path)

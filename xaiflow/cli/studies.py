@@ -7,8 +7,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from xaiflow.cli.common import (OUT_HELP, RichProgress, WorkspaceOption, cluster_option, config_argument,
-                                model_option, out, pm, progress_bars, reporting_errors, rows_table)
+from xaiflow.cli.common import (OUT_HELP, RichProgress, WorkspaceOption, cluster_option, config_argument, emit,
+                                json_mode, model_option, out, pm, progress_bars, reporting_errors, rows_table)
 
 study_app = typer.Typer(help="Studies on extracted features: generalization across domains, feature reduction.",
                         no_args_is_help=True)
@@ -24,6 +24,12 @@ def _study(config: Path, section: str, run: Callable[..., Any], out_dir: Optiona
     cfg.section(section)
     with dask_client(cluster) as client, progress_bars() as bars:
         return run(cfg, out_dir=out_dir, client=client, progress=RichProgress(bars, stage))
+
+
+def _record(result: Any) -> dict[str, Any]:
+    """A study's result for the ``--json`` document: its group, headline table, files and notes."""
+    return {"group": result.group, "summary": result.headline.to_dict("records"),
+            "files": [str(p) for p in result.files], "notes": list(result.notes)}
 
 
 def _print_outputs(result: Any) -> None:
@@ -72,11 +78,12 @@ def features(
             rows = [{**r.__dict__, "images/s": r.n_samples / r.seconds if r.status != "up-to-date" else None}
                     for r in results]
             out.print(rows_table(rows, ["group", "status", "n_samples", "n_features", "seconds", "images/s"],
-                                 title="feature groups"))
+                                 title="feature groups", key="feature_groups"))
             studies = [classification_study(workspace, fcfg, cfg.studies, dataset=d, out_dir=out_dir, client=client,
                                             progress=RichProgress(bars, f"classify {d}"))
                        for d in (fcfg.datasets if cv else [])]
-        for result in studies:
+        emit(classification=[_record(r) for r in studies])
+        for result in studies if not json_mode() else []:
             _print_classification(result)
 
 
@@ -94,6 +101,9 @@ def generalization(
         result = _study(config, "studies.generalization",
                         lambda cfg, **kw: generalization_study(workspace, cfg.studies, **kw),
                         out_dir, cluster, "domains")
+        if json_mode():
+            emit(**_record(result))
+            return
         ds = result.ds
         domains = [str(d) for d in ds.test_domain.values]
         for m in ds.model.values:
@@ -124,6 +134,9 @@ def reduction(
         result = _study(config, "studies.reduction",
                         lambda cfg, **kw: reduction_study(workspace, cfg.features, cfg.studies, **kw),
                         out_dir, cluster, "reduction")
+        if json_mode():
+            emit(**_record(result))
+            return
         ds = result.ds
         k_col = f"k{round(100 * ds.attrs['target'])}"
         rows = [{**r, "all features": pm(r["full_mean"], r["full_std"]),

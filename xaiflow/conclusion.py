@@ -8,6 +8,7 @@ chance level), and what to do next. It opens the HTML report and is printed by
 
 from __future__ import annotations
 
+from xaiflow.report_units import UNITS
 from xaiflow.shortcut import (
     INCONCLUSIVE,
     SHORTCUT,
@@ -95,7 +96,8 @@ def _inconclusive(rep: ShortcutReport, what: str) -> str:
 
 def _metadata(rep: ShortcutReport) -> str:
     meta = rep.metadata
-    by = "pixel size (magnification)" if "um_per_px" in meta["by"] else meta["by"]
+    by = ("pixel size (magnification)" if "um_per_px" in meta["by"]
+          else UNITS.get(meta["by"], (str(meta["by"]).replace("_", " "), ""))[0])
     base = meta["scale_baseline"]["balanced_accuracy"]
     if rep.verdict == SHORTCUT and rep.compare and \
             rep.balanced_accuracy - rep.compare["balanced_accuracy"] >= rep.thresholds["compare_drop"]:

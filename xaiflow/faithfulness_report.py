@@ -21,9 +21,15 @@ pixels or regions in random orders, on the same images). This module reads
   whose interval lies entirely on the better side of its own, so methods whose intervals
   overlap share a rank.
 
-:func:`faithfulness_section` gives the report's HTML (a method x metric table and a figure
-of every curve with its band against the random-order band); :func:`faithfulness_summary`
-gives the same numbers as rows.
+The same intervals and ranks cover every other scalar metric with a direction
+(:func:`references`, :func:`metric_summary`): a localization metric is compared, paired per
+image, with its stored chance level (the region's share of the image) and flagged "≈ chance";
+a metric with no reference (sparseness, entropy) gets its interval and rank, no flag.
+
+:func:`faithfulness_section` gives the report's HTML (one method x metric table: one row per
+method, one column per metric, each metric's reference once in its header; and a figure of every
+curve with its band against the random-order band); :func:`faithfulness_summary` and
+:func:`metric_summary` give the same numbers as rows.
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from xaiflow import schema, store
-from xaiflow.figures import save_figure
+from xaiflow.figures import save_figure, wrap
 from xaiflow.saliency import METHOD
 
 RANDOM = "_random"
+#: the kinds of reference a metric is compared with
+RANDOM_ORDER, CHANCE = "random order", "chance"
 #: bootstrap resamples of the mean (the interval's percentiles are stable to ~0.1 of its width)
 N_BOOT = 2000
 LEVEL = 0.95
@@ -70,8 +78,9 @@ class FaithfulnessRow:
     value: Interval
     random: Interval
     difference: Interval  # per image: value - random
-    beats_random: bool
+    beats_random: bool | None  # None: the metric has no reference to beat
     rank: int
+    reference: str = "random order"  # what ``random`` is: "random order", "chance" or "" (none)
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
@@ -152,9 +161,31 @@ def _scalars(ds: xr.Dataset, name: str, reference: str) -> tuple[np.ndarray, np.
     return np.where(done[:, :, ki], value[:, :, ki], np.nan), np.where(done[:, :, kr], value[:, :, kr], np.nan)
 
 
+def references(outputs: dict[str, dict[str, Any]]) -> dict[str, tuple[str | None, str]]:
+    """Every scalar output with a direction (``higher_is_better`` set) -> ``(reference, kind)``: its
+    random-order reference (:func:`reference_pairs`, kind ``"random order"``) first, then the metrics
+    with a stored chance level (a localization metric's region share, kind ``"chance"``), then the
+    others, which have no reference (``(None, "")``: sparseness, entropy...)."""
+    found: dict[str, tuple[str | None, str]] = {n: (r, RANDOM_ORDER) for n, r in reference_pairs(outputs).items()}
+    for name, meta in outputs.items():
+        if name in found or meta.get("higher_is_better") is None or meta.get("dim"):
+            continue
+        chance = meta.get("chance")
+        found[name] = (chance, CHANCE) if chance in outputs else (None, "")
+    return {n: found[n] for n in sorted(found, key=lambda n: [RANDOM_ORDER, CHANCE, ""].index(found[n][1]))}
+
+
 def faithfulness_summary(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                          ds: xr.Dataset | None = None) -> list[FaithfulnessRow]:
     """Every method x every scalar with a random-order reference (module docstring); [] if none."""
+    return [r for r in metric_summary(workspace, dataset, model_id, ds) if r.reference == RANDOM_ORDER]
+
+
+def metric_summary(workspace: str | os.PathLike[str], dataset: str, model_id: str,
+                   ds: xr.Dataset | None = None) -> list[FaithfulnessRow]:
+    """Every method x every scalar metric with a direction (:func:`references`): the mean with its
+    bootstrap interval, and against its random order or chance level (paired per image) where it has
+    one (``beats_random`` None where it has none); [] if no metrics."""
     ds = _open(workspace, dataset, model_id) if ds is None else ds
     if ds is None:
         return []
@@ -162,22 +193,27 @@ def faithfulness_summary(workspace: str | os.PathLike[str], dataset: str, model_
     scalars = [str(m) for m in store.strings(ds["metric"].values)]
     methods = [str(m) for m in store.strings(ds[METHOD].values)]
     rows: list[FaithfulnessRow] = []
-    for name, reference in reference_pairs(outputs).items():
+    for name, (reference, kind) in references(outputs).items():
         higher = outputs[name].get("higher_is_better")
-        if name not in scalars or reference not in scalars or higher is None:
+        if name not in scalars or (reference is not None and reference not in scalars) or higher is None:
             continue
-        v_all, r_all = _scalars(ds, name, reference)
+        v_all, r_all = _scalars(ds, name, reference or name)
+        if reference is None:
+            r_all = np.zeros_like(v_all)
         common, scored = common_samples(np.isfinite(v_all) & np.isfinite(r_all))
         if not common.any():
             continue
         per_method = {}
         for mi in np.flatnonzero(scored):
             v, r = v_all[common, mi], r_all[common, mi]
-            per_method[methods[mi]] = (_interval(v), _interval(r), _interval(v - r))
+            none = Interval(np.nan, np.nan, np.nan, len(v))
+            per_method[methods[mi]] = ((_interval(v), _interval(r), _interval(v - r)) if reference
+                                       else (_interval(v), none, none))
         flags = ranks_and_flags({m: (value, diff) for m, (value, _, diff) in per_method.items()}, bool(higher))
         for method, (rank, beats) in flags.items():
             value, random, diff = per_method[method]
-            rows.append(FaithfulnessRow(name, method, bool(higher), value, random, diff, beats, rank))
+            rows.append(FaithfulnessRow(name, method, bool(higher), value, random, diff,
+                                        beats if reference else None, rank, kind))
     return rows
 
 
@@ -231,7 +267,7 @@ def curves_figure(ds: xr.Dataset, path: Path) -> Path | None:
                 mean, lo, hi = bootstrap_mean(curves[common, mi])
                 ax.fill_between(x, lo, hi, color=colors[mi], alpha=0.2, lw=0)
                 ax.plot(x, mean, color=colors[mi], lw=1.4, label=method)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(wrap(f"{name}\n{outputs[name].get('description', '')}".strip(), 3.2, 8), fontsize=8)
         ax.set_xlabel("fraction removed" if "insertion" not in name else "fraction inserted", fontsize=8)
         ax.set_ylabel("probability of the explained class", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -248,12 +284,20 @@ def _cell(iv: Interval, signed: bool = False) -> str:
     return f"{iv.mean:{sign}.3f} [{iv.lo:{sign}.3f}, {iv.hi:{sign}.3f}]"
 
 
-def _html_table(rows: list[FaithfulnessRow], randoms: dict[str, Interval]) -> str:
+def _html_table(rows: list[FaithfulnessRow], randoms: dict[str, Interval], outputs: dict[str, Any]) -> str:
+    """One row per method, one column per metric; each metric's reference (random order or chance) once,
+    in its header; a cell flagged "≈ random"/"≈ chance" where the method does not beat it."""
     metrics = list(dict.fromkeys(r.metric for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     by = {(r.metric, r.method): r for r in rows}
-    arrows = {m: "↑" if by[next(k for k in by if k[0] == m)].higher_is_better else "↓" for m in metrics}
-    head = "<th>method</th>" + "".join(f"<th>{html.escape(m)} {arrows[m]}</th>" for m in metrics)
+    first = {m: next(r for r in rows if r.metric == m) for m in metrics}
+    head = "<th>method</th>"
+    for m in metrics:
+        kind = first[m].reference
+        reference = (f"<br><small>{kind} <i>{_cell(randoms[m])}</i></small>" if kind
+                     else "<br><small>no reference</small>")
+        what = html.escape(str(outputs.get(m, {}).get("description", "")), quote=True)
+        head += f"<th title='{what}'>{html.escape(m)} {'↑' if first[m].higher_is_better else '↓'}{reference}</th>"
     body = []
     for method in methods:
         cells = []
@@ -261,24 +305,29 @@ def _html_table(rows: list[FaithfulnessRow], randoms: dict[str, Interval]) -> st
             r = by.get((metric, method))
             if r is None:
                 cells.append("<td>–</td>")
-            elif r.beats_random:
-                cells.append(f"<td><b>#{r.rank}</b> {_cell(r.value)}<br><small>vs random {_cell(r.difference, True)}"
-                             "</small></td>")
+                continue
+            short = r.reference.split(" ")[0]  # "random", "chance"
+            against = (f"<br><small>vs {short} {_cell(r.difference, True)}"
+                       + ("" if r.beats_random else f" <b>≈ {short}</b>") + "</small>") if r.reference else ""
+            if r.beats_random is False:
+                cells.append(f"<td class='chance' style='color:#999'>#{r.rank} {_cell(r.value)}{against}</td>")
             else:
-                cells.append(f"<td style='color:#999'>#{r.rank} {_cell(r.value)}<br><small>vs random "
-                             f"{_cell(r.difference, True)} ≈ random</small></td>")
+                cells.append(f"<td><b>#{r.rank}</b> {_cell(r.value)}{against}</td>")
         body.append(f"<tr><td>{html.escape(method)}</td>{''.join(cells)}</tr>")
-    body.append("<tr><td><i>random order</i></td>"
-                + "".join(f"<td><i>{_cell(randoms[m])}</i></td>" for m in metrics) + "</tr>")
     n = max(r.value.n for r in rows)
-    return (f"<table><tr>{head}</tr>{''.join(body)}</table>"
-            f"<p class='note'>Mean over samples [bootstrap 95% interval], n ≤ {n} (per metric, the samples "
-            "scored for every method); ↑/↓: higher/lower is better. "
-            "#k: rank among the methods (1 + the methods whose interval lies entirely on the better side; "
-            "overlapping intervals share a rank). “vs random”: mean per-image difference from the random order "
-            "(the same images with pixels or regions removed in random orders) [bootstrap 95% interval]. Grey, "
-            "“≈ random”: that interval does not lie entirely on the better side of 0: no evidence that the map's "
-            "ordering beats chance.</p>")
+    described = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(str(outputs[m]['description']))}</li>"
+                        for m in metrics if outputs.get(m, {}).get("description"))
+    return (f"<table class='metrics'><tr>{head}</tr>{''.join(body)}</table>"
+            f"<p class='note'>Mean over images [bootstrap 95% interval], n ≤ {n} (per metric, the images "
+            "scored for every method); ↑/↓: higher/lower is better. #k: rank among the methods (1 + the methods "
+            "whose interval lies entirely on the better side; overlapping intervals share a rank). Under each "
+            "metric its reference on the same images: the same procedure in <i>random orders</i> (faithfulness), "
+            "or the <i>chance</i> level of a map that knows nothing (the region's share of the image). “vs”: the "
+            "mean per-image difference from it [bootstrap 95% interval]. Grey, “≈ random”/“≈ chance”: that "
+            "interval does not lie entirely on the better side of 0: no evidence that the method beats chance. "
+            "Metrics with no reference (how concentrated a map is) are not flagged.</p>"
+            + (f"<details><summary>what each metric measures</summary><ul class='note'>{described}</ul></details>"
+               if described else ""))
 
 
 def _embed(path: Path, alt: str) -> str:
@@ -286,12 +335,14 @@ def _embed(path: Path, alt: str) -> str:
     return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
 
 
-_INTRO = ("<p class='note'>Faithfulness: does removing what a map calls important change the model's decision? "
-          "<b>road</b> (Rong et al. 2022): pixels removed most (MoRF) or least (LeRF) relevant first and filled by "
-          "noisy linear imputation from their neighbours, so the image stays close to the data the model knows; "
-          "the headline is the LeRF-MoRF gap of mean probabilities. <b>region_perturbation</b> (Samek et al. "
-          "2017): superpixels removed most relevant first; AOPC, the mean probability lost. Each is compared "
-          "with the same procedure in random orders.</p>")
+_INTRO = ("<p class='note'>Every metric for every method, each against its chance reference. Faithfulness: does "
+          "removing what a map calls important change the model's decision? <b>road</b> (Rong et al. 2022): pixels "
+          "removed most (MoRF) or least (LeRF) relevant first and filled by noisy linear imputation from their "
+          "neighbours, so the image stays close to the data the model knows; the headline is the LeRF-MoRF gap of "
+          "mean probabilities. <b>region_perturbation</b> (Samek et al. 2017): superpixels removed most relevant "
+          "first; AOPC, the mean probability lost. Localization (<b>pointing_game</b>, "
+          "<b>relevance_mass_accuracy</b>): does the map point into the expert's mask? Complexity "
+          "(<b>sparseness</b>, <b>entropy</b>): how concentrated a map is.</p>")
 
 
 _BANDS = ("<p class='note'>The bands spread over images; the table's “vs random” pairs each image with its own "
@@ -300,20 +351,23 @@ _BANDS = ("<p class='note'>The bands spread over images; the table's “vs rando
 
 def faithfulness_section(workspace: str | os.PathLike[str], dataset: str, model_id: str,
                          folder: Path) -> tuple[str, set[str]]:
-    """The report's faithfulness part (table, curves figure written into ``folder``) and the
-    stored metric names it covers (the other metric tables leave them out); ``("", set())``
-    when no metric with a random-order reference was computed."""
+    """The report's method x metric part (the table of every metric against its reference, the curves
+    figure written into ``folder``) and the stored metric names it covers (references and chance levels
+    included); ``("", set())`` when no metric was computed."""
     ds = _open(workspace, dataset, model_id)
     if ds is None:
         return "", set()
-    rows = faithfulness_summary(workspace, dataset, model_id, ds)
+    rows = metric_summary(workspace, dataset, model_id, ds)
     if not rows:
         return "", set()
-    pairs = reference_pairs(dict(ds.attrs.get("outputs", {})))
+    outputs = dict(ds.attrs.get("outputs", {}))
+    refs = references(outputs)
     shown = {r.metric for r in rows}
-    randoms = {m: _random_row(ds, m, pairs[m]) for m in shown}
-    parts = ["<h3>Faithfulness against random orders</h3>", _INTRO, _html_table(rows, randoms)]
+    randoms = {m: _random_row(ds, m, refs[m][0]) if refs[m][0] else Interval(np.nan, np.nan, np.nan, 0)
+               for m in shown}
+    parts = ["<h3>Method x metric</h3>", _INTRO, _html_table(rows, randoms, outputs)]
     figure = curves_figure(ds.load(), folder / FIGURE)
     if figure is not None:
-        parts += [_embed(figure, "faithfulness curves"), _BANDS]
-    return "".join(parts), shown | {pairs[m] for m in shown}
+        parts += ["<h3>Faithfulness curves against random orders</h3>", _embed(figure, "faithfulness curves"),
+                  _BANDS]
+    return "".join(parts), shown | {refs[m][0] for m in shown if refs[m][0]}

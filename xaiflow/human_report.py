@@ -19,7 +19,14 @@ from matplotlib.figure import Figure
 from xaiflow import schema, store
 from xaiflow.annotations import REGION, annotation_group
 from xaiflow.errors import XaiflowError
-from xaiflow.figures import normalize_map, save_figure
+from xaiflow.figures import (
+    micrograph,
+    normalize_map,
+    pixel_size,
+    sample_names,
+    save_figure,
+    wrap,
+)
 from xaiflow.human import (
     MAP_METRICS,
     HumanStudy,
@@ -58,8 +65,8 @@ def agreement_figure(study: HumanStudy, path: str | os.PathLike[str]) -> Path:
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.axhline(0, color="grey", lw=0.5)
     axes[0].legend(fontsize=7, title="annotator", title_fontsize=7)
-    fig.suptitle(f"{study.model_id}: maps vs human regions (bars: mean, whiskers: 95% CI, dashed: chance; "
-                 "hatched: beats chance)", fontsize=9)
+    fig.suptitle(wrap(f"{study.model_id}: maps vs human regions (bars: mean, whiskers: 95% CI, dashed: chance; "
+                      "hatched: beats chance)", 3.4 * len(MAP_METRICS), 9), fontsize=9)
     return save_figure(fig, path)
 
 
@@ -83,8 +90,8 @@ def contours_figure(workspace: str | os.PathLike[str], study: HumanStudy, path: 
         image = np.asarray(sal["image"][i].values, np.float32)
         region = np.asarray(regions[REGION][i].values, bool)
         painted = np.asarray(regions[schema.DONE][i].values, bool)
-        axes[row, 0].imshow(image, cmap="gray")
-        axes[row, 0].set_title(f"{store.strings(sal[schema.SAMPLE].values)[i]}\ntrue: {labels[i]}", fontsize=7)
+        micrograph(axes[row, 0], image, pixel_size(sal, int(i)))
+        axes[row, 0].set_title(wrap(f"{sample_names(sal)[i]}\ntrue: {labels[i]}", 2.2, 7), fontsize=7)
         for k, method in enumerate(study.methods):
             raw = np.asarray(sal["saliency"].isel({schema.SAMPLE: i}).sel({METHOD: method}).values)
             axes[row, k + 1].imshow(image, cmap="gray")
@@ -97,7 +104,7 @@ def contours_figure(workspace: str | os.PathLike[str], study: HumanStudy, path: 
                                linewidths=1)
             ax.set_axis_off()
     names = ", ".join(f"{a} ({OUTLINES[j % len(OUTLINES)]})" for j, a in enumerate(study.annotators))
-    fig.suptitle(f"human regions outlined: {names}", fontsize=8)
+    fig.suptitle(wrap(f"human regions outlined: {names}", 2.4 * (len(study.methods) + 1), 8), fontsize=8)
     return save_figure(fig, path, dpi=80)
 
 

@@ -3,22 +3,25 @@
 :func:`write_report` writes one folder: ``report.html`` (self-contained: every figure is
 embedded as a base64 PNG, so the file can be mailed or attached alone, unless the page would
 exceed a few MB: then its largest figures are linked, :mod:`xaiflow.report_embed`), the same
-figures as PNG files beside it, and ``shortcut.json`` (the verdict with its numbers). Sections:
+figures as PNG files beside it, ``shortcut.json`` (the verdict with its numbers), and one page
+per shown image in ``samples/`` (:mod:`xaiflow.report_samples`). Sections:
 
-1. the model and its data (accuracy, methods, samples with maps), then the plain-language
-   conclusion (:mod:`xaiflow.conclusion`) and warnings (e.g. judged images the model was trained on);
-   "Model": accuracy per split, confusion matrices and training curves (:mod:`xaiflow.report_model`);
+1. the plain-language conclusion first (:mod:`xaiflow.conclusion`) and warnings (e.g. judged
+   images the model was trained on), then the model and its data (methods, samples with maps);
+   "Model": accuracy beside balanced accuracy (one sentence says why both), per split, confusion
+   matrices and training curves (:mod:`xaiflow.report_model`);
 2. the shortcut verdict (:mod:`xaiflow.shortcut`) with its reasons, numbers and thresholds
    (ablation, content swap with its intervals and chance levels, has_shortcut split);
 3. example overlays: one explained sample per class, every method's map over the image, and a few
-   misclassified samples with their true and predicted class;
+   misclassified samples with their true and predicted class; every micrograph with a scale bar
+   (:func:`xaiflow.figures.scale_bar`), every shown image a row linking to its own page;
 4. class-mean maps (mass-normalized, one colour scale per method), and per metadata bin (in
    physical units, :mod:`xaiflow.report_units`) where the data has no masks;
-5. metric tables with their spread over samples (mean ± std, median and 10-90% quantiles)
-   from ``metrics/<dataset>/<model>``, or a notice that they were not computed; faithfulness
-   metrics with a random-order reference (ROAD, region perturbation, ...) as a method x metric
-   table with bootstrap intervals, ranks and a "no better than random" flag, and their curves
-   against the random order's band (:mod:`xaiflow.faithfulness_report`);
+5. one method x metric table of every metric from ``metrics/<dataset>/<model>`` with bootstrap
+   intervals, ranks and a "no better than random/chance" flag against its random-order reference
+   or chance level, the faithfulness curves against the random order's band
+   (:mod:`xaiflow.faithfulness_report`), and the spread over images (collapsed); or a notice that
+   metrics were not computed;
 6. method agreement (Spearman rank correlation and top-10% overlap of |maps|);
 7. mask agreement: relevance share per mask class against its area share.
 """
@@ -41,16 +44,41 @@ from xaiflow.aggregate import QueryError, group_maps, method_agreement
 from xaiflow.conclusion import conclusion
 from xaiflow.errors import XaiflowError
 from xaiflow.faithfulness_report import faithfulness_section
-from xaiflow.figures import group_map_grid, matrix_figure, saliency_grid, save_figure
+from xaiflow.figures import (
+    group_map_grid,
+    matrix_figure,
+    saliency_grid,
+    sample_names,
+    sample_positions,
+    save_figure,
+    signed_methods,
+    wrap,
+)
 from xaiflow.human_report import human_html
 from xaiflow.models.catalog import ModelCatalog
 from xaiflow.report_embed import EMBED_LIMIT, fit_page, linked_note
-from xaiflow.report_model import misclassified_html, model_html
+from xaiflow.report_model import (
+    misclassified_html,
+    model_html,
+    pick_misclassified,
+    stored_predictions,
+)
+from xaiflow.report_samples import MAX_PAGES, samples_table, write_sample_pages
 from xaiflow.report_units import bin_label, quantity, with_bin_labels
 from xaiflow.saliency import METHOD, SaliencyQueryError, open_saliency, saliency_group
-from xaiflow.shortcut import ShortcutError, ShortcutReport, model_dataset, shortcut_report
+from xaiflow.shortcut import (
+    ShortcutError,
+    ShortcutReport,
+    model_dataset,
+    shortcut_report,
+)
 
 REPORT_FILE = "report.html"
+#: the one sentence that says why two accuracies are shown
+ACCURACY_NOTE = ("Accuracy is the share of images classified correctly; balanced accuracy is the mean of the "
+                 "per-class recalls, so a class that has many images cannot inflate it (with unequal classes, a "
+                 "model that mostly answers the largest class has high accuracy but balanced accuracy near "
+                 "chance, 1 / number of classes).")
 
 
 class ReportError(XaiflowError):
@@ -92,7 +120,7 @@ def metric_table(workspace: str | os.PathLike[str], dataset: str, model_id: str)
                 extra = {}
             v = v[np.isfinite(v)]
             q = np.quantile(v, [0.1, 0.5, 0.9]) if len(v) else [np.nan] * 3
-            rows.append({"method": str(method), "metric": str(metric), "n": int(len(v)),
+            rows.append({"method": str(method), "metric": str(metric), "n": len(v),
                          "mean": float(v.mean()) if len(v) else np.nan,
                          "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
                          "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
@@ -102,7 +130,7 @@ def metric_table(workspace: str | os.PathLike[str], dataset: str, model_id: str)
 
 def _examples(ds: xr.Dataset, n: int) -> list[str]:
     """Up to ``n`` explained samples, one per class first (in class order), then the next ones."""
-    ids = store.strings(ds[schema.SAMPLE].values)
+    ids = sample_names(ds)
     labels = store.strings(ds[schema.LABEL].values)
     picked: list[str] = []
     for c in dict.fromkeys(ds.attrs.get(schema.ATTR_CLASSES, [])):
@@ -137,7 +165,8 @@ def bin_accuracy_figure(meta: dict[str, Any], path: Path, compare: dict[str, Any
     ax.set_xlabel(quantity(meta["by"]))
     ax.set_ylabel("fraction")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"accuracy per {quantity(meta['by'])} bin ({meta['split']} split) vs class mix", fontsize=9)
+    ax.set_title(wrap(f"accuracy per {quantity(meta['by'])} bin ({meta['split']} split) vs class mix",
+                      1.0 + 1.1 * len(rows), 9), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -160,7 +189,26 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 .verdict{font-size:1.3em;font-weight:bold;padding:.3em .6em;border-radius:4px;display:inline-block}
 .shortcut{background:#f8d0d0}.structure{background:#d0f0d0}.inconclusive{background:#f0ecc8}
 .note{color:#555;font-size:13px}.conclusion{font-size:1.1em;max-width:60em}
-.warning{background:#fff3cd;padding:.3em .6em;border-left:4px solid #e0a800}"""
+.warning{background:#fff3cd;padding:.3em .6em;border-left:4px solid #e0a800}
+tr:target{background:#fff3cd}"""
+
+
+#: table columns whose stored name would read as code
+_HEADERS = {"n_with": "n with shortcut", "n_without": "n without", "has_shortcut": "has shortcut",
+            "relevance_share": "share of relevance", "area_share": "share of area",
+            "ratio": "relevance / area", "n_samples": "n", "majority_class": "majority class",
+            "majority_share": "majority-class share", "p_adjusted": "p (Holm-adjusted)",
+            "cav_accuracy": "CAV accuracy", "tcav": "TCAV score", "mask_class": "mask class",
+            "expected_entropy": "expected entropy (aleatoric)", "mutual_information": "mutual information (epistemic)",
+            "entropy_correct": "entropy if correct", "entropy_wrong": "entropy if wrong"}
+
+
+def _header(column: str) -> str:
+    """A column's heading in words: ``majority_share`` -> ``majority-class share``; a per-method column
+    (``ratio_grad_cam``) keeps the method's name."""
+    if column.startswith("ratio_"):
+        return f"relevance / area: {column[len('ratio_'):]}"
+    return _HEADERS.get(column, column.replace("_", " "))
 
 
 def _fmt(v: Any) -> str:
@@ -175,9 +223,22 @@ def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "<p class='note'>(no rows)</p>"
     columns = columns or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(_header(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _prediction_notes(ds: xr.Dataset, ids: list[str], predicted: np.ndarray | None) -> dict[str, str]:
+    """``predicted: CLASS`` (and whether it is right) under each shown sample's title; {} when unknown."""
+    if predicted is None:
+        return {}
+    classes = [str(c) for c in ds.attrs.get(schema.ATTR_CLASSES, [])]
+    labels = np.asarray(ds[schema.LABEL_INDEX].values)
+    notes = {}
+    for sid, i in zip(ids, sample_positions(ds, ids), strict=True):
+        p = int(predicted[i])
+        notes[sid] = f"predicted: {classes[p] if 0 <= p < len(classes) else '?'}" + (" (wrong)" if p != labels[i] else "")
+    return notes
 
 
 def _img(path: Path, alt: str) -> str:
@@ -246,7 +307,7 @@ def _shortcut_html(rep: ShortcutReport, figures: dict[str, Path]) -> str:
                             "n": c["n"]})
         parts += [f"<h3>Dependence on {html.escape(quantity(meta['by']))}</h3>", _table(summary),
                   "<p class='note'>Scale-only baseline: a depth-3 decision tree predicting the class from "
-                  f"log10 {html.escape(meta['by'])} alone, fit on the train split. Cramer's V: association of the "
+                  f"the {html.escape(quantity(meta['by']))} alone (on a log scale), fit on the train split. Cramer's V: association of the "
                   "bin with the true label and with the model's prediction (0 none, 1 complete).</p>",
                   _table(with_bin_labels(meta["per_bin"], meta["by"], meta["bins"]),
                          ["bin", "n", "accuracy", "majority_class", "majority_share", "classes"])]
@@ -299,10 +360,12 @@ def _conclusion_html(rep: ShortcutReport) -> str:
             f"{html.escape(conclusion(rep))}</p>{warnings}")
 
 
-def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str) -> str:
+def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str, covered: set[str]) -> str:
+    """The metrics the method x metric table does not show (``covered``: those it does), and the spread over
+    images of every metric (collapsed); or how to compute them."""
     if rows is None:
         return (f"<p><b>Metrics were not computed</b> for these maps (no <code>metrics/{dataset}/{model_id}</code>). "
-                f"Run <code>xaiflow evaluate W --dataset {dataset} --model {model_id}</code> and re-write the report.</p>")
+                f"Run <code>xaiflow evaluate -w W -d {dataset} -m {model_id}</code> and re-write the report.</p>")
     for r in rows:
         r["mean ± std"] = f"{r['mean']:.3f} ± {r['std']:.3f}" if np.isfinite(r["mean"]) else "–"
         r["median [p10, p90]"] = (f"{r['median']:.3f} [{r['p10']:.3f}, {r['p90']:.3f}]"
@@ -311,10 +374,18 @@ def _metrics_html(rows: list[dict[str, Any]] | None, dataset: str, model_id: str
         r["chance (region)"] = (f"{r['chance']:.3f} ({r['mask_classes']})" if np.isfinite(r.get("chance", np.nan))
                                 else "")
     rows = sorted(rows, key=lambda r: (r["metric"], r["method"]))
-    return ("<p class='note'>Over samples with a done, finite value; – where undefined. A localization metric's "
-            "chance level is its region's share of the image (a map that knows nothing scores that), with the mask "
-            "classes forming the region.</p>"
-            + _table(rows, ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better", "chance (region)"]))
+    columns = ["metric", "method", "n", "mean ± std", "median [p10, p90]", "better", "chance (region)"]
+    other = [r for r in rows if r["metric"] not in covered]
+    spread = [r for r in rows if r["metric"] in covered and r["higher_is_better"] is not None]
+    parts = []
+    if other:
+        parts += ["<p class='note'>Other stored metrics (no direction or reference):</p>", _table(other, columns)]
+    if spread:
+        parts.append("<details><summary>Spread over images of each metric (mean ± std, median and 10-90% "
+                     "quantiles)</summary><p class='note'>Over images with a done, finite value; – where "
+                     "undefined. A localization metric's chance level is its region's share of the image, with the "
+                     "mask classes forming the region.</p>" + _table(spread, columns) + "</details>")
+    return "".join(parts)
 
 
 def _uncertainty_group(workspace: str, dataset: str, model_id: str) -> str | None:
@@ -492,9 +563,18 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     names = [str(m) for m in ds[METHOD].values]
     classes = list(ds.attrs.get(schema.ATTR_CLASSES, []))
     figures: dict[str, Path] = {}
+    n_examples = n_examples or min(len(classes), 6) or 4  # one per class by default
+    examples = _examples(ds, n_examples)
+    predicted, probabilities = stored_predictions(workspace, ds, model_id, dataset)
+    wrong = pick_misclassified(ds, predicted, 4) if predicted is not None else []
+    shown = list(dict.fromkeys(examples + wrong))
+    signed = signed_methods(ds.isel({schema.SAMPLE: sample_positions(ds, shown)}).compute())
+    write_sample_pages(workspace, ds, shown[:MAX_PAGES], folder, dataset=dataset, model_id=model_id,
+                       predicted=predicted, probabilities=probabilities, signed=signed)
+    anchored: set[str] = set()
     try:
-        n_examples = n_examples or min(len(classes), 6) or 4  # one per class by default
-        figures["examples"] = saliency_grid(ds, _examples(ds, n_examples), folder / "examples.png")
+        figures["examples"] = saliency_grid(ds, examples, folder / "examples.png", signed=signed,
+                                            notes=_prediction_notes(ds, examples, predicted))
         figures["class_means"] = group_map_grid(group_maps(ds, by=schema.LABEL).compute(), folder / "class_means.png",
                                                 f"{model_id}: mean map per true class", shared_scale=True)
         if rep.kind == "metadata":
@@ -524,13 +604,17 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     header = [{"model": model_id, "dataset": dataset, "checkpoint sha256": str(attrs.get("checkpoint_sha256", ""))[:12],
                "maps explain": attrs.get("target", ""), "samples with maps": int(ds.sizes[schema.SAMPLE]),
                "classes": ", ".join(classes), "methods": ", ".join(names)}]
-    body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _table(header), _conclusion_html(rep),
-            "<h2>Model</h2>", model_html(workspace, model_id, folder, _table, _img),
+    body = [f"<h1>xaiflow report: {html.escape(model_id)}</h1>", _conclusion_html(rep), _table(header),
+            "<h2>Model</h2>", f"<p class='note'>{ACCURACY_NOTE}</p>", model_html(workspace, model_id, folder, _table, _img),
             "<h2>1. Shortcut verdict</h2>", _comparison_html(comparison), _shortcut_html(rep, figures),
             "<h2>2. Example overlays</h2><p class='note'>One explained sample per class; each map scaled by its "
-            "99th percentile; red/blue for signed methods (for/against the explained class).</p>",
-            _img(figures["examples"], "examples"), "<h3>Misclassified examples</h3>",
-            misclassified_html(workspace, ds, model_id, dataset, folder, _img),
+            "99th percentile; red/blue for signed methods (for/against the explained class); the scale bar on "
+            "each micrograph is a round length in µm. Each image has its own page (full resolution, class "
+            "probabilities, metadata, its metric values): follow its link in the table below the figure.</p>",
+            _img(figures["examples"], "examples"),
+            samples_table(ds, examples, predicted, probabilities, anchored), "<h3>Misclassified examples</h3>",
+            misclassified_html(workspace, ds, model_id, predicted, wrong, folder, _img, signed),
+            samples_table(ds, wrong, predicted, probabilities, anchored) if wrong else "",
             "<h2>3. Class-mean maps</h2><p class='note'>Mean of mass-normalized |maps| (each sums to 1) over the "
             "samples of each true class; one colour scale per method (column) across the classes, so a brighter "
             "panel is more relevance there than in the other classes.</p>",
@@ -539,8 +623,7 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
         body += [f"<h3>Mean maps per {html.escape(quantity(str(by)))} bin</h3>",
                  _img(figures["bin_means"], "bin means")]
     faithfulness, covered = faithfulness_section(workspace, dataset, model_id, folder)
-    body += ["<h2>4. Metrics</h2>", faithfulness,
-             _metrics_html(metrics and [r for r in metrics if r["metric"] not in covered], dataset, model_id),
+    body += ["<h2>4. Metrics</h2>", faithfulness, _metrics_html(metrics, dataset, model_id, covered),
              "<h2>5. Method agreement</h2>", _img(figures["spearman"], "spearman"), _img(figures["overlap"], "overlap"),
              "<h2>6. Mask agreement</h2>"]
     if rep.kind == "masks":
@@ -558,7 +641,7 @@ def write_report(workspace: str | os.PathLike[str], model_id: str, dataset: str 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>xaiflow report {html.escape(model_id)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     page, linked = fit_page(page, folder, embed_limit)
-    page = page.replace("<body>", "<body>" + linked_note(linked, embed_limit), 1)
+    page = page.replace("<h2>Model</h2>", linked_note(linked, embed_limit) + "<h2>Model</h2>", 1)  # after the conclusion
     path = folder / REPORT_FILE
     path.write_text(page)
     return path

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from xaiflow import schema, store
 from xaiflow.errors import XaiflowError
-from xaiflow.figures import saliency_grid, save_figure
+from xaiflow.figures import saliency_grid, sample_names, save_figure
 from xaiflow.models.catalog import ModelCatalog
 from xaiflow.saliency import METHOD
 
@@ -131,8 +131,8 @@ def model_html(workspace: str, model_id: str, folder: Path, table: Callable[...,
     parts = [(f"<p class='note'>{html.escape(entry.arch)}, trained on {html.escape(str(entry.dataset))} for "
              f"{metrics.get('epochs_run', '?')} epochs (kept: epoch {metrics.get('best_epoch', '?')}, the best "
              "validation balanced accuracy) on "
-             f"{html.escape(str(metrics.get('device', '?')))}. Balanced accuracy: the mean recall over classes; the "
-             "majority-class baseline is what always answering the most frequent class scores.</p>")]
+             f"{html.escape(str(metrics.get('device', '?')))}. The majority-class baseline is what always answering "
+             "the most frequent class scores.</p>")]
     rows = _split_rows(metrics)
     parts.append(table(rows) if rows else "<p>No evaluation per split stored with this model.</p>")
     test = "test" if _class_rows(metrics, "test") else "val"
@@ -153,30 +153,38 @@ def model_html(workspace: str, model_id: str, folder: Path, table: Callable[...,
     return "".join(parts)
 
 
-def _predicted(workspace: str, ds: xr.Dataset, model_id: str, dataset: str) -> np.ndarray | None:
-    """The predicted class index of each explained sample: the explained class when the maps explain the
-    prediction, else the stored predictions of this checkpoint; None when neither is known."""
-    if ds.attrs.get("target") == "predicted":
-        return np.asarray(ds["target"].isel({METHOD: 0}).values, np.int64)
+def stored_predictions(workspace: str, ds: xr.Dataset, model_id: str,
+                       dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The predicted class index and the class probabilities ``(sample, class)`` of each explained sample.
+
+    The predicted class is the explained class when the maps explain the prediction, else the stored
+    predictions of this checkpoint; the probabilities come from the stored predictions. Either is None
+    when unknown (no predictions stored for this checkpoint, or not for every sample)."""
     from xaiflow.predict import current_predictions
 
+    predicted = (np.asarray(ds["target"].isel({METHOD: 0}).values, np.int64) if ds.attrs.get("target") == "predicted"
+                 else None)
     try:
         group = current_predictions(workspace, ModelCatalog(workspace).get(model_id), dataset)
     except (XaiflowError, OSError, KeyError):
-        return None
+        group = None
     if group is None:
-        return None
+        return predicted, None
     pred = store.open_group(workspace, group)
-    index = {str(s): i for i, s in enumerate(store.strings(pred[schema.SAMPLE].values))}
-    ids = store.strings(ds[schema.SAMPLE].values)
-    if not all(str(s) in index for s in ids):
-        return None
-    return np.asarray(pred["predicted"].values, np.int64)[[index[str(s)] for s in ids]]
+    index = {s: i for i, s in enumerate(sample_names(pred).tolist())}
+    ids = sample_names(ds).tolist()
+    if not all(s in index for s in ids):
+        return predicted, None
+    rows = [index[s] for s in ids]
+    if predicted is None:
+        predicted = np.asarray(pred["predicted"].values, np.int64)[rows]
+    probabilities = np.asarray(pred["probabilities"].values, np.float64)[rows] if "probabilities" in pred else None
+    return predicted, probabilities
 
 
 def pick_misclassified(ds: xr.Dataset, predicted: np.ndarray, n: int) -> list[str]:
     """Up to ``n`` misclassified samples: test split first, one per true class before a second of any."""
-    ids = store.strings(ds[schema.SAMPLE].values)
+    ids = sample_names(ds)
     labels = np.asarray(ds[schema.LABEL_INDEX].values, np.int64)
     split = store.strings(ds[schema.SPLIT].values) if schema.SPLIT in ds.coords else np.full(len(ids), "")
     wrong = np.array(sorted(np.flatnonzero(labels != predicted), key=lambda i: (split[i] != "test", i)), np.int64)
@@ -185,27 +193,25 @@ def pick_misclassified(ds: xr.Dataset, predicted: np.ndarray, n: int) -> list[st
     return [str(ids[i]) for i in order[:n]]
 
 
-def misclassified_html(workspace: str, ds: xr.Dataset, model_id: str, dataset: str, folder: Path, embed: Embed,
-                       n: int = 4) -> str:
-    """The misclassified examples (see the module docstring), or a sentence why there are none."""
-    predicted = _predicted(workspace, ds, model_id, dataset)
+def misclassified_html(workspace: str, ds: xr.Dataset, model_id: str, predicted: np.ndarray | None,
+                       picked: list[str], folder: Path, embed: Embed, signed: dict[str, bool] | None = None) -> str:
+    """The misclassified examples ``picked`` (:func:`pick_misclassified`; see the module docstring), or a
+    sentence why there are none; ``signed``: each method's colour scale (:func:`xaiflow.figures.signed_methods`)."""
     if predicted is None:
         return ("<p>The model's predictions for the explained samples are not stored (the maps explain the "
                 f"true class): run <code>xaiflow predict -w {html.escape(workspace)} -m {html.escape(model_id)}"
                 "</code> to see misclassified examples here.</p>")
-    picked = pick_misclassified(ds, predicted, n)
     if not picked:
         return f"<p>None of the {ds.sizes[schema.SAMPLE]} explained samples is misclassified.</p>"
     classes = [str(c) for c in ds.attrs.get(schema.ATTR_CLASSES, [])]
-    ids = store.strings(ds[schema.SAMPLE].values).tolist()
+    ids = sample_names(ds).tolist()
     notes = {s: "predicted: " + (classes[p] if 0 <= (p := int(predicted[ids.index(s)])) < len(classes) else "?")
              for s in picked}
     explains = ("the (wrong) predicted class" if ds.attrs.get("target") == "predicted"
                 else "the class named above it")
     n_wrong = int((np.asarray(ds[schema.LABEL_INDEX].values) != predicted).sum())
-    path = saliency_grid(ds, picked, folder / "misclassified.png", notes=notes)
+    path = saliency_grid(ds, picked, folder / "misclassified.png", notes=notes, signed=signed)
     return (f"<p class='note'>{n_wrong} of the {ds.sizes[schema.SAMPLE]} explained samples are misclassified; "
             f"{len(picked)} shown (test split first, one per true class first): the image with its true and "
             f"predicted class, then each method's map of {explains}: what the model looked at when it erred.</p>"
             + embed(path, "misclassified"))
-

@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-demo: setup  ## the whole pipeline on the quick-start data, in a Prefect UI on loopback (KEEP_SERVER=1 keeps it up)
+demo: setup  ## the whole pipeline on the quick-start data, in a Prefect UI on loopback (KEEP_SERVER=1 keeps the UI, the Dask dashboard and the figures up; Ctrl-C or SIGTERM stops all)
 	$(BIN)/python deploy/demo.py --config configs/quickstart.yaml --workspace $(WORKSPACE)
 
 test: setup  ## the whole test suite, slow end-to-end tests included

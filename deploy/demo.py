@@ -1,13 +1,16 @@
 """``make demo``: the whole pipeline on the quick-start data, visible in a Prefect UI started for it.
 
 Starts, all on loopback: a Prefect server (``prefect server start``, its database under
-``workspace/prefect-home``), a local Dask cluster sized to the machine, and a static file
-server for the report's figures; prints the UI, run and dashboard addresses; runs the
-pipeline flow (:mod:`xaiflow_flows.pipeline`); prints the stage table and headline numbers; stops
-everything. With ``compare:`` models in the config (the quick start trains one with the planted
-shortcut and one without it) it prints each model's ``shortcut verdict: ...`` with its accuracy
-on val and test. ``KEEP_SERVER=1`` (or ``--keep``) keeps the servers up until Ctrl-C, to browse
-the run in the UI. The flows' INFO log lines go to the UI only; ``-v`` prints them here too.
+``workspace/prefect-home``), a local Dask cluster sized to the machine, and the figure server
+(``deploy/local.py``: the workspace's report and figure folders on the fixed port 127.0.0.1:4210,
+``$XAIFLOW_FIGURES_PORT``, so the image artifacts of earlier runs load again in a later demo); prints the
+UI, run and dashboard addresses; runs the pipeline flow (:mod:`xaiflow_flows.pipeline`); prints the
+stage table and headline numbers; stops everything. With ``compare:`` models in the config (the quick
+start trains one with the planted shortcut and one without it) it prints each model's
+``shortcut verdict: ...`` with its accuracy on val and test. ``KEEP_SERVER=1`` (or ``--keep``) keeps
+the Prefect server, the Dask cluster (its dashboard) and the figure server up until Ctrl-C, to browse
+the run. Ctrl-C or SIGTERM at any time stops everything it started. The flows' INFO log lines go to the
+UI only; ``-v`` prints them here too.
 
     python deploy/demo.py [--config configs/quickstart.yaml] [--workspace workspace/quickstart.zarr] [-v]
 """
@@ -21,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from local import figure_server, prefect_server
+from local import figure_roots, figure_server, prefect_server, stop_on_sigterm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,12 +55,26 @@ def main() -> int:
                   "workspace/), or pass --workspace with a new path, and run again", file=sys.stderr)
             return 2
     home = workspace.parent / "prefect-home"
-    tick = time.perf_counter()
+    stop_on_sigterm()
+    try:
+        return _run(args, workspace, home)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the with blocks stopped every service on the way out
+        print("interrupted: the Prefect server, the Dask cluster and the figure server are stopped", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:  # the figure server's port is taken or not a port
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-    with prefect_server(args.port, home=home, log=home / "server.log") as ui, figure_server(workspace.parent) as files:
+
+def _run(args: argparse.Namespace, workspace: Path, home: Path) -> int:
+    """Start the services, run the pipeline, print its results; with ``--keep`` keep everything up
+    (the UI, its figures and the Dask dashboard) until Ctrl-C or SIGTERM."""
+    tick = time.perf_counter()
+    with figure_server(figure_roots(workspace)) as files, \
+            prefect_server(args.port, home=home, log=home / "server.log") as ui:
         print(f"Prefect UI:         {ui}  (server log {home / 'server.log'})", flush=True)
-        from xaiflow_flows.pipeline import PipelineParams, pipeline_flow  # after PREFECT_API_URL is set
         from xaiflow.runtime import dask_client
+        from xaiflow_flows.pipeline import PipelineParams, pipeline_flow  # after PREFECT_API_URL is set
 
         logging.getLogger("distributed").setLevel(logging.WARNING)  # keep the terminal for the run's own log
 
@@ -65,33 +82,38 @@ def main() -> int:
             print(f"Dask dashboard:     {client.dashboard_link}", flush=True)
             print(f"Figures served at:  {files}", flush=True)
             params = PipelineParams(config_path=args.config, workspace=str(workspace),
-                                    cluster=client.scheduler.address)
+                                    scheduler_address=client.scheduler.address)
             state = pipeline_flow(params, return_state=True)
             print(f"Flow run:           {ui}/runs/flow-run/{state.state_details.flow_run_id}", flush=True)
             if not state.is_completed():
                 print(f"pipeline {state.type.value}: {state.message}", file=sys.stderr)
                 return 1
-            result = state.result()
-        print()
-        print(f"{'stage':<12} {'status':<28} {'seconds':>8}  result")
-        for row in result["stages"]:
-            print(f"{row['stage']:<12} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
-        for r in result["results"].get("evaluate", {}).get("summary", []):
-            if r["metric"] in ("road", "region_perturbation", "deletion", "insertion", "relevance_mass_accuracy"):
-                print(f"  {r['method']:<22} {r['metric']:<24} {r['mean']:.3f} ± {r['std']:.3f}")
-        if "report" in result["results"]:
-            _print_verdicts(result["results"]["report"])
-            print(f"Report:             {result['results']['report']['report']}")
-        print(f"Workspace:          {workspace}")
-        print(f"Total:              {time.perf_counter() - tick:.0f} s", flush=True)
-        if args.keep:
-            print(f"Servers kept up: open {ui} ; Ctrl-C stops them.", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            _print_results(state.result())
+            print(f"Workspace:          {workspace}")
+            print(f"Total:              {time.perf_counter() - tick:.0f} s", flush=True)
+            if args.keep:
+                print(f"Kept up until Ctrl-C: the UI {ui}, the Dask dashboard {client.dashboard_link}, the figures "
+                      f"at {files}", flush=True)
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
     return 0
+
+
+def _print_results(result: dict) -> None:
+    """The stage table, the faithfulness headline and each model's shortcut verdict."""
+    print()
+    print(f"{'stage':<12} {'status':<28} {'seconds':>8}  result")
+    for row in result["stages"]:
+        print(f"{row['stage']:<12} {row['status']:<28} {row['seconds']:>8.1f}  {row['result']}")
+    for r in result["results"].get("evaluate", {}).get("summary", []):
+        if r["metric"] in ("road", "region_perturbation", "deletion", "insertion", "relevance_mass_accuracy"):
+            print(f"  {r['method']:<22} {r['metric']:<24} {r['mean']:.3f} ± {r['std']:.3f}")
+    if "report" in result["results"]:
+        _print_verdicts(result["results"]["report"])
+        print(f"Report:             {result['results']['report']['report_url']}")
 
 
 def _print_verdicts(report: dict) -> None:

@@ -1,16 +1,23 @@
 """Local services for the demo and for serving: a Prefect server and a static figure server, both
 bound to loopback (127.0.0.1) so nothing is reachable from other machines unless asked.
 
+The figure server listens on a fixed, configured port (:data:`FIGURES_PORT`, ``$XAIFLOW_FIGURES_PORT``)
+and serves figures and report pages by their absolute path, only under its report/figure folders: the
+image artifacts of a run hold such URLs in the Prefect database, so they load again whenever a figure
+server runs on that port, after any restart.
+
 Used by ``deploy/demo.py`` and ``deploy/serve.py``. Importing this module does not import
-prefect: the server runs as a ``prefect server start`` subprocess, and its address is handed
-to this process through ``PREFECT_API_URL`` before prefect is imported.
+prefect: the server runs as a ``prefect server start`` subprocess (in a process group of its own,
+stopped as a group), and its address is handed to this process through ``PREFECT_API_URL`` before
+prefect is imported.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import posixpath
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,9 +27,16 @@ import urllib.request
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+from urllib.parse import unquote, urlsplit
 
 LOOPBACK = "127.0.0.1"
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a service manager, a CI timeout) raises KeyboardInterrupt in the main thread
+    like Ctrl-C, so every ``with`` block unwinds and stops what it started instead of leaving it running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -86,39 +100,87 @@ def prefect_server(port: int | None = None, home: str | os.PathLike[str] | None 
             os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]
         yield f"http://{host}:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        handlers = sys.modules.get("prefect.logging.handlers")
+        if handlers is not None:  # flows of this process logged to the server: send what is queued first
+            handlers.APILogWorker.drain_all(timeout=5)
+        stop_group(proc)
         if log:
             out.close()
 
 
-#: what the figure server hands out: figures, nothing else (the folder it serves also holds the
-#: Prefect database, workspaces and logs)
-FIGURE_SUFFIXES = frozenset({".png", ".svg", ".jpg", ".jpeg"})
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM to the process group of ``proc`` (started with ``start_new_session``: the server and
+    every process it started), then SIGKILL to whatever of the group is left after ``timeout``."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group is gone
+        pass
+
+
+#: the figure server's port unless ``$XAIFLOW_FIGURES_PORT`` says otherwise: fixed, so the image
+#: artifacts of earlier runs (URLs stored in the Prefect database) still load after a restart
+FIGURES_PORT = 4210
+FIGURES_PORT_VAR = "XAIFLOW_FIGURES_PORT"
+#: what the figure server hands out: figures and the reports' pages, nothing else
+FIGURE_SUFFIXES = frozenset({".png", ".svg", ".jpg", ".jpeg", ".html"})
+
+
+def figures_port() -> int:
+    """The configured figure server port (``$XAIFLOW_FIGURES_PORT``, default :data:`FIGURES_PORT`)."""
+    value = os.environ.get(FIGURES_PORT_VAR, str(FIGURES_PORT))
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{FIGURES_PORT_VAR}={value!r} is not a port number (1-65535)")
+    return int(value)
+
+
+def figure_roots(workspace: str | os.PathLike[str]) -> list[Path]:
+    """The folders of a workspace's reports and figures (``ws.zarr`` -> ``ws.reports``, ``ws.figures``), which
+    the figure server serves for it."""
+    from xaiflow.store import local_sibling
+
+    return [Path(local_sibling(workspace, suffix)).resolve() for suffix in (".reports", ".figures")]
 
 
 class _FigureHandler(SimpleHTTPRequestHandler):
-    """Serves figure files under its directory only: no listings, no hidden paths, no other file
-    types, no symlinks leading out; everything else is 404."""
+    """Serves ``GET /<absolute path>`` of a figure (or report page) under one of its roots: no
+    listings, no hidden paths, no other file types, no symlinks leading out; everything else is 404.
+    The URL holds the absolute path, so it names the same file whichever roots a later server has."""
+
+    roots: tuple[Path, ...] = ()
+    server_version = "xaiflow-figures"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
         pass
 
+    def _allowed(self) -> Path | None:
+        path = Path(posixpath.normpath(unquote(urlsplit(self.path).path)))
+        if not path.is_absolute() or path.suffix.lower() not in FIGURE_SUFFIXES or not path.is_file():
+            return None
+        for root in self.roots:
+            if path.is_relative_to(root) and path.resolve().is_relative_to(root) and \
+                    not any(part.startswith(".") for part in path.relative_to(root).parts):
+                return path.resolve()
+        return None
+
     def send_head(self):  # noqa: ANN201 - the stdlib's signature
-        root = Path(self.directory).resolve()
-        path = Path(self.translate_path(self.path))
-        relative = path.relative_to(root) if path.is_relative_to(root) else None
-        allowed = (relative is not None and path.suffix.lower() in FIGURE_SUFFIXES and path.is_file()
-                   and not any(part.startswith(".") for part in relative.parts)
-                   and path.resolve().is_relative_to(root))
-        if not allowed:
+        self._target = self._allowed()
+        if self._target is None:
             self.send_error(404, "not a figure")
             return None
         return super().send_head()
+
+    def translate_path(self, path: str) -> str:
+        return str(self._target)
 
     def list_directory(self, path):  # noqa: ANN001, ANN201 - the stdlib's signature
         self.send_error(404, "not a figure")
@@ -126,18 +188,28 @@ class _FigureHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def figure_server(root: str | os.PathLike[str], port: int = 0, host: str = LOOPBACK) -> Iterator[str]:
-    """Serve the figures under ``root`` read-only over HTTP on loopback (a thread of this process; only
-    image files, see :data:`FIGURE_SUFFIXES`) and point the flows' image artifacts at it
-    (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see xaiflow_flows/artifacts.py, restored on exit)."""
-    root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    server = ThreadingHTTPServer((host, port), functools.partial(_FigureHandler, directory=str(root)))
+def figure_server(roots: Iterable[str | os.PathLike[str]], port: int | None = None,
+                  host: str = LOOPBACK) -> Iterator[str]:
+    """Serve the figures and report pages under ``roots`` read-only over HTTP on ``host:port`` (default
+    :func:`figures_port`; a thread of this process; only :data:`FIGURE_SUFFIXES`) and point the flows'
+    image artifacts and report links at it (``XAIFLOW_FIGURES_URL``/``XAIFLOW_FIGURES_ROOT``, see
+    xaiflow_flows/artifacts.py, restored on exit). A port in use is an OSError naming the setting."""
+    roots = tuple(Path(r).resolve() for r in roots)
+    for root in roots:
+        root.mkdir(parents=True, exist_ok=True)
+    port = figures_port() if port is None else port
+    handler = type("FigureHandler", (_FigureHandler,), {"roots": roots})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot serve figures on {host}:{port} ({e.strerror}): another xaiflow demo or "
+                               f"serve.py running? Stop it, or set {FIGURES_PORT_VAR} to a free port") from None
     thread = threading.Thread(target=server.serve_forever, name="xaiflow-figures", daemon=True)
     thread.start()
     url = f"http://{host}:{server.server_address[1]}"
     saved = {k: os.environ.get(k) for k in ("XAIFLOW_FIGURES_URL", "XAIFLOW_FIGURES_ROOT")}
-    os.environ["XAIFLOW_FIGURES_URL"], os.environ["XAIFLOW_FIGURES_ROOT"] = url, str(root)
+    os.environ["XAIFLOW_FIGURES_URL"] = url
+    os.environ["XAIFLOW_FIGURES_ROOT"] = os.pathsep.join(map(str, roots))
     try:
         yield url
     finally:

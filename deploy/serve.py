@@ -1,27 +1,32 @@
 """Serve every xaiflow flow as a deployment on the configured Prefect server (``PREFECT_API_URL``).
 
     prefect server start --host 127.0.0.1                      # terminal 1: server + UI on loopback
-    PREFECT_API_URL=http://127.0.0.1:4200/api python deploy/serve.py [--cluster local] [--figures-port 8765]
+    PREFECT_API_URL=http://127.0.0.1:4200/api python deploy/serve.py [--cluster local] [--figures-root DIR]
 
 Registers ``xaiflow-pipeline/pipeline`` (the whole pipeline, typed form) and one deployment per
 stage (``xaiflow-ingest/ingest``, ``xaiflow-train/train``, ``xaiflow-predict/predict``,
 ``xaiflow-features/features``, ``xaiflow-generalization/generalization``,
 ``xaiflow-reduction/reduction``, ``xaiflow-attribute/attribute``, ``xaiflow-evaluate/evaluate``,
-``xaiflow-report/report``), then runs the flows this process is asked to run (from the UI's
-Run button or the API) until Ctrl-C. Runs execute in the repository root, so the default
-relative paths (``configs/quickstart.yaml``, ``workspace/...``) resolve.
+``xaiflow-report/report``, the inspections, ``xaiflow-human/human``), then runs the flows this
+process is asked to run (from the UI's Run button or the API) until Ctrl-C or SIGTERM. Runs execute
+in the repository root, so the default relative paths (``configs/quickstart.yaml``, ``workspace/...``)
+resolve.
 
-Every flow takes its Dask cluster per run (parameter ``cluster``: a profile name or a scheduler
-address such as ``tcp://127.0.0.1:8786``); ``--cluster`` sets its default in every deployment
-served here (e.g. the site's scheduler). ``--figures-port`` serves ``workspace/`` on loopback so
-the UI shows the figure artifacts.
+Every flow takes its Dask cluster per run (the pipeline: a profile from its choice list, or a
+``scheduler_address`` such as ``tcp://127.0.0.1:8786``; the stage flows: ``cluster``, either);
+``--cluster`` sets its default in every deployment served here (e.g. the site's scheduler). The
+figures and reports under ``workspace/`` (``--figures-root``) are served read-only on the fixed
+loopback port 127.0.0.1:4210 (``--figures-port``, ``$XAIFLOW_FIGURES_PORT``), so the UI shows the
+image artifacts, those of earlier runs too.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import os
+import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -55,10 +60,11 @@ def flows() -> dict:
 
 
 def default_parameters(flow: Any, cluster: str) -> dict[str, Any]:
-    """The deployment's parameter defaults: ``cluster`` where the flow takes one (the pipeline in its form)."""
+    """The deployment's parameter defaults: ``cluster`` where the flow takes one (the pipeline in its form:
+    a profile name as ``cluster``, a scheduler address as ``scheduler_address``)."""
     names = inspect.signature(flow.fn).parameters
     if "params" in names:
-        return {"params": {"cluster": cluster}}
+        return {"params": {"scheduler_address" if "://" in cluster else "cluster": cluster}}
     return {"cluster": cluster} if "cluster" in names else {}
 
 
@@ -67,7 +73,12 @@ def main() -> int:
     parser.add_argument("--cluster", default="local",
                         help="default Dask profile or scheduler address of every deployment (a run may set another)")
     parser.add_argument("--figures-port", type=int, default=None,
-                        help="serve workspace/ on 127.0.0.1:PORT so image artifacts display in the UI")
+                        help="serve the figures and reports on 127.0.0.1:PORT so the UI shows them (default: "
+                             "$XAIFLOW_FIGURES_PORT, else 4210; keep it fixed: image artifacts store the URL); "
+                             "0: no figure server")
+    parser.add_argument("--figures-root", action="append", type=Path, default=None,
+                        help="folder whose figures and reports are served (repeatable; default: workspace/ of the "
+                             "repository, which holds the default workspaces and their report and figure folders)")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     args = parser.parse_args()
     if not os.environ.get("PREFECT_API_URL"):
@@ -78,27 +89,68 @@ def main() -> int:
                   "PREFECT_API_URL=http://127.0.0.1:4200/api (or `prefect config set PREFECT_API_URL=...`)",
                   file=sys.stderr)
             return 2
+    roots = [r.resolve() for r in args.figures_root or [REPO / "workspace"]]
     os.chdir(REPO)
     sys.path.insert(0, str(REPO / "deploy"))
-    from local import figure_server
+    from local import figure_server, stop_on_sigterm
 
-    from prefect import serve
+    stop_on_sigterm()
+    try:
+        figures = nullcontext() if args.figures_port == 0 else figure_server(roots, args.figures_port)
+        with figures as url:
+            if url:
+                print(f"figures and reports served at {url} from {os.pathsep.join(map(str, roots))}", flush=True)
+            return _serve(args.cluster, args.limit)
+    except (OSError, ValueError) as e:  # the figure port is taken or not a port; --cluster not in the form
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runner and the figure server are stopped
+        return 0
+
+
+def _serve(cluster: str, limit: int | None) -> int:
+    """Register the deployments and run what the server asks for, until Ctrl-C or SIGTERM."""
     from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.runner import Runner
 
-    with figure_server(REPO / "workspace", args.figures_port) if args.figures_port else nullcontext() as url:
-        if url:
-            print(f"figures served at {url}", flush=True)
-        deployments = [f.to_deployment(name=name, tags=["xaiflow"], parameters=default_parameters(f, args.cluster))
-                       for name, f in flows().items()]
-        try:
-            serve(*deployments, limit=args.limit)
-        except PrefectHTTPStatusError as e:
-            if e.response.status_code != 401:
-                raise
-            print(f"error: the Prefect server at {os.environ.get('PREFECT_API_URL')} refused this client (401): set "
-                  "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING", file=sys.stderr)
-            return 2
+    from xaiflow_flows.pipeline import PipelineParams
+
+    flow_objects = flows()
+    PipelineParams.model_validate(default_parameters(flow_objects["pipeline"], cluster)["params"])
+    runner = Runner(limit=limit)
+    try:  # registering is the first call to the server: a 401 comes from here
+        for name, f in flow_objects.items():
+            runner.add_deployment(f.to_deployment(name=name, tags=["xaiflow"],
+                                                  parameters=default_parameters(f, cluster)))
+        print(f"serving {len(flow_objects)} deployments of "
+              f"{os.environ.get('PREFECT_API_URL', 'the configured server')} until Ctrl-C or SIGTERM", flush=True)
+        asyncio.run(_run_until_stopped(runner))
+    except PrefectHTTPStatusError as e:
+        if e.response.status_code != 401:
+            raise
+        print(f"error: the Prefect server at {os.environ.get('PREFECT_API_URL')} refused this client (401): set "
+              "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING", file=sys.stderr)
+        return 2
     return 0
+
+
+async def _run_until_stopped(runner: Any) -> None:
+    """``runner.start()`` until SIGTERM or Ctrl-C, which stop it with its own ``astop`` (cancels the runs
+    in progress, ends the polling loops). Prefect 3.8's runner answers SIGTERM with a ``stop()`` that
+    never awaits ``astop`` and a ``sys.exit`` inside its event loop, and Ctrl-C cancels a task its task
+    group outlives: either could leave this process running (issue #19)."""
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def stop() -> None:
+        if not runner.started:  # still starting: nothing of the runner to stop yet
+            raise KeyboardInterrupt
+        if not stopping:
+            stopping.append(loop.create_task(runner.astop()))
+
+    runner.handle_sigterm = lambda *_: loop.call_soon_threadsafe(stop)  # installed by runner.start()
+    loop.add_signal_handler(signal.SIGINT, stop)
+    await runner.start()
 
 
 if __name__ == "__main__":

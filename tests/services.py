@@ -214,6 +214,7 @@ class Deployment:
     parameters: dict   # its defaults (what "Quick run" uses)
     workspace: Path
     log: Path
+    pid: int           # of the serve.py process
 
 
 def api_json(method: str, url: str, **kwargs) -> Any:
@@ -262,23 +263,25 @@ def tiny_pipeline_config(work: Path, inspections: bool = False, compare: bool = 
 
 @pytest.fixture(scope="session")
 def served_deployment(processes, prefect_server, dask_cluster, tmp_path_factory) -> Deployment:
-    """``deploy/serve.py`` serving every flow on the test server; the pipeline deployment's default
-    parameters (what "Quick run" uses) set, as a user would in the UI's deployment form, to a tiny
-    run config, a fresh workspace and the separately started Dask scheduler."""
+    """``deploy/serve.py`` serving every flow on the test server (and the run's figures on a free port);
+    the pipeline deployment's default parameters (what "Quick run" uses) set, as a user would in the
+    UI's deployment form, to a tiny run config, a fresh workspace and the separately started Dask
+    scheduler."""
     work = tmp_path_factory.mktemp("e2e-run")
     workspace = work / "ws.zarr"
     config = tiny_pipeline_config(work, inspections=True)
     parameters = {"params": {"config_path": str(config), "workspace": str(workspace),
-                             "cluster": dask_cluster.address, "device": "cpu",
+                             "scheduler_address": dask_cluster.address, "device": "cpu",
                              "metrics": ["sparseness", "entropy"], "report_out": str(work / "report")}}
     env = {**prefect_server.client_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     proc = processes.start("serve", [sys.executable, str(REPO / "deploy" / "serve.py"), "--cluster",
-                                     dask_cluster.address], env)
+                                     dask_cluster.address, "--figures-port", str(free_port()), "--figures-root",
+                                     str(work)], env)
     name = "xaiflow-pipeline/pipeline"
     deployment = wait_until(lambda: httpx.get(f"{prefect_server.api}/deployments/name/{name}", timeout=5)
                             .raise_for_status().json(), 120, f"deployment {name}", proc)
     api_json("PATCH", f"{prefect_server.api}/deployments/{deployment['id']}", json={"parameters": parameters})
-    return Deployment(deployment["id"], name, parameters, workspace, proc.log)
+    return Deployment(deployment["id"], name, parameters, workspace, proc.log, proc.popen.pid)
 
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -3,6 +3,7 @@
 import importlib
 import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,49 +35,86 @@ def test_serve_registers_every_flow_once():
     from prefect import Flow
 
     import serve
+    from xaiflow_flows.pipeline import PipelineParams
 
     flows = serve.flows()
     assert tuple(flows) == serve.DEPLOYMENTS
     assert all(isinstance(f, Flow) for f in flows.values())
     assert len({f.name for f in flows.values()}) == len(flows)
-    # --cluster: every deployment's default cluster (the pipeline's inside its typed form)
+    # --cluster: every deployment's default cluster (the pipeline's inside its typed form: an address as
+    # scheduler_address, a profile name as cluster), valid for the form
     defaults = {name: serve.default_parameters(f, "tcp://127.0.0.1:8786") for name, f in flows.items()}
-    assert defaults["pipeline"] == {"params": {"cluster": "tcp://127.0.0.1:8786"}}
-    assert all(d == {"cluster": "tcp://127.0.0.1:8786"} for n, d in defaults.items() if n not in ("pipeline", "report", "human"))
+    assert defaults["pipeline"] == {"params": {"scheduler_address": "tcp://127.0.0.1:8786"}}
+    assert all(d == {"cluster": "tcp://127.0.0.1:8786"} for n, d in defaults.items()
+               if n not in ("pipeline", "report", "human"))
+    assert serve.default_parameters(flows["pipeline"], "threads") == {"params": {"cluster": "threads"}}
+    for cluster in ("tcp://127.0.0.1:8786", "threads"):
+        assert PipelineParams.model_validate(serve.default_parameters(flows["pipeline"], cluster)["params"])
 
 
-def test_figure_server_serves_figures_at_the_artifact_url(tmp_path, monkeypatch):
+def test_figure_server_serves_figures_at_the_artifact_url_across_restarts(tmp_path, monkeypatch):
+    """The artifact URL holds the fixed port and the figure's absolute path, so a figure server started
+    later (a restart, or serve.py with a wider root) serves the same URL; nothing outside its roots."""
+    from urllib.parse import quote
+
+    from local import figure_roots, figure_server, free_port
     from xaiflow_flows.artifacts import artifact_key, figure_url
-    from local import figure_server
 
     monkeypatch.delenv("XAIFLOW_FIGURES_URL", raising=False)
     monkeypatch.delenv("XAIFLOW_FIGURES_ROOT", raising=False)
-    figure = tmp_path / "reports" / "m 1" / "examples.png"
+    reports, figures = figure_roots(tmp_path / "ws.zarr")
+    assert (reports.name, figures.name) == ("ws.reports", "ws.figures")
+    figure, page = reports / "m 1" / "class_means.png", reports / "m 1" / "report.html"
     figure.parent.mkdir(parents=True)
     figure.write_bytes(b"\x89PNG fake")
-    outside = tmp_path.parent / "elsewhere.png"
+    page.write_text("<html>report</html>")
+    (tmp_path / "ws.zarr").mkdir()
+    (tmp_path / "ws.zarr" / "image.png").write_bytes(b"\x89PNG not a report figure")
     assert figure_url(figure) == figure.resolve().as_uri()  # no server: a file:// URL
-    with figure_server(tmp_path) as base:
-        assert base.startswith("http://127.0.0.1:")
+    port = free_port()
+    monkeypatch.setenv("XAIFLOW_FIGURES_PORT", str(port))  # the configured fixed port
+    with figure_server([reports, figures]) as base:
+        assert base == f"http://127.0.0.1:{port}"
         url = figure_url(figure)
-        assert url == f"{base}/reports/m%201/examples.png"
+        assert url == f"{base}{quote(str(figure.resolve()))}"
         with urllib.request.urlopen(url, timeout=10) as r:
             assert r.read() == b"\x89PNG fake"
-        assert figure_url(outside).startswith("file://")  # not under the served root
+        with urllib.request.urlopen(figure_url(page), timeout=10) as r:
+            assert r.read() == b"<html>report</html>"
+        assert figure_url(tmp_path / "ws.zarr" / "image.png").startswith("file://")  # not a report/figure folder
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}{quote(str(tmp_path / 'ws.zarr' / 'image.png'))}", timeout=10)
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}.*XAIFLOW_FIGURES_PORT"), figure_server([figures]):
+            pass  # the port is taken: one clear error naming the setting
     assert "XAIFLOW_FIGURES_URL" not in os.environ and "XAIFLOW_FIGURES_ROOT" not in os.environ  # restored
+    with figure_server([tmp_path]), urllib.request.urlopen(url, timeout=10) as r:  # a later server, wider root
+        assert r.read() == b"\x89PNG fake"
+    monkeypatch.setenv("XAIFLOW_FIGURES_PORT", "http")
+    with pytest.raises(ValueError, match="XAIFLOW_FIGURES_PORT"), figure_server([figures]):
+        pass
     assert artifact_key("Feature classification", "uhcs_small") == "feature-classification-uhcs-small"
 
 
-@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU"])
-def test_pipeline_params_refuse_a_bad_device(bad):
+@pytest.mark.parametrize("bad", [{"device": "gpu"}, {"device": "cuda:x"}, {"device": "CPU"},
+                                 {"cluster": "tcp://127.0.0.1:8786"}, {"scheduler_address": "127.0.0.1"},
+                                 {"methods": ["gradcam"]}, {"metrics": ["roads"]},
+                                 {"stages": ["ingest", "explain"]}])
+def test_pipeline_params_refuse_what_the_form_does_not_offer(bad):
     from pydantic import ValidationError
 
     from xaiflow_flows.pipeline import PipelineParams
 
-    with pytest.raises(ValidationError, match="device"):
-        PipelineParams(device=bad)
-    with pytest.raises(ValidationError, match="stages"):
-        PipelineParams(stages=["ingest", "explain"])
+    with pytest.raises(ValidationError, match=next(iter(bad))):
+        PipelineParams(**bad)
+
+
+def test_pipeline_params_empty_fields_mean_the_config():
+    from xaiflow_flows.pipeline import PipelineParams
+
+    p = PipelineParams()
+    assert (p.methods, p.metrics, p.data_dir, p.report_out, p.dask_cluster) == ([], [], "", "", "local")
+    p = PipelineParams(cluster="threads", scheduler_address="tcp://127.0.0.1:8786", methods=["grad_cam"])
+    assert p.dask_cluster == "tcp://127.0.0.1:8786" and p.methods == ["grad_cam"]
 
 
 def test_demo_on_a_workspace_of_another_config_says_so_before_starting_anything(tmp_path):

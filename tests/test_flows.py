@@ -185,9 +185,58 @@ def test_uncertainty_and_adversarial_flows_publish_their_results(prefect_harness
     assert int(store.open_group(ws, res["group"])["selected"].values.sum()) == 8
 
 
+def test_figure_artifacts_get_descriptive_keys(prefect_harness, tmp_path):
+    """One image artifact per figure keyed after its file (``report-confusion-matrix``), the report a link."""
+    from prefect import flow
+
+    from xaiflow_flows.artifacts import publish_figures, publish_link
+
+    names = ["confusion_matrix.png", "Class Means.png", "sub/confusion_matrix.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x89PNG")
+    (tmp_path / "report.html").write_text("<html></html>")
+
+    @flow
+    def publish() -> list[str]:
+        publish_link(tmp_path / "report.html", "report", "the report", "the report of a model")
+        return publish_figures([tmp_path / n for n in names], "report")
+
+    state = publish(return_state=True)
+    assert state.result() == [(tmp_path / n).resolve().as_uri() for n in names]
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert sorted(a["key"] for a in arts["image"]) == ["report-class-means", "report-confusion-matrix",
+                                                        "report-confusion-matrix-2"]
+    (link,) = arts["markdown"]
+    assert link["key"] == "report" and link["data"] == f"[the report]({(tmp_path / 'report.html').as_uri()})"
+
+
+def test_pipeline_takes_the_images_from_data_dir_and_names_its_runs(prefect_harness, tmp_path):
+    """``data_dir`` replaces the config's folder root; the run is named after the config, its stage
+    subflow runs after the stages."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from xaiflow_flows.pipeline import PipelineParams, pipeline_flow
+
+    root = write_folder_dataset(tmp_path / "moved", n_specimens=2, per_specimen=2)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [folder_config(tmp_path / "not-here")]}))
+    params = PipelineParams(config_path=str(config), workspace=str(tmp_path / "ws.zarr"), data_dir=str(root),
+                            cluster="threads", stages=["ingest"])
+    state = pipeline_flow(params, return_state=True)
+    (row,) = state.result()["results"]["ingest"]
+    assert (row["status"], row["n_samples"]) == ("written", 4)
+    api, run_id = PREFECT_API_URL.value(), str(state.state_details.flow_run_id)
+    assert httpx.get(f"{api}/flow_runs/{run_id}").json()["name"] == "pipeline-run"
+    body = {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}
+    assert [r["name"] for r in httpx.post(f"{api}/flow_runs/filter", json=body).json()] == ["ingest"]
+
+
 def test_pipeline_parameters_are_a_typed_form():
     from prefect.utilities.callables import parameter_schema
 
+    from xaiflow.clusters import profile_names
     from xaiflow_flows.pipeline import STAGES, pipeline_flow
 
     schema = parameter_schema(pipeline_flow.fn).model_dump()
@@ -196,7 +245,12 @@ def test_pipeline_parameters_are_a_typed_form():
     assert form["config_path"]["default"] == "configs/quickstart.yaml" and form["config_path"]["description"]
     assert form["stages"]["default"] == list(STAGES)
     assert form["stages"]["items"]["enum"] == list(STAGES) or "$ref" in form["stages"]["items"]
-    assert form["device"]["pattern"] and form["cluster"]["default"] == "local"
+    # choice lists (a select in the UI's form), no "X | None" field (the UI would show a type toggle)
+    assert form["device"]["enum"] == ["auto", "cpu", "cuda", "mps"] and form["cluster"]["default"] == "local"
+    assert set(form["cluster"]["enum"]) == set(profile_names()) >= {"threads", "local", "slurm", "address"}
+    assert "grad_cam" in form["methods"]["items"]["enum"] and "road" in form["metrics"]["items"]["enum"]
+    assert form["methods"]["default"] == [] and form["data_dir"]["default"] == ""
+    assert not any("anyOf" in f or f.get("type") == "null" for f in form.values())
     assert all(f.get("description") for f in form.values())
 
 
@@ -233,7 +287,8 @@ def test_pipeline_runs_every_stage_and_a_rerun_reuses_work(prefect_harness, tmp_
     (stages,) = [a for a in arts["table"] if a["key"] == "pipeline-stages"]
     assert [r["stage"] for r in json.loads(stages["data"])] == list(STAGES)
     assert len(arts["image"]) == len(report["figures"])  # the report's figures, from the report subflow
-    (summary,) = arts["markdown"]
+    assert {a["key"] for a in arts["markdown"]} == {"pipeline-summary", "pipeline-report"}  # summary, report link
+    (summary,) = [a for a in arts["markdown"] if a["key"] == "pipeline-summary"]
     assert f"{model} test balanced accuracy" in summary["data"] and "saliency sparseness" in summary["data"]
 
     again = pipeline_flow(params)["results"]

@@ -31,7 +31,7 @@ def features_stage(run: RunConfig, workspace: str, overwrite: bool = False, cv: 
         create_table_artifact(tables[dataset], key=artifact_key("feature-classification", dataset),
                               description=f"{dataset}: balanced accuracy, mean and std over specimen-grouped "
                                           "folds")
-    publish_figures(figures, "feature-classification-figure")
+    publish_figures(figures, "features")
     publish_summary("Features", "features-summary", workspace,
                     {"feature groups": [f"features/{d}/{e.key}" for d in features.datasets
                                         for e in features.extractors],

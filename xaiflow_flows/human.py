@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow_flows.artifacts import publish_figure, publish_summary, publish_table
 from xaiflow import human as hm
 from xaiflow.human_report import agreement_figure, contours_figure
 from xaiflow.studies.report import default_out_dir
@@ -52,7 +52,8 @@ def human_flow(study: HumanStudyParams | None = None) -> dict:
     stem = str(result.group).replace("/", "_")
     figures = [agreement_figure(result, folder / f"{stem}_agreement.png"),
                contours_figure(p.workspace, result, folder / f"{stem}_regions.png")]
-    publish_figures(figures, "human-figure")
+    publish_figure(figures[0], "human-map-agreement-chart")
+    publish_figure(figures[1], "human-regions")
     words = hm.conclusions(result)
     publish_summary("Humans and the model", "human-summary", p.workspace,
                     {"group": result.group, "annotators": ", ".join(result.annotators),

@@ -14,7 +14,7 @@ from typing import Literal
 
 from prefect import flow
 
-from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow_flows.artifacts import publish_figure, publish_summary, publish_table
 from xaiflow_flows.jobs import run_chunks
 from xaiflow_flows.runners import flow_client, on_cluster
 from xaiflow import adversarial as adv
@@ -63,7 +63,7 @@ def uncertainty_stage(cfg: UncertaintyConfig, workspace: str, run: RunConfig | N
     publish_table(rows, "uncertainty-per-class", f"{group}: mean entropy and mutual information per true class (nats)")
     figure = unc.reliability_figure(cal, _folder(workspace, out_dir) / f"{group.replace('/', '_')}_reliability.png",
                                     group)
-    publish_figures([figure], "uncertainty-reliability")
+    publish_figure(figure, "uncertainty-reliability")
     publish_summary("Uncertainty", "uncertainty-summary", workspace,
                     {"group": group, "draws per sample": passes * len(ids), "split": cfg.split,
                      "accuracy": cal["accuracy"], "expected calibration error": cal["ece"],
@@ -86,7 +86,7 @@ def concepts_stage(cfg: ConceptsConfig, workspace: str, run: RunConfig | None = 
     rows = cc.tcav_table(ds)
     publish_table(rows, "concepts-tcav", f"{group}: TCAV score per class and concept (significant: Holm-corrected)")
     figure = cc.tcav_figure(ds, _folder(workspace, out_dir) / f"{group.replace('/', '_')}.png")
-    publish_figures([figure], "concepts-figure")
+    publish_figure(figure, "concepts-tcav-scores")
     drivers = [f"{r['concept']} -> {r['class']}" for r in rows if r["significant"]]
     publish_summary("Concepts (TCAV)", "concepts-summary", workspace,
                     {"group": group, "concepts": len(specs), "random runs": cfg.runs,
@@ -107,7 +107,7 @@ def importance_stage(cfg: ImportanceConfig, workspace: str, run: RunConfig | Non
     rows = summary.to_dict("records")
     publish_table(rows, "importance-per-class", f"{group}: probability drop when a mask class is removed")
     figure = imp.importance_figure(summary, _folder(workspace, out_dir) / f"{group.replace('/', '_')}.png", group)
-    publish_figures([figure], "importance-figure")
+    publish_figure(figure, "importance-probability-drop")
     said = imp.sentences(summary)
     publish_summary("Structure importance", "importance-summary", workspace, {"group": group}, [figure], said)
     return {"group": group, "summary": rows, "sentences": said, "figures": [str(figure)]}
@@ -125,7 +125,7 @@ def probes_stage(cfg: ProbesConfig, workspace: str, run: RunConfig | None = None
     rows = summary.to_dict("records")
     publish_table(rows, "probes-per-class", f"{group}: prediction agreement and map correlation per class and transform")
     figure = pr.probe_figure(summary, _folder(workspace, out_dir) / f"{group.replace('/', '_')}.png", group)
-    publish_figures([figure], "probes-figure")
+    publish_figure(figure, "probes-agreement")
     verdict = pr.rotation_verdict(ds) if pr.probed_rotations(ds) else None
     publish_summary("Symmetry probes", "probes-summary", workspace,
                     {"group": group, "orientation": verdict["verdict"] if verdict else "not probed"}, [figure])
@@ -146,10 +146,11 @@ def adversarial_stage(cfg: AdversarialConfig, workspace: str, run: RunConfig | N
     publish_table(rows, "adversarial-detection", f"{group}: ROC AUC of each Fisher score (0.5: chance)")
     key = _folder(workspace, out_dir) / group.replace("/", "_")
     figures = [adv.scores_figure(ds, f"{key}_scores.png", group)]
+    publish_figure(figures[0], "adversarial-fisher-scores")
     if ds["flipped"].values[:, 2].any():
         images = store.open_group(workspace, group_path(IMAGES, cfg.dataset))[IMAGE]
         figures.append(adv.maps_figure(ds, images, f"{key}_fisher_maps.png"))
-    publish_figures(figures, "adversarial-figure")
+        publish_figure(figures[1], "adversarial-fisher-maps")
     publish_summary("Adversarial inspection", "adversarial-summary", workspace,
                     {"group": group, "samples attacked": ds.sizes["sample"],
                      **{f"{r['attack']} success rate": r["success_rate"] for r in rows},

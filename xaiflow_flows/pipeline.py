@@ -31,12 +31,16 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, get_args
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from xaiflow_flows.artifacts import publish_figures, publish_summary, publish_table
+from xaiflow.attribution import METHODS
+from xaiflow.clusters import profile_names
+from xaiflow.metrics import METRICS
+from xaiflow_flows.artifacts import publish_figures, publish_link, publish_summary, publish_table
 from xaiflow_flows.runners import on_cluster
 
 Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute", "evaluate", "uncertainty", "concepts",
@@ -44,29 +48,49 @@ Stage = Literal["ingest", "train", "predict", "features", "studies", "attribute"
 STAGES: tuple[str, ...] = get_args(Stage)
 
 
+#: the form's choices, read when the module is imported (a served deployment shows the profiles of
+#: $XAIFLOW_CLUSTER_DIR and the methods and metrics of $XAIFLOW_PLUGINS of the serving process)
+ClusterProfile = Literal[tuple(profile_names())]  # type: ignore[valid-type]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+MethodName = Literal[tuple(METHODS.names())]  # type: ignore[valid-type]
+MetricName = Literal[tuple(METRICS.names())]  # type: ignore[valid-type]
+
+
 class PipelineParams(BaseModel):
-    """Parameters of the whole pipeline (the Prefect UI's form)."""
+    """Parameters of the whole pipeline; an empty field means the config's value or the default."""
+    # (no field is "X | None": the UI would show a type toggle for it; choices are Literal lists)
 
     model_config = ConfigDict(extra="forbid")
 
     config_path: str = Field("configs/quickstart.yaml",
                              description="Run config YAML (datasets, train, features, studies, attribution "
-                                         "sections), relative to the flow's working directory")
+                                         "sections), relative to the flow's working directory, or a shipped "
+                                         "config's name")
     workspace: str = Field("workspace/quickstart.zarr", description="Zarr workspace to write (created if missing)")
+    data_dir: str = Field("", description="Folder of the images, instead of the `root` of the config's "
+                                          "folder sources (empty: the config's)")
     stages: list[Stage] = Field(list(STAGES), min_length=1,
                                 description="Stages to run, in pipeline order; finished work is reused")
-    cluster: str = Field("local", description="Dask cluster profile: threads, local, slurm, kubernetes, gpu-local, "
-                                              "a profile YAML path, or an existing scheduler's address "
-                                              "(tcp://host:8786)",
-                         examples=["local", "threads", "tcp://127.0.0.1:8786"])
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="Torch device for training, attribution and metrics: auto, cpu, cuda, cuda:N")
-    methods: list[str] | None = Field(None, description="Attribution methods (default: the config's "
-                                                        "attribution.methods), e.g. saliency, grad_cam")
-    metrics: list[str] | None = Field(None, description="Metrics (default: road, region_perturbation, sparseness, "
-                                                        "entropy, plus localization metrics when masks exist)")
-    report_out: str | None = Field(None, description="Report folder (default: <workspace>.reports/<model> "
-                                                     "beside the workspace)")
+    cluster: ClusterProfile = Field("local", description="Dask cluster profile (configs/cluster/ and "
+                                                         "$XAIFLOW_CLUSTER_DIR); ignored when a scheduler "
+                                                         "address is given")
+    scheduler_address: str = Field("", pattern=r"^((tcp|tls)://\S+:\d+)?$",
+                                   description="An existing Dask scheduler to run on, e.g. tcp://127.0.0.1:8786 "
+                                               "(empty: start the cluster profile's cluster)")
+    device: Device = Field("auto", description="Torch device for training, attribution and metrics (auto: cuda "
+                                               "where there is one, else cpu)")
+    methods: list[MethodName] = Field([], description="Attribution methods with default parameters (empty: the "
+                                                      "config's attribution.methods)")
+    metrics: list[MetricName] = Field([], description="Metrics (empty: the config's evaluation.metrics, else "
+                                                      "road, region_perturbation, sparseness, entropy, plus "
+                                                      "localization metrics when masks exist)")
+    report_out: str = Field("", description="Report folder (empty: <workspace>.reports/<model> beside the "
+                                            "workspace)")
+
+    @property
+    def dask_cluster(self) -> str:
+        """What the stages run on: the scheduler address, else the profile name."""
+        return self.scheduler_address or self.cluster
 
 
 @contextmanager
@@ -151,12 +175,13 @@ def _stage_calls(params: PipelineParams, run: Any, cluster: str) -> dict[str, Ca
         "predict": lambda: [row for r in runs for row in stage["predict"](run=r, workspace=ws, device=device or "cpu")],
         "features": lambda: stage["features"](run=run, workspace=ws),
         "studies": lambda: stage["studies"](run=run, workspace=ws),
-        "attribute": lambda: _with_compared([stage["attribute"](run=r, workspace=ws, methods=params.methods if r is run
-                                                                else None, device=device) for r in runs]),
-        "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics, device=params.device),
+        "attribute": lambda: _with_compared([stage["attribute"](run=r, workspace=ws, methods=params.methods or None
+                                                                if r is run else None, device=device) for r in runs]),
+        "evaluate": lambda: stage["evaluate"](run=run, workspace=ws, metrics=params.metrics or None,
+                                              device=params.device),
         **{name: partial(stage[name], cfg=_with_device(getattr(run, name), device), workspace=ws, run=run)
            for name in ("uncertainty", "concepts", "importance", "probes", "adversarial")},
-        "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out,
+        "report": lambda: report_stage(run=run, workspace=ws, out=params.report_out or None,
                                        beside=[ModelCatalog(ws).resolve(run=r).model_id for r in runs[1:]]),
     }
 
@@ -178,7 +203,16 @@ def _figures(stage: str, result: Any) -> list[str]:
     return list(result["figures"]) if stage in inspections else []
 
 
-@flow(name="xaiflow-pipeline")
+def _run_name() -> str:
+    """The flow run's name: ``pipeline-<config>`` (e.g. ``pipeline-quickstart``) instead of a random one."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters.get("params")
+    config = params.config_path if isinstance(params, PipelineParams) else (params or {}).get("config_path", "")
+    return "-".join(filter(None, ("pipeline", Path(str(config)).stem)))
+
+
+@flow(name="xaiflow-pipeline", flow_run_name=_run_name)
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run the xaiflow pipeline (ingest, train, predict, features, studies, attribute, evaluate, uncertainty,
     concepts, importance, probes, adversarial, report)
@@ -186,11 +220,11 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     from xaiflow.config import load_config
 
     logger = get_run_logger()
-    run = load_config(params.config_path)  # once: every stage gets the validated config
+    run = load_config(params.config_path, data_dir=params.data_dir or None)  # once: every stage gets it
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     figures: list[str] = []
-    with shared_cluster(params.cluster) as (cluster, dashboard):
+    with shared_cluster(params.dask_cluster) as (cluster, dashboard):
         if dashboard:
             logger.info("dask dashboard: %s", dashboard)
         calls = _stage_calls(params, run, cluster)
@@ -221,18 +255,21 @@ def _publish(params: PipelineParams, origin: str, rows: list[dict[str, Any]], re
              figures: list[str], dashboard: str | None) -> None:
     """The stage table, the summary with the headline numbers, and the report's figures."""
     publish_table(rows, key="pipeline-stages", description=f"stages of {origin} on {params.workspace}")
-    headline: dict[str, Any] = {"config": origin, "cluster": params.cluster}
+    headline: dict[str, Any] = {"config": origin, "cluster": params.dask_cluster}
     if dashboard:
-        headline["dask dashboard"] = dashboard
+        headline["dask dashboard (while the run ran)"] = dashboard
     for r in results.get("train", []):
         headline[f"{r['model_id']} test balanced accuracy"] = r.get("test_balanced_accuracy")
     for r in results.get("evaluate", {}).get("summary", []):
         headline[f"{r['method']} {r['metric']}"] = f"{r['mean']:.3f} ± {r['std']:.3f}"
     if "report" in results:
-        headline["report"] = results["report"]["report"]
+        report = results["report"]
+        headline["report"] = f"[{Path(report['report']).name}]({report['report_url']}) `{report['report']}`"
         headline["shortcut verdict"] = results["report"]["verdict"]
         for r in results["report"].get("comparison", [])[1:]:
             headline[f"{r['model']} shortcut verdict"] = r["verdict"]
     publish_summary(f"xaiflow pipeline: {origin}", "pipeline-summary", params.workspace, headline, figures)
     if "report" in results:  # on the pipeline's own run page too (the report subflow has its own)
-        publish_figures(results["report"]["figures"], "pipeline-report-figure")
+        path = results["report"]["report"]
+        publish_link(path, "pipeline-report", f"Report: {Path(path).name}", path)
+        publish_figures(results["report"]["figures"], "pipeline-report")

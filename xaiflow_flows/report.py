@@ -1,6 +1,7 @@
 """Report flow: the library's report of a model (:func:`xaiflow.report.write_report`: a folder with
-a self-contained ``report.html``, its figures as PNG files and ``shortcut.json``); the figures are
-published as image artifacts, the verdict and paths as a Markdown summary."""
+a ``report.html``, its figures as PNG files and ``shortcut.json``); the figures are published as
+image artifacts keyed by name (``report-class-means``, ...), the report as a link artifact (``report``),
+the verdict and paths as a Markdown summary."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from xaiflow_flows.artifacts import publish_figures, publish_summary
+from xaiflow_flows.artifacts import publish_figures, publish_link, publish_summary
 from xaiflow.config import RunConfig, load_config
 from xaiflow.models.catalog import ModelCatalog
 from xaiflow.report import write_report
@@ -29,14 +30,16 @@ def report_stage(run: RunConfig, workspace: str, model: str | None = None, datas
                              shortcut_options=shortcut)).resolve()
     figures = sorted(path.parent.glob("*.png"))
     verdict = json.loads((path.parent / "shortcut.json").read_text())
-    urls = publish_figures(figures, "report-figure")
+    urls = publish_figures(figures, "report")
+    link = publish_link(path, "report", f"Report of {model_id}: {path.name}", f"{path} (shortcut verdict: "
+                                                                             f"{verdict['verdict']})")
     publish_summary(f"Report of {model_id}", "report-summary", workspace,
-                    {"report": str(path), "shortcut verdict": verdict["verdict"],
+                    {"report": f"[{path.name}]({link}) `{path}`", "shortcut verdict": verdict["verdict"],
                      "accuracy": verdict["accuracy"]}, figures, notes=verdict["reasons"])
     get_run_logger().info("report %s: %s (%d figures)", path, verdict["verdict"], len(figures))
     comparison = path.parent / "comparison.json"
     return {"report": str(path), "verdict": verdict["verdict"], "figures": [str(p) for p in figures],
-            "figure_urls": urls, "model_id": model_id,
+            "figure_urls": urls, "report_url": link, "model_id": model_id,
             "comparison": json.loads(comparison.read_text()) if beside and comparison.is_file() else []}
 
 

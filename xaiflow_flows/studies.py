@@ -23,7 +23,7 @@ def _published(result: Any, study: str, table: str, table_key: str, title: str, 
            **{name: frame.to_dict("records") for name, frame in result.tables.items() if name in ("summary", table)}}
     create_table_artifact(out[table], key=table_key, description=description)
     figures = [f for f in files if f.endswith(".png")]
-    publish_figures(figures, f"{study}-summary-figure")
+    publish_figures(figures, study)
     publish_summary(title, f"{study}-summary", workspace, {"group": result.group, "files": len(files)}, figures)
     return out
 

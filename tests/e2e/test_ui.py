@@ -2,57 +2,31 @@
 (the UI's create_flow_run call with the deployment's defaults), see the run finish in the UI; the run
 executed every stage against a separately started Dask scheduler and two workers, filled the workspace
 and published artifacts. One pipeline run serves both checks (it is the slowest test of the suite).
-Debian's chromium + chromedriver (``.ci/run`` installs them); in CI a missing browser fails, elsewhere
-it skips with the reason."""
+The browser is the ``browser`` fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
+import signal
 import time
 
+import httpx
+import psutil
 import pytest
 from distributed import Client
-from services import REPO, api_json, wait_for_flow_run
+from services import REPO, api_json, log_tail, wait_for_flow_run
 
 from xaiflow_flows.pipeline import STAGES
 from xaiflow import store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 #: Prefect's SQLite-backed server answers 503 ("retry") when the database is busy (seen once in CI,
 #: right after the previous test's run); the UI then shows "Something went wrong" and a user clicks
 #: Quick run again. The test does the same for that 503 only, at most this many times.
 BUSY_RETRIES = 2
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                  "--window-size=1400,1000"]
-
-
-@pytest.fixture
-def browser(tmp_path):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        msg = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for failure messages
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _click(driver, xpath: str, timeout: float = 60):
@@ -146,7 +120,8 @@ def test_quick_run_from_the_ui_runs_the_pipeline_on_the_dask_cluster(prefect_ser
     assert expected <= ran, expected - ran
 
     subflows = _subflow_runs(api, run["id"])
-    assert len(subflows) == 13  # ingest ... evaluate, the five inspections, report
+    assert sorted(r["name"] for r in subflows) == sorted(STAGES)  # each stage's subflow run named after it
+    assert run["name"] == "pipeline-run"  # after the run config (run.yaml)
     artifacts = {a["key"]: a for a in _artifacts(api, [run["id"]] + [r["id"] for r in subflows])}
     stages = json.loads(artifacts["pipeline-stages"]["data"])
     assert [(r["stage"], r["status"]) for r in stages] == [(s, "done") for s in STAGES]
@@ -155,4 +130,28 @@ def test_quick_run_from_the_ui_runs_the_pipeline_on_the_dask_cluster(prefect_ser
     assert f"{model} test balanced accuracy" in artifacts["pipeline-summary"]["data"]
     assert artifacts["trained-models"]["type"] == "table" and artifacts["attribute-progress"]["type"] == "progress"
     assert float(artifacts["attribute-progress"]["data"]) == 100.0
-    assert any(a["type"] == "image" for a in artifacts.values())
+    # the report's figures under descriptive keys, served by serve.py's figure server; the report a link
+    images = {k for k, a in artifacts.items() if a["type"] == "image"}
+    assert "report-class-means" in images and not any(re.search(r"-figure-\d+$", k) for k in images), images
+    figure = artifacts["report-class-means"]["data"]
+    assert figure.startswith("http://127.0.0.1:") and httpx.get(figure, timeout=10).status_code == 200
+    (link,) = re.findall(r"\]\((http://127\.0\.0\.1:\d+/\S+/report\.html)\)", artifacts["report"]["data"])
+    assert "<html" in httpx.get(link, timeout=10).text[:500].lower()
+
+
+def test_serve_stops_on_sigterm(served_deployment):
+    """deploy/serve.py (Prefect's runner, after the run above) exits on SIGTERM as on Ctrl-C, and so do
+    the processes it started; it used to keep running."""
+    log = served_deployment.log
+    deadline = time.monotonic() + 120
+    while "until Ctrl-C or SIGTERM" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)  # alone (-k), the test may come before the runner started
+    time.sleep(2)
+    serve = psutil.Process(served_deployment.pid)
+    tree = [serve, *serve.children(recursive=True)]
+    serve.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    text = log.read_text()
+    assert serve.returncode == 0 and "All deployments have been paused" in text, log_tail(log)  # the runner's stop
+    assert "Traceback" not in text and "never awaited" not in text, log_tail(log)

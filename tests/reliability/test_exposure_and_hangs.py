@@ -59,14 +59,16 @@ def test_the_figure_server_serves_figures_only(tmp_path):
     outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
     outside.write_bytes(b"\x89PNG outside")
     (tmp_path / "reports" / "link.png").symlink_to(outside)
-    with figure_server(tmp_path) as base:
-        with urllib.request.urlopen(f"{base}/reports/m/fig.png", timeout=10) as r:
+    with figure_server([tmp_path], port=0) as base:  # the URL path is the figure's absolute path
+        with urllib.request.urlopen(f"{base}{tmp_path}/reports/m/fig.png", timeout=10) as r:
             assert r.read() == b"\x89PNG figure"
         for path in ("prefect-home/prefect.db", ".hidden/fig.png", "reports/link.png", "reports/", "",
                      "../" + outside.name, "reports/m/fig.png/..%2f..%2fprefect-home%2fprefect.db"):
             with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(f"{base}/{path}", timeout=10)
+                urllib.request.urlopen(f"{base}{tmp_path}/{path}", timeout=10)
             assert err.value.code == 404, path
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # a figure outside the roots
+            urllib.request.urlopen(f"{base}{outside}", timeout=10)
 
 
 def test_a_missing_batch_system_or_extra_is_named_at_once(tmp_path, trained):

@@ -37,6 +37,22 @@ from xaiflow.plugins import load_plugins
 load_plugins()
 
 
+#: the longest test files (minutes of one test process each, measured with `make test --durations`):
+#: collected first, so the two test processes of `make test` (``--dist loadfile``) start them at once
+#: and fill the end with short files, instead of one process running a long file alone at the end
+LONG_FILES = ("test_readme.py", "e2e/test_ui.py", "reliability/test_soak.py", "test_flows.py", "test_uhcs.py",
+              "reliability/test_interrupted_runs.py", "test_report.py", "e2e/test_restart.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the long files first (stable: the rest keep their order; every process sorts alike)."""
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(Path(__file__).parent).as_posix()
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def uhcs_dir() -> Path:
     """The real UHCS data. Absent data skips with the reason, except in CI where it fails."""
@@ -206,3 +222,38 @@ def train_tiny(workspace: Path, dataset: str = "syn", **train) -> str:
 
     base = {"dataset": dataset, "epochs": 1, "model_params": {"widths": [8, 16]}, "device": "cpu", "threads": 1}
     return train_model(workspace, TrainConfig(**{**base, **train}))["model_id"]
+
+
+#: Debian's chromium + chromedriver (``.ci/run`` installs them), with the flags that work in this
+#: container (no sandbox, no GPU, no background traffic)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--window-size=1400,1000"]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium (selenium) for the tests of a page, one per module, its console log kept for
+    failure messages. In CI a missing browser fails, elsewhere it skips with the reason."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        msg = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    tmp = tmp_path_factory.mktemp("chromium")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp / 'profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp / "chromedriver.log")),
+                              options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -37,22 +37,6 @@ from xaiflow.plugins import load_plugins
 load_plugins()
 
 
-#: the longest test files (minutes of one test process each, measured with `make test --durations`):
-#: collected first, so the two test processes of `make test` (``--dist loadfile``) start them at once
-#: and fill the end with short files, instead of one process running a long file alone at the end
-LONG_FILES = ("test_readme.py", "e2e/test_ui.py", "reliability/test_soak.py", "test_flows.py", "test_uhcs.py",
-              "reliability/test_interrupted_runs.py", "test_report.py", "e2e/test_restart.py", "test_cli.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the long files first (stable: the rest keep their order; every process sorts alike)."""
-    def rank(item: pytest.Item) -> int:
-        path = item.path.relative_to(Path(__file__).parent).as_posix()
-        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
-
-    items.sort(key=rank)
-
-
 @pytest.fixture(scope="session")
 def uhcs_dir() -> Path:
     """The real UHCS data. Absent data skips with the reason, except in CI where it fails."""

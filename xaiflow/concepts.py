@@ -52,8 +52,8 @@ from xaiflow import layout, schema, store
 from xaiflow.device import check_device_name, resolve_device
 from xaiflow.errors import XaiflowError
 from xaiflow.jobs import Chunk, ChunkJob, chunk_count, pending_chunks, run_job
-from xaiflow.maskspec import has_mask
 from xaiflow.locks import group_lock
+from xaiflow.maskspec import has_mask
 from xaiflow.models.catalog import ModelCatalog, ModelEntry
 from xaiflow.preprocess import to_input
 from xaiflow.runtime import ProgressFn, map_tasks, worker_compute
@@ -370,10 +370,14 @@ def prepare_activations(workspace: str, model: ModelEntry, dataset: str, layers:
         variables = {}
         for layer, d in _features(model, layers, size).items():
             dims = (schema.SAMPLE, f"feature__{layer}")
-            for kind in ("act", "grad"):
-                variables[f"{kind}__{layer}"] = (dims, da.zeros((n, d), dtype=np.float32, chunks=(unit, d)))
+            meaning = {"act": f"activation of layer {layer}, mean per channel",
+                       "grad": f"gradient of the target class logit by the activation of layer {layer}, summed per channel"}
+            for kind, long_name in meaning.items():
+                variables[f"{kind}__{layer}"] = (dims, da.zeros((n, d), dtype=np.float32, chunks=(unit, d)),
+                                                 {"long_name": long_name})
+        scored = (schema.SAMPLE, targets, {"long_name": "sample whose activations are scored"})
         ds = xr.Dataset(variables, coords={schema.SAMPLE: images[schema.SAMPLE].values.astype(object),
-                                           schema.LABEL_INDEX: images[schema.LABEL_INDEX], "scored": (schema.SAMPLE, targets)},
+                                           schema.LABEL_INDEX: images[schema.LABEL_INDEX], "scored": scored},
                         attrs={schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.ATTR_PROVENANCE: provenance})
         store.create_template(workspace, group, ds)
         pending = targets

@@ -80,3 +80,15 @@ def test_cf_units_are_udunits_spellings():
     units = {u for _, u in schema.CF_ATTRS.values() if u is not None}
     assert units <= {"1", "um", "s"}, units
     assert all(long_name and long_name[0].islower() for long_name, _ in schema.CF_ATTRS.values())
+
+
+def test_every_stored_name_of_the_inspections_and_metric_curves_gets_a_long_name():
+    """CF long_name by name (schema.CF_ATTRS) or, for a metric's curves, by suffix with the metric named."""
+    from xaiflow.schema import cf_attrs
+
+    assert cf_attrs("road_random_morf_curve")["long_name"].startswith("road: model output along random orders")
+    assert cf_attrs("region_perturbation_random_curve")["long_name"].startswith("region_perturbation: ")
+    assert cf_attrs("road_fraction") == {"long_name": "road: fraction of the image perturbed", "units": "1"}
+    for name in ("score", "cav_accuracy", "fis_map", "k_target", "survivor_weight", "pass_index", "transform"):
+        assert cf_attrs(name)["long_name"], name
+    assert cf_attrs("_curve") == {} and cf_attrs("unknown_name") == {}

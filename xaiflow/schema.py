@@ -105,13 +105,81 @@ CF_ATTRS: dict[str, tuple[str, str | None]] = {
     "metric": ("metric", None),
     "xai_method": ("attribution method", None),
     "annotator": ("annotator", None),
+    # inspections (uncertainty, concepts, probes, importance, adversarial)
+    "selected": ("sample inspected (the others hold NaN)", None),
+    "correct": ("predicted class (argmax of mean_probability) equals the label", None),
+    "mean_probability": ("class probabilities averaged over the draws", "1"),
+    "member": ("ensemble member (model id) of the draw", None),
+    "pass_index": ("stochastic forward pass of the draw within its member", "1"),
+    "concept": ("concept", None),
+    "layer": ("network layer", None),
+    "run": ("training run of the CAV (another random set each)", "1"),
+    "score": ("share of the class's images whose target logit rises along the concept's CAV (TCAV score)", "1"),
+    "random_score": ("score along a CAV of one random set against another (the TCAV null)", "1"),
+    "mean_score": ("score, mean over runs (TCAV)", "1"),
+    "cav_accuracy": ("held-out accuracy of the linear classifier that defines the CAV", "1"),
+    "p_value": ("two-sided t-test p-value of the scores against the random scores", "1"),
+    "p_adjusted": ("p_value adjusted for the number of tests (Holm)", "1"),
+    "significant": ("p_adjusted below the study's alpha", None),
+    "transform": ("input transform of the probe", None),
+    "transformed_predicted": ("predicted class index of the transformed image", None),
+    "probability_change": ("probability of the original prediction after the transform, minus before", "1"),
+    "mask_class": ("structure (mask class) removed or kept", None),
+    "input": ("input kind: clean image or an adversarial attack of it", None),
+    "confidence": ("largest class probability", "1"),
+    "flipped": ("the predicted class differs from the clean image's", None),
+    "fis_map": ("sensitivity per pixel from the Fisher information", "1"),
+    # studies (feature classification, feature reduction)
+    "feature_set": ("feature set", None),
+    "classifier": ("classifier", None),
+    "fold": ("cross-validation fold (grouped by specimen)", "1"),
+    "n_features": ("number of features in the set", "1"),
+    "balanced_accuracy": ("balanced accuracy on the held-out fold", "1"),
+    "pooled_balanced_accuracy": ("balanced accuracy of the predictions of every fold pooled", "1"),
+    "mean": ("balanced accuracy, mean over folds", "1"),
+    "std": ("balanced accuracy, standard deviation over folds", "1"),
+    "confusion": ("confusion counts over every fold", "1"),
+    "true_class": ("true class", None),
+    "predicted_class": ("predicted class", None),
+    "reduction": ("feature reduction method", None),
+    "k": ("number of features kept", "1"),
+    "full_accuracy": ("balanced accuracy with every feature, per fold", "1"),
+    "full_mean": ("balanced accuracy with every feature, mean over folds", "1"),
+    "full_std": ("balanced accuracy with every feature, standard deviation over folds", "1"),
+    "k_target": ("fewest features kept reaching the target share of the full accuracy (NaN: never)", "1"),
+    "survivor_feature_set": ("feature set of the kept feature", None),
+    "survivor_reduction": ("reduction method that kept the feature", None),
+    "survivor_rank": ("rank of the kept feature (0: first)", "1"),
+    "survivor_label": ("kept feature", None),
+    "survivor_family": ("feature family of the kept feature", None),
+    "survivor_weight": ("weight of the kept feature in its reduction", "1"),
+    "share_feature_set": ("feature set of the family share", None),
+    "share_reduction": ("reduction method of the family share", None),
+    "share_family": ("feature family", None),
+    "family_share": ("share of the kept features from the family", "1"),
+}
+
+#: long names of a metric's stored curves, by suffix (``<metric>_curve``, ``road_random_morf_curve``,
+#: ``<metric>_fraction``): the names carry the metric, so one rule per suffix
+CF_SUFFIXES = {
+    "_random_curve": "model output along random orders as the perturbed fraction grows",
+    "_random_morf_curve": "model output along random orders (most relevant first) as the imputed fraction grows",
+    "_random_lerf_curve": "model output along random orders (least relevant first) as the imputed fraction grows",
+    "_morf_curve": "model output as the most relevant pixels are imputed first",
+    "_lerf_curve": "model output as the least relevant pixels are imputed first",
+    "_curve": "model output as the perturbed fraction grows",
+    "_fraction": "fraction of the image perturbed",
 }
 
 
 def cf_attrs(name: str) -> dict[str, str]:
-    """The ``long_name`` (and ``units``) of the variable ``name`` from :data:`CF_ATTRS`; empty if unknown."""
+    """The ``long_name`` (and ``units``) of the variable ``name`` from :data:`CF_ATTRS`, or of a metric's
+    curve from :data:`CF_SUFFIXES` (first matching suffix); empty if unknown."""
     if name not in CF_ATTRS:
-        return {}
+        suffix = next((x for x in CF_SUFFIXES if name.endswith(x) and len(name) > len(x)), None)
+        if suffix is None:
+            return {}
+        return {"long_name": f"{name[:-len(suffix)]}: {CF_SUFFIXES[suffix]}", "units": "1"}
     long_name, units = CF_ATTRS[name]
     return {"long_name": long_name, **({"units": units} if units is not None else {})}
 

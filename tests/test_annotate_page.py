@@ -35,10 +35,6 @@ from xaiflow import store
 from xaiflow.annotate import AnnotationServer, AnnotationSession
 from xaiflow.annotations import annotated_samples
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                  "--window-size=1400,1000"]
 SIZE = 48
 DATASET = "syn"
 CLASSES = ("particles", "lamellae", "network")
@@ -49,30 +45,6 @@ def workspace(tmp_path_factory, client):
     ws = tmp_path_factory.mktemp("annotate") / "ws.zarr"
     return ingest_synthetic(ws, client, name=DATASET, size=SIZE, specimens_per_class=2, images_per_specimen=1,
                             chunk_size=3, splits={"train": 1, "val": 0, "test": 1})
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        msg = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    tmp = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp / 'profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp / "chromedriver.log")), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @contextmanager
